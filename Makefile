@@ -1,0 +1,44 @@
+# Everything a fresh machine needs is installed from here; nothing by hand.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test test-all lint crd crd-check demo bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## make test: the default test run (fast: unit, integration with real local servers)
+test: venv
+	$(BIN)/pytest -q -m "not slow"
+
+test-all: venv
+	$(BIN)/pytest -q
+
+lint: venv crd-check
+	$(BIN)/ruff check operator tests
+	$(BIN)/mypy operator/onnxship/api operator/onnxship/plan
+	$(BIN)/lint-imports
+
+## make crd: regenerate the committed CRD from the pydantic models
+crd: venv
+	$(BIN)/onnxship crd > crds/modeldeployments.onnxship.io.yaml
+
+crd-check: venv
+	$(BIN)/onnxship crd | diff -u crds/modeldeployments.onnxship.io.yaml - \
+	  || (echo "crds/ is stale: run 'make crd' and commit"; exit 1)
+
+demo: venv
+	@echo "make demo lands with local mode (issue 8): onnxship up is not built yet." ; exit 1
+
+bench: venv
+	@echo "make bench lands with the benchmark issue (13)." ; exit 1
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

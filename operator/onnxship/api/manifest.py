@@ -1,0 +1,69 @@
+"""The ArtifactManifest: written last, it names every blob of a compressed model."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .base import ApiModel
+from .spec import Compression
+from .types import Sha256Hex
+
+MANIFEST_SCHEMA_VERSION = 1
+
+
+class Blob(ApiModel):
+    """One file of the artifact (the model, or an external-data file beside it)."""
+
+    name: str = Field(description="File name relative to the model folder, e.g. model.onnx.")
+    digest: Sha256Hex = Field(description="Hex SHA-256 of the uncompressed bytes.")
+    size: int = Field(ge=0, description="Uncompressed size in bytes.")
+    encoding: Literal["identity", "zstd"] = "identity"
+    stored_size: int = Field(0, ge=0, description="Bytes in the store (after zstd, if any).")
+
+
+class SourceInfo(ApiModel):
+    uri: str
+    sha256: Sha256Hex
+    size_bytes: int = 0
+    version: str = ""
+
+
+class AccuracyReport(ApiModel):
+    metric: str
+    mean: float
+    min: float
+    threshold: float
+    passed: bool
+    samples: int
+
+
+class CompressionReport(ApiModel):
+    original_bytes: int
+    compressed_bytes: int
+    ratio: float = Field(description="compressed_bytes / original_bytes")
+    accuracy: AccuracyReport | None = None
+    original_latency_ms: float | None = None
+    compressed_latency_ms: float | None = None
+    steps: list[str] = Field(default_factory=list, description="What was applied, in order.")
+    seconds: float = 0.0
+
+
+class ToolVersions(ApiModel):
+    onnxship: str
+    onnx: str
+    onnxruntime: str
+
+
+class ArtifactManifest(ApiModel):
+    schema_version: int = MANIFEST_SCHEMA_VERSION
+    cache_key: str
+    source: SourceInfo
+    compression: Compression
+    execution_provider: str = "CPU"
+    model_file: str = Field("model.onnx", description="The blob to load; others are external data.")
+    blobs: list[Blob]
+    report: CompressionReport
+    tools: ToolVersions
+    created_at: str

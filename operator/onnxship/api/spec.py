@@ -1,0 +1,452 @@
+"""The ModelDeployment spec: what a user writes in ``kubectl apply`` or ``onnxship up``."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, StringConstraints, field_validator, model_validator
+
+from .base import ApiModel, cel
+from .types import (
+    DNS1123_LABEL,
+    ENDPOINT_URL,
+    MODEL_URI,
+    STORE_URI,
+    DNSLabel,
+    Duration,
+    OptionalSecretName,
+    Percent,
+    Quantity,
+    Sha256Hex,
+    parse_duration,
+)
+
+
+class QuantizeMode(StrEnum):
+    none = "none"
+    dynamic = "dynamic"
+    static = "static"
+    fp16 = "fp16"
+
+
+class ExecutionProvider(StrEnum):
+    """ONNX Runtime execution providers, by the short name users know them by."""
+
+    CPU = "CPU"
+    CUDA = "CUDA"
+    TensorRT = "TensorRT"
+    ROCm = "ROCm"
+    MIGraphX = "MIGraphX"
+    OpenVINO = "OpenVINO"
+    DNNL = "DNNL"
+
+    @property
+    def ort_name(self) -> str:
+        return f"{self.value}ExecutionProvider"
+
+
+OptimizeLevel = Literal["none", "basic", "extended", "all"]
+
+
+# ---------------------------------------------------------------- model
+
+
+class ModelSource(ApiModel):
+    """Where the source model comes from."""
+
+    uri: Annotated[str, StringConstraints(pattern=MODEL_URI, max_length=2048)] = Field(
+        description="Source model: s3://bucket/key, http(s)://..., or file:// (local mode)."
+    )
+    sha256: Sha256Hex = Field("", description="Optional pin: hex SHA-256 verified after download.")
+    version: Annotated[str, StringConstraints(max_length=63)] = Field(
+        "", description="Human label of the model version, shown in status and metrics."
+    )
+    credentials_secret: OptionalSecretName = Field(
+        "", description="Secret with AWS-style keys (s3) or a bearer `token` (https)."
+    )
+    sample_inputs: Annotated[
+        str, StringConstraints(pattern=r"^$|" + MODEL_URI[1:], max_length=2048)
+    ] = Field("", description=".npz of sample inputs for calibration and the accuracy gate.")
+
+
+# ---------------------------------------------------------------- compression
+
+
+class Prune(ApiModel):
+    sparsity: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Fraction of weight values set to zero by magnitude."
+    )
+
+
+class Quantize(ApiModel):
+    mode: QuantizeMode = Field(QuantizeMode.dynamic, description="none | dynamic | static | fp16")
+    weight_type: Literal["int8", "uint8"] = Field("int8", description="Integer weight type.")
+    per_channel: bool = Field(True, description="Per-channel weight scales (int8 modes).")
+
+
+class AccuracyGate(ApiModel):
+    metric: Literal["cosine", "top1"] = Field(
+        "cosine",
+        description="cosine: mean cosine similarity of outputs; top1: argmax agreement.",
+    )
+    min: float = Field(0.99, ge=0.0, le=1.0, description="The gate fails below this value.")
+
+
+class Compression(ApiModel):
+    """How the model is compressed before it is served."""
+
+    optimize: OptimizeLevel = Field("extended", description="ORT graph optimization level.")
+    prune: Prune = Field(default_factory=Prune)
+    quantize: Quantize = Field(default_factory=Quantize)
+    accuracy_gate: AccuracyGate = Field(default_factory=AccuracyGate)
+
+
+class CompressionOverride(ApiModel):
+    """Per-environment changes to the top-level compression; unset parts are inherited."""
+
+    optimize: OptimizeLevel | None = None
+    prune: Prune | None = None
+    quantize: Quantize | None = None
+    accuracy_gate: AccuracyGate | None = None
+
+    def apply_to(self, base: Compression) -> Compression:
+        changes = {k: v for k, v in self if v is not None}
+        return base.model_copy(update=changes)
+
+
+# ---------------------------------------------------------------- artifacts
+
+
+class Artifacts(ApiModel):
+    """The content-addressed artifact store (S3-compatible or file://)."""
+
+    uri: Annotated[str, StringConstraints(pattern=r"^$|" + STORE_URI[1:], max_length=2048)] = (
+        Field("", description="s3://bucket/prefix/ or file:///path; empty = operator default.")
+    )
+    endpoint: Annotated[str, StringConstraints(pattern=r"^$|" + ENDPOINT_URL[1:], max_length=2048)] = (
+        Field("", description="S3-compatible endpoint (MinIO, Ceph...); empty = AWS.")
+    )
+    region: Annotated[str, StringConstraints(max_length=64)] = ""
+    credentials_secret: OptionalSecretName = Field(
+        "", description="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY."
+    )
+
+
+# ---------------------------------------------------------------- serving
+
+
+class Batching(ApiModel):
+    max_batch_size: int = Field(32, ge=1, le=4096)
+    max_delay_ms: float = Field(2.0, ge=0.0, le=10_000.0)
+
+
+class Resources(ApiModel):
+    requests: dict[str, Quantity] = Field(default_factory=dict)
+    limits: dict[str, Quantity] = Field(default_factory=dict)
+
+
+class Toleration(ApiModel):
+    key: str = ""
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str = ""
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = ""
+    toleration_seconds: int | None = None
+
+
+class Environment(ApiModel):
+    """A hardware pool that serves the model with its own compressed variant."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel(
+            (
+                "self.executionProvider == 'CPU' || !has(self.compression) || "
+                "!has(self.compression.quantize) || self.compression.quantize.mode != 'static'",
+                "static int8 quantization targets CPU pools; use fp16 or dynamic on accelerators",
+                ".compression.quantize.mode",
+            )
+        )
+    }
+
+    name: Annotated[str, StringConstraints(pattern=DNS1123_LABEL, min_length=1, max_length=20)] = (
+        Field(description="Environment name (DNS-1123 label, at most 20 characters); it names objects.")
+    )
+    execution_provider: ExecutionProvider = Field(ExecutionProvider.CPU)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    affinity: dict[str, Any] = Field(
+        default_factory=dict,
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        description="A core/v1 Affinity, passed to the pods unchanged.",
+    )
+    resources: Resources | None = None
+    replicas: int | None = Field(None, ge=0, le=1000, description="Overrides serving.replicas.")
+    weight: Percent | None = Field(
+        None, description="Share of requests without an environment header (all or none set)."
+    )
+    compression: CompressionOverride | None = None
+
+    @model_validator(mode="after")
+    def _static_on_cpu(self) -> Environment:
+        q = self.compression.quantize if self.compression else None
+        if q and q.mode == QuantizeMode.static and self.execution_provider != ExecutionProvider.CPU:
+            raise ValueError(
+                "compression.quantize.mode: static int8 quantization targets CPU pools; "
+                "use fp16 or dynamic on accelerators"
+            )
+        return self
+
+
+DEFAULT_ENVIRONMENT = Environment(name="default")
+
+
+class Serving(ApiModel):
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel(
+            (
+                "self.environments.all(e, !has(e.weight)) || "
+                "(self.environments.all(e, has(e.weight)) && "
+                "self.environments.map(e, e.weight).sum() == 100)",
+                "environment weights must be set on every environment and sum to 100, or on none",
+                ".environments",
+            )
+        )
+    }
+
+    replicas: int = Field(1, ge=0, le=1000)
+    image: Annotated[str, StringConstraints(max_length=512)] = Field(
+        "", description="Runtime image; empty = the operator's configured default."
+    )
+    threads: int = Field(0, ge=0, le=256, description="Intra-op threads; 0 = from the CPU limit.")
+    batching: Batching = Field(default_factory=Batching)
+    resources: Resources | None = None
+    environments: list[Environment] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+        },
+        description="Hardware pools; none = one default CPU environment.",
+    )
+
+    @field_validator("environments")
+    @classmethod
+    def _unique_and_weighted(cls, envs: list[Environment]) -> list[Environment]:
+        seen: set[str] = set()
+        for e in envs:
+            if e.name in seen:
+                raise ValueError(f"environment name {e.name!r} appears twice; names must be unique")
+            seen.add(e.name)
+        weights = [e.weight for e in envs]
+        if any(w is not None for w in weights) and (
+            None in weights or sum(w or 0 for w in weights) != 100
+        ):
+            raise ValueError(
+                "environment weights must be set on every environment and sum to 100, or on none"
+            )
+        return envs
+
+    def effective_environments(self) -> list[Environment]:
+        return list(self.environments) or [DEFAULT_ENVIRONMENT]
+
+
+# ---------------------------------------------------------------- rollout
+
+
+class Pause(ApiModel):
+    duration: Duration | None = Field(
+        None, description="How long to wait; unset = until `onnxship promote`."
+    )
+
+
+class Mirror(ApiModel):
+    percent: int = Field(ge=1, le=100, description="Share of requests copied to the canary.")
+    duration: Duration = Field(description="How long to mirror before the next step.")
+
+
+class AnalysisStep(ApiModel):
+    duration: Duration = Field(description="How long analysis must pass before the next step.")
+
+
+class Step(ApiModel):
+    """One rollout step; exactly one of its fields is set."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel(
+            (
+                "[has(self.setWeight), has(self.pause), has(self.mirror), has(self.analysis)]"
+                ".filter(x, x).size() == 1",
+                "a step sets exactly one of setWeight, pause, mirror, analysis",
+                "",
+            )
+        )
+    }
+
+    set_weight: Percent | None = Field(None, description="Canary traffic weight in percent.")
+    pause: Pause | None = None
+    mirror: Mirror | None = None
+    analysis: AnalysisStep | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Step:
+        set_fields = [n for n in ("set_weight", "pause", "mirror", "analysis") if getattr(self, n) is not None]
+        if len(set_fields) != 1:
+            got = ", ".join(set_fields) or "none"
+            raise ValueError(f"a step sets exactly one of setWeight, pause, mirror, analysis (got {got})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        for name in ("set_weight", "pause", "mirror", "analysis"):
+            if getattr(self, name) is not None:
+                return name
+        raise AssertionError("validated step has a kind")
+
+
+class OutputAgreement(ApiModel):
+    metric: Literal["cosine", "top1"] = "cosine"
+    min: float = Field(0.98, ge=0.0, le=1.0)
+
+
+class PrometheusSource(ApiModel):
+    address: Annotated[str, StringConstraints(pattern=ENDPOINT_URL, max_length=2048)]
+
+
+class Analysis(ApiModel):
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel(
+            (
+                "self.provider != 'prometheus' || has(self.prometheus)",
+                "provider prometheus needs prometheus.address",
+                ".prometheus",
+            )
+        )
+    }
+
+    interval: Duration = "30s"
+    max_error_rate: float = Field(0.01, ge=0.0, le=1.0)
+    max_latency_p99_ms: float | None = Field(None, gt=0)
+    min_output_agreement: OutputAgreement | None = None
+    failure_limit: int = Field(2, ge=0, le=100, description="Failed checks tolerated before rollback.")
+    min_requests: int = Field(
+        20, ge=1, description="Fewer canary requests in an interval make it inconclusive."
+    )
+    provider: Literal["builtin", "prometheus"] = "builtin"
+    prometheus: PrometheusSource | None = None
+
+    @model_validator(mode="after")
+    def _prometheus_address(self) -> Analysis:
+        if self.provider == "prometheus" and self.prometheus is None:
+            raise ValueError("provider prometheus needs prometheus.address")
+        return self
+
+
+class ParentRef(ApiModel):
+    name: DNSLabel
+    namespace: Annotated[str, StringConstraints(pattern=r"^$|" + DNS1123_LABEL[1:], max_length=63)] = ""
+    section_name: str = ""
+
+
+class GatewayRoute(ApiModel):
+    parent_refs: list[ParentRef] = Field(min_length=1, max_length=16)
+    hostnames: list[Annotated[str, StringConstraints(max_length=253)]] = Field(
+        default_factory=list, max_length=16
+    )
+
+
+class Traffic(ApiModel):
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel(
+            (
+                "self.router != 'gatewayAPI' || has(self.gateway)",
+                "router gatewayAPI needs gateway.parentRefs",
+                ".gateway",
+            )
+        )
+    }
+
+    router: Literal["builtin", "gatewayAPI"] = "builtin"
+    gateway: GatewayRoute | None = None
+
+    @model_validator(mode="after")
+    def _gateway(self) -> Traffic:
+        if self.router == "gatewayAPI" and self.gateway is None:
+            raise ValueError("router gatewayAPI needs gateway.parentRefs")
+        return self
+
+
+class Rollout(ApiModel):
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel(
+            (
+                "self.steps.filter(s, has(s.setWeight)).map(s, s.setWeight).isSorted()",
+                "setWeight must never decrease from one step to the next",
+                ".steps",
+            )
+        )
+    }
+
+    steps: list[Step] = Field(
+        default_factory=list, max_length=64, description="Canary steps; none = switch at once."
+    )
+    analysis: Analysis = Field(default_factory=Analysis)
+    traffic: Traffic = Field(default_factory=Traffic)
+    progress_deadline: Duration = Field(
+        "10m", description="A canary not ready within this time is rolled back."
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _weights_grow(cls, steps: list[Step]) -> list[Step]:
+        last = 0
+        for i, s in enumerate(steps):
+            if s.set_weight is not None:
+                if s.set_weight < last:
+                    raise ValueError(
+                        f"steps[{i}].setWeight {s.set_weight} is below an earlier weight {last}; "
+                        "setWeight must never decrease from one step to the next"
+                    )
+                last = s.set_weight
+        return steps
+
+    @property
+    def interval_seconds(self) -> float:
+        return parse_duration(self.analysis.interval)
+
+
+class ModelDeploymentSpec(ApiModel):
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel(
+            (
+                "self.model.sampleInputs != '' || (self.compression.quantize.mode != 'static' && "
+                "self.serving.environments.all(e, !has(e.compression) || "
+                "!has(e.compression.quantize) || e.compression.quantize.mode != 'static'))",
+                "static quantization needs model.sampleInputs (.npz) for calibration",
+                ".model.sampleInputs",
+            )
+        )
+    }
+
+    model: ModelSource
+    compression: Compression = Field(default_factory=Compression)
+    artifacts: Artifacts = Field(default_factory=Artifacts)
+    serving: Serving = Field(default_factory=Serving)
+    rollout: Rollout = Field(default_factory=Rollout)
+    revision_history_limit: int = Field(3, ge=0, le=50)
+
+    @model_validator(mode="after")
+    def _calibration(self) -> ModelDeploymentSpec:
+        modes = [self.compression.quantize.mode] + [
+            e.compression.quantize.mode
+            for e in self.serving.environments
+            if e.compression and e.compression.quantize
+        ]
+        if QuantizeMode.static in modes and not self.model.sample_inputs:
+            raise ValueError(
+                "model.sampleInputs: static quantization needs sample inputs (.npz) for calibration"
+            )
+        return self
+
+    def compression_for(self, env: Environment) -> Compression:
+        return env.compression.apply_to(self.compression) if env.compression else self.compression

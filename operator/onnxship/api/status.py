@@ -1,0 +1,82 @@
+"""ModelDeployment status. All rollout state lives here so the operator can die and resume."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .base import ApiModel
+from .conditions import Phase
+
+
+class Condition(ApiModel):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str = Field("", description="RFC 3339 time of the last status change.")
+    observed_generation: int = 0
+
+
+class CompressionSummary(ApiModel):
+    original_bytes: int = 0
+    compressed_bytes: int = 0
+    ratio: float = Field(0.0, description="compressed size / original size")
+    accuracy_metric: str = ""
+    accuracy: float | None = None
+    cache_hit: bool = False
+
+
+class EnvironmentStatus(ApiModel):
+    name: str
+    execution_provider: str = "CPU"
+    cache_key: str = ""
+    artifact_uri: str = ""
+    ready_replicas: int = 0
+    replicas: int = 0
+    compression: CompressionSummary | None = None
+
+
+class RevisionStatus(ApiModel):
+    name: str
+    model_version: str = ""
+    model_sha256: str = ""
+    artifact_uri: str = ""
+    size_bytes: int = 0
+    compression_ratio: float = 0.0
+    accuracy: float | None = None
+    environments: list[EnvironmentStatus] = Field(default_factory=list)
+    created_at: str = ""
+
+
+class AnalysisStatus(ApiModel):
+    """The latest verdict of the canary analysis."""
+
+    verdict: Literal["", "pass", "fail", "inconclusive"] = ""
+    message: str = ""
+    failures: int = 0
+    error_rate: float | None = None
+    latency_p99_ms: float | None = None
+    output_agreement: float | None = None
+    requests: int = 0
+    measured_at: str = ""
+
+
+class ModelDeploymentStatus(ApiModel):
+    observed_generation: int = 0
+    phase: Phase = Phase.pending
+    message: str = ""
+    conditions: list[Condition] = Field(default_factory=list)
+    stable_revision: str = ""
+    canary_revision: str = ""
+    canary_weight: int = Field(0, ge=0, le=100)
+    mirror_percent: int = Field(0, ge=0, le=100)
+    current_step: int = 0
+    step_started_at: str = ""
+    canary_started_at: str = ""
+    paused: bool = False
+    aborted: bool = False
+    analysis: AnalysisStatus | None = None
+    revisions: list[RevisionStatus] = Field(default_factory=list)
+    endpoint: str = ""

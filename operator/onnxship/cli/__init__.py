@@ -1,0 +1,1 @@
+"""The `onnxship` command line."""

@@ -1,0 +1,38 @@
+"""Entry point of the `onnxship` console script.
+
+Each command lives in its own module and registers itself on ``app``; importing them here is
+the only wiring. Nothing else runs at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from onnxship import __version__
+from onnxship.logs import configure_logging
+
+from . import crd, validate  # noqa: F401  (command registration)
+from .app import app
+
+
+@app.callback()
+def _root(
+    log_level: str = typer.Option("INFO", "--log-level", envvar="ONNXSHIP_LOG_LEVEL"),
+    log_format: str = typer.Option(
+        "auto", "--log-format", envvar="ONNXSHIP_LOG_FORMAT", help="auto | json | text"
+    ),
+) -> None:
+    configure_logging(log_level, log_format)
+    logging.getLogger("onnxship").debug("onnxship %s", __version__)
+
+
+@app.command("version")
+def version_command() -> None:
+    """Print the onnxship version."""
+    print(__version__)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Decisions: revision identity, the rollout state machine, desired objects. Pure, no I/O."""
