@@ -15,8 +15,10 @@ from onnx import TensorProto, helper, numpy_helper
 OPSET = 17
 
 
-def mlp(hidden: int = 64, inputs: int = 32, outputs: int = 16, seed: int = 0, scale: float = 1.0) -> onnx.ModelProto:
-    """``y = relu(x @ W1 + b1) @ W2 + b2`` with x: float32[batch, inputs], y: float32[batch, outputs]."""
+def mlp(
+    hidden: int = 64, inputs: int = 32, outputs: int = 16, seed: int = 0, scale: float = 1.0
+) -> onnx.ModelProto:
+    """``y = relu(x @ W1 + b1) @ W2 + b2``; x: float32[batch, in], y: float32[batch, out]."""
     rng = np.random.default_rng(seed)
     w1 = (rng.standard_normal((inputs, hidden)) * scale / np.sqrt(inputs)).astype(np.float32)
     b1 = (rng.standard_normal(hidden) * 0.1).astype(np.float32)
@@ -34,9 +36,14 @@ def mlp(hidden: int = 64, inputs: int = 32, outputs: int = 16, seed: int = 0, sc
         "mlp",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", inputs])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", outputs])],
-        initializer=[numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))],
+        initializer=[
+            numpy_helper.from_array(a, n)
+            for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))
+        ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="onnxship-tests")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="onnxship-tests"
+    )
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model

@@ -31,7 +31,9 @@ from .status import ModelDeploymentStatus
 _DROP = {"title", "examples", "$defs"}
 
 
-def structural(schema: dict[str, Any], defs: dict[str, Any], keep_defaults: bool = True) -> dict[str, Any]:
+def structural(
+    schema: dict[str, Any], defs: dict[str, Any], keep_defaults: bool = True
+) -> dict[str, Any]:
     """A structural copy of ``schema`` with every ``$ref`` resolved against ``defs``."""
     if "$ref" in schema:
         target = defs[schema["$ref"].rsplit("/", 1)[-1]]
@@ -53,7 +55,15 @@ def structural(schema: dict[str, Any], defs: dict[str, Any], keep_defaults: bool
         if key == "additionalProperties" and value is False:
             continue
         if key == "properties":
-            out[key] = {name: structural(sub, defs, keep_defaults) for name, sub in value.items()}
+            required = set(schema.get("required", ()))
+            out[key] = {
+                name: _with_empty_default(
+                    structural(sub, defs, keep_defaults), sub, name in required
+                )
+                if keep_defaults
+                else structural(sub, defs, keep_defaults)
+                for name, sub in value.items()
+            }
         elif key in ("items", "additionalProperties") and isinstance(value, dict):
             out[key] = structural(value, defs, keep_defaults)
         elif key == "anyOf":
@@ -71,7 +81,29 @@ def structural(schema: dict[str, Any], defs: dict[str, Any], keep_defaults: bool
     return out
 
 
-def _schema_of(model: type[ModelDeploymentSpec] | type[ModelDeploymentStatus], keep_defaults: bool) -> dict[str, Any]:
+def _with_empty_default(
+    out: dict[str, Any], source: dict[str, Any], required: bool
+) -> dict[str, Any]:
+    """Give sub-objects built by ``default_factory`` an empty default.
+
+    pydantic cannot show a factory's value, but the API server must create ``compression: {}``
+    when a user omits it, so that the nested defaults apply and CEL rules that read
+    ``self.compression.quantize.mode`` see what pydantic sees. Optional fields (``X | None``)
+    stay absent.
+    """
+    optional = any(b.get("type") == "null" for b in source.get("anyOf", ()))
+    if required or optional or "default" in out:
+        return out
+    if out.get("type") == "object":
+        return {**out, "default": {}}
+    if out.get("type") == "array":
+        return {**out, "default": []}
+    return out
+
+
+def _schema_of(
+    model: type[ModelDeploymentSpec] | type[ModelDeploymentStatus], keep_defaults: bool
+) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
     return structural(raw, raw.get("$defs", {}), keep_defaults)
 
@@ -114,7 +146,7 @@ PRINTER_COLUMNS = [
 
 def crd() -> dict[str, Any]:
     """The CustomResourceDefinition object for ModelDeployment."""
-    assert API_VERSION == f"{GROUP}/{VERSION}"
+    assert f"{GROUP}/{VERSION}" == API_VERSION
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

@@ -5,7 +5,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from .base import ApiModel
 from .spec import ModelDeploymentSpec
@@ -93,11 +100,20 @@ def field_path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+# Cross-field validators cannot set pydantic's error location, so they start their message
+# with the path of the field to fix, relative to the model: "model.sampleInputs: needs ...".
+_RELATIVE_PATH = re.compile(r"^([A-Za-z][A-Za-z0-9]*(?:\.[A-Za-z][A-Za-z0-9]*)*): (.+)$", re.S)
+
+
 def describe(exc: ValidationError, prefix: tuple[str, ...] = ()) -> list[str]:
     problems = []
     for err in exc.errors():
-        path = field_path(prefix + tuple(err["loc"])) or "(document)"
+        path = field_path(prefix + tuple(err["loc"]))
         msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if err["type"] == "value_error" and (m := _RELATIVE_PATH.match(msg)):
+            path = f"{path}.{m.group(1)}" if path else m.group(1)
+            msg = m.group(2)
+        path = path or "(document)"
         if err["type"] == "extra_forbidden":
             msg = "unknown field (check its spelling and indentation)"
         problems.append(f"{path}: {msg}")
@@ -107,7 +123,9 @@ def describe(exc: ValidationError, prefix: tuple[str, ...] = ()) -> list[str]:
 def parse_model_deployment(doc: Any, source: str = "the document") -> ModelDeployment:
     """Validate a ModelDeployment document (a dict from YAML or the API server)."""
     if not isinstance(doc, dict):
-        raise SpecError(source, ["(document): expected a mapping with apiVersion, kind, metadata, spec"])
+        raise SpecError(
+            source, ["(document): expected a mapping with apiVersion, kind, metadata, spec"]
+        )
     try:
         return ModelDeployment.model_validate(doc)
     except ValidationError as exc:

@@ -121,12 +121,12 @@ class CompressionOverride(ApiModel):
 class Artifacts(ApiModel):
     """The content-addressed artifact store (S3-compatible or file://)."""
 
-    uri: Annotated[str, StringConstraints(pattern=r"^$|" + STORE_URI[1:], max_length=2048)] = (
-        Field("", description="s3://bucket/prefix/ or file:///path; empty = operator default.")
+    uri: Annotated[str, StringConstraints(pattern=r"^$|" + STORE_URI[1:], max_length=2048)] = Field(
+        "", description="s3://bucket/prefix/ or file:///path; empty = operator default."
     )
-    endpoint: Annotated[str, StringConstraints(pattern=r"^$|" + ENDPOINT_URL[1:], max_length=2048)] = (
-        Field("", description="S3-compatible endpoint (MinIO, Ceph...); empty = AWS.")
-    )
+    endpoint: Annotated[
+        str, StringConstraints(pattern=r"^$|" + ENDPOINT_URL[1:], max_length=2048)
+    ] = Field("", description="S3-compatible endpoint (MinIO, Ceph...); empty = AWS.")
     region: Annotated[str, StringConstraints(max_length=64)] = ""
     credentials_secret: OptionalSecretName = Field(
         "", description="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY."
@@ -169,7 +169,9 @@ class Environment(ApiModel):
     }
 
     name: Annotated[str, StringConstraints(pattern=DNS1123_LABEL, min_length=1, max_length=20)] = (
-        Field(description="Environment name (DNS-1123 label, at most 20 characters); it names objects.")
+        Field(
+            description="Environment name (DNS-1123 label, at most 20 characters); names objects."
+        )
     )
     execution_provider: ExecutionProvider = Field(ExecutionProvider.CPU)
     node_selector: dict[str, str] = Field(default_factory=dict)
@@ -206,10 +208,15 @@ class Serving(ApiModel):
             (
                 "self.environments.all(e, !has(e.weight)) || "
                 "(self.environments.all(e, has(e.weight)) && "
-                "self.environments.map(e, e.weight).sum() == 100)",
+                "self.environments.map(e, has(e.weight) ? e.weight : 0).sum() == 100)",
                 "environment weights must be set on every environment and sum to 100, or on none",
                 ".environments",
-            )
+            ),
+            (
+                "self.environments.all(e, self.environments.exists_one(f, f.name == e.name))",
+                "environment names must be unique",
+                ".environments",
+            ),
         )
     }
 
@@ -290,10 +297,14 @@ class Step(ApiModel):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Step:
-        set_fields = [n for n in ("set_weight", "pause", "mirror", "analysis") if getattr(self, n) is not None]
+        set_fields = [
+            n for n in ("set_weight", "pause", "mirror", "analysis") if getattr(self, n) is not None
+        ]
         if len(set_fields) != 1:
             got = ", ".join(set_fields) or "none"
-            raise ValueError(f"a step sets exactly one of setWeight, pause, mirror, analysis (got {got})")
+            raise ValueError(
+                f"a step sets exactly one of setWeight, pause, mirror, analysis (got {got})"
+            )
         return self
 
     @property
@@ -328,7 +339,9 @@ class Analysis(ApiModel):
     max_error_rate: float = Field(0.01, ge=0.0, le=1.0)
     max_latency_p99_ms: float | None = Field(None, gt=0)
     min_output_agreement: OutputAgreement | None = None
-    failure_limit: int = Field(2, ge=0, le=100, description="Failed checks tolerated before rollback.")
+    failure_limit: int = Field(
+        2, ge=0, le=100, description="Failed checks tolerated before rollback."
+    )
     min_requests: int = Field(
         20, ge=1, description="Fewer canary requests in an interval make it inconclusive."
     )
@@ -338,13 +351,15 @@ class Analysis(ApiModel):
     @model_validator(mode="after")
     def _prometheus_address(self) -> Analysis:
         if self.provider == "prometheus" and self.prometheus is None:
-            raise ValueError("provider prometheus needs prometheus.address")
+            raise ValueError("prometheus: provider prometheus needs prometheus.address")
         return self
 
 
 class ParentRef(ApiModel):
     name: DNSLabel
-    namespace: Annotated[str, StringConstraints(pattern=r"^$|" + DNS1123_LABEL[1:], max_length=63)] = ""
+    namespace: Annotated[
+        str, StringConstraints(pattern=r"^$|" + DNS1123_LABEL[1:], max_length=63)
+    ] = ""
     section_name: str = ""
 
 
@@ -372,7 +387,7 @@ class Traffic(ApiModel):
     @model_validator(mode="after")
     def _gateway(self) -> Traffic:
         if self.router == "gatewayAPI" and self.gateway is None:
-            raise ValueError("router gatewayAPI needs gateway.parentRefs")
+            raise ValueError("gateway: router gatewayAPI needs gateway.parentRefs")
         return self
 
 

@@ -28,7 +28,9 @@ _PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 def parse_duration(text: str) -> float:
     """Seconds in a duration such as ``30s``, ``2m``, ``1h30m`` or ``250ms``."""
     if not re.fullmatch(DURATION, text):
-        raise ValueError(f"{text!r} is not a duration: use a number and a unit (ms, s, m, h), e.g. 30s or 2m")
+        raise ValueError(
+            f"{text!r} is not a duration: use a number and a unit (ms, s, m, h), e.g. 30s or 2m"
+        )
     return sum(float(n) * _UNITS[u] for n, u in _PART.findall(text))
 
 

@@ -17,8 +17,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(stderr=True)
-out = Console()
+# soft_wrap: file paths and field paths in messages must stay on one line for grep and CI logs.
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 class ExitCode(IntEnum):

@@ -25,6 +25,8 @@ def validate_command(
             console.print(f"[red]✗[/] {exc}", highlight=False)
             continue
         envs = ", ".join(e.name for e in md.spec.serving.effective_environments())
-        console.print(f"[green]✓[/] {path}: {md.metadata.name} (environments: {envs})", highlight=False)
+        console.print(
+            f"[green]✓[/] {path}: {md.metadata.name} (environments: {envs})", highlight=False
+        )
     if bad:
         raise typer.Exit(int(ExitCode.invalid_spec))

@@ -59,4 +59,6 @@ def revision_inputs(spec: ModelDeploymentSpec, model_sha256: str, image: str) ->
 
 def revision_name(deployment: str, spec: ModelDeploymentSpec, model_sha256: str, image: str) -> str:
     """``<deployment>-<hash>``; a new name means a new revision and a canary."""
-    return f"{deployment}-{short_hash(revision_inputs(spec, model_sha256, image), REVISION_HASH_LEN)}"
+    return (
+        f"{deployment}-{short_hash(revision_inputs(spec, model_sha256, image), REVISION_HASH_LEN)}"
+    )
