@@ -1,0 +1,204 @@
+"""What a user sees of a local deployment: the live view of `up` and `onnxship status`.
+
+Both render the same thing from the same data (the persisted status and the runtime file
+that `up` rewrites every tick), so the two terminals never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from onnxship.api import ModelDeploymentSpec, ModelDeploymentStatus, RevisionStatus
+
+_PHASE_STYLE = {
+    "Ready": "bold green",
+    "Progressing": "bold cyan",
+    "Paused": "bold yellow",
+    "Compressing": "bold magenta",
+    "Degraded": "bold red",
+    "Pending": "dim",
+}
+
+
+@dataclass
+class RevisionStats:
+    """Live counters of one revision, from the router's metrics."""
+
+    requests: int = 0
+    errors: int = 0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    mirrored: int = 0
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "p50Ms": self.p50_ms,
+            "p99Ms": self.p99_ms,
+            "mirrored": self.mirrored,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> RevisionStats:
+        return cls(
+            int(raw.get("requests", 0)),
+            int(raw.get("errors", 0)),
+            raw.get("p50Ms"),
+            raw.get("p99Ms"),
+            int(raw.get("mirrored", 0)),
+        )
+
+
+@dataclass
+class Snapshot:
+    """Everything the view shows, gathered in one place."""
+
+    name: str
+    status: ModelDeploymentStatus
+    spec: ModelDeploymentSpec | None = None
+    endpoint: str = ""
+    running: bool = False
+    stats: dict[str, RevisionStats] = field(default_factory=dict)
+    processes: dict[str, str] = field(
+        default_factory=dict
+    )  # revision -> "ready" | "starting" | ...
+    activity: str = ""  # e.g. "compressing encoder-1a2b3c (quantize)"
+    problem: str = ""  # a spec file that does not parse, a child that crashed
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n else "-"
+
+
+def _role(status: ModelDeploymentStatus, rev: str) -> str:
+    if rev == status.stable_revision and rev == status.canary_revision:
+        return "stable"
+    if rev == status.stable_revision:
+        return "stable"
+    if rev == status.canary_revision:
+        return "canary"
+    return ""
+
+
+def weights(status: ModelDeploymentStatus) -> dict[str, int]:
+    """Share of user traffic per revision, as the status says."""
+    out: dict[str, int] = {}
+    canary = status.canary_revision
+    if status.stable_revision:
+        out[status.stable_revision] = 100 - (status.canary_weight if canary else 0)
+    if canary and canary != status.stable_revision:
+        out[canary] = status.canary_weight
+    if not status.stable_revision and canary:
+        out[canary] = 100
+    return out
+
+
+def revision_table(snap: Snapshot) -> Table:
+    status = snap.status
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col, justify in (
+        ("revision", "left"),
+        ("model", "left"),
+        ("role", "left"),
+        ("weight", "right"),
+        ("size", "right"),
+        ("ratio", "right"),
+        ("accuracy", "right"),
+        ("process", "left"),
+        ("requests", "right"),
+        ("errors", "right"),
+        ("p50", "right"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    w = weights(status)
+    for rev in status.revisions:
+        st = snap.stats.get(rev.name, RevisionStats())
+        role = _role(status, rev.name)
+        size = _size(rev)
+        table.add_row(
+            rev.name,
+            rev.model_version or "-",
+            Text(role, style={"stable": "green", "canary": "cyan"}.get(role, "dim")),
+            f"{w[rev.name]}%" if rev.name in w else "-",
+            size,
+            f"{rev.compression_ratio:.2f}" if rev.compression_ratio else "-",
+            f"{rev.accuracy:.4f}" if rev.accuracy is not None else "-",
+            snap.processes.get(rev.name, "-"),
+            str(st.requests + st.mirrored) if st.requests or st.mirrored else "0",
+            f"{st.errors} ({st.error_rate:.0%})" if st.errors else "0",
+            f"{st.p50_ms:.1f} ms" if st.p50_ms is not None else "-",
+        )
+    return table
+
+
+def _size(rev: RevisionStatus) -> str:
+    original = 0
+    for env in rev.environments:
+        if env.compression and env.compression.original_bytes:
+            original = env.compression.original_bytes
+            break
+    if original and rev.size_bytes:
+        return f"{_mb(original)} → {_mb(rev.size_bytes)}"
+    return _mb(rev.size_bytes)
+
+
+def header(snap: Snapshot) -> Text:
+    status = snap.status
+    text = Text()
+    text.append(f"{snap.name}  ", style="bold")
+    text.append(str(status.phase), style=_PHASE_STYLE.get(str(status.phase), ""))
+    steps = len(snap.spec.rollout.steps) if snap.spec else 0
+    if status.canary_revision and steps:
+        text.append(f"  step {min(status.current_step, steps)}/{steps}")
+    if status.canary_revision:
+        text.append(f"  canary weight {status.canary_weight}%")
+        if status.mirror_percent:
+            text.append(f"  mirror {status.mirror_percent}%")
+    if snap.endpoint:
+        text.append(f"  {snap.endpoint}", style="underline")
+    if not snap.running:
+        text.append("  (not running: start it with `onnxship up FILE`)", style="dim")
+    return text
+
+
+def render(snap: Snapshot) -> RenderableType:
+    """The whole view: header, message, analysis, revisions, activity, problems."""
+    parts: list[RenderableType] = [header(snap)]
+    status = snap.status
+    if status.message:
+        parts.append(Text(status.message, style="dim"))
+    if status.analysis and status.analysis.verdict:
+        a = status.analysis
+        line = Text("analysis: ")
+        line.append(a.verdict, style={"pass": "green", "fail": "red"}.get(a.verdict, "yellow"))
+        figures = []
+        if a.error_rate is not None:
+            figures.append(f"error rate {a.error_rate:.1%}")
+        if a.latency_p99_ms is not None:
+            figures.append(f"p99 {a.latency_p99_ms:.1f} ms")
+        if a.output_agreement is not None:
+            figures.append(f"agreement {a.output_agreement:.3f}")
+        figures.append(f"{a.requests} requests")
+        if a.failures:
+            figures.append(f"{a.failures} failed checks")
+        line.append("  " + ", ".join(figures))
+        if a.message:
+            line.append(f"  {a.message}", style="dim")
+        parts.append(line)
+    if status.revisions:
+        parts.append(revision_table(snap))
+    if snap.activity:
+        parts.append(Text(snap.activity, style="magenta"))
+    if snap.problem:
+        parts.append(Text(snap.problem, style="bold red"))
+    return Group(*parts)
