@@ -15,6 +15,7 @@ from onnxship.logs import configure_logging
 
 from . import crd, validate  # noqa: F401  (command registration)
 from .app import app
+from .serve import serve_command  # noqa: F401  (command registration: onnxship serve)
 
 
 @app.callback()

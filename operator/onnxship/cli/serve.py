@@ -1,0 +1,107 @@
+"""`onnxship serve`: run the Open Inference Protocol server for one model version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from pydantic import ValidationError
+
+from .app import ExitCode, app, fail
+
+
+@app.command("serve")
+def serve_command(
+    model: Path | None = typer.Option(
+        None, "--model", help="A local .onnx file (or a folder holding model.onnx)."
+    ),
+    store: str | None = typer.Option(
+        None, "--store", help="Artifact store URI (s3://... or file://...)."
+    ),
+    cache_key: str | None = typer.Option(
+        None, "--cache-key", help="The artifact's cache key in --store."
+    ),
+    store_endpoint: str | None = typer.Option(
+        None, "--store-endpoint", envvar="ONNXSHIP_S3_ENDPOINT", help="S3-compatible endpoint URL."
+    ),
+    store_region: str | None = typer.Option(None, "--store-region", envvar="AWS_REGION"),
+    cache_dir: Path | None = typer.Option(
+        None, "--cache-dir", help="Where fetched artifacts are written."
+    ),
+    name: str = typer.Option("model", "--name", help="Model name in /v2/models/{name}."),
+    model_version: str = typer.Option("1", "--model-version", help="Model version label."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to listen on (0.0.0.0 in a pod)."
+    ),
+    http_port: int = typer.Option(8080, "--http-port"),
+    grpc_port: int = typer.Option(8081, "--grpc-port", help="gRPC port; -1 turns gRPC off."),
+    threads: int = typer.Option(
+        0, "--threads", help="ONNX Runtime intra-op threads; 0 = from the CPU limit."
+    ),
+    inter_op_threads: int = typer.Option(1, "--inter-op-threads"),
+    optimization: str = typer.Option(
+        "all", "--graph-optimization-level", help="none | basic | extended | all"
+    ),
+    execution_provider: str = typer.Option(
+        "CPU", "--execution-provider", help="CPU, CUDA, TensorRT, ..."
+    ),
+    max_batch_size: int = typer.Option(
+        1, "--max-batch-size", help="Dynamic batching up to N rows; 1 = off."
+    ),
+    max_batch_delay_ms: float = typer.Option(
+        2.0, "--max-batch-delay-ms", help="Longest wait for a batch to fill."
+    ),
+    max_queue_size: int = typer.Option(
+        128, "--max-queue-size", help="Requests admitted before answering 503."
+    ),
+    max_body_bytes: int = typer.Option(
+        64 << 20, "--max-body-bytes", help="Larger requests get 413."
+    ),
+    pad_sequences: bool = typer.Option(
+        True,
+        "--pad-sequences/--no-pad-sequences",
+        help="Batch different sequence lengths by padding (models with attention_mask).",
+    ),
+    grace_period_s: float = typer.Option(
+        30.0, "--grace-period", help="Seconds in-flight requests get after SIGTERM."
+    ),
+    warmup: bool = typer.Option(True, "--warmup/--no-warmup"),
+) -> None:
+    """Serve one model over the Open Inference Protocol (KServe v2): HTTP, binary tensors, gRPC."""
+    # Imported here so that other commands do not pay for onnxruntime, aiohttp and grpc.
+    from onnxship.serve import ServeConfig, StartupError, run
+
+    try:
+        config = ServeConfig(
+            model_path=model,
+            store_uri=store,
+            cache_key=cache_key,
+            store_endpoint=store_endpoint,
+            store_region=store_region,
+            cache_dir=cache_dir,
+            name=name,
+            version=model_version,
+            host=host,
+            http_port=http_port,
+            grpc_port=None if grpc_port < 0 else grpc_port,
+            threads=threads,
+            inter_op_threads=inter_op_threads,
+            graph_optimization_level=optimization,
+            execution_provider=execution_provider,
+            max_batch_size=max_batch_size,
+            max_batch_delay_ms=max_batch_delay_ms,
+            max_queue_size=max_queue_size,
+            max_body_bytes=max_body_bytes,
+            pad_sequences=pad_sequences,
+            grace_period_s=grace_period_s,
+            warmup=warmup,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'options'}: {e['msg']}" for e in exc.errors()
+        )
+        fail(problems, ExitCode.usage)
+    try:
+        run(config)
+    except StartupError as exc:
+        fail(str(exc), ExitCode[exc.kind] if exc.kind in ExitCode.__members__ else ExitCode.failure)

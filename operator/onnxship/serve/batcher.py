@@ -1,0 +1,226 @@
+"""Admission and dynamic batching: a bounded queue in front of one ONNX Runtime session.
+
+One run at a time goes to the session (its intra-op pool already uses every CPU the pod
+has; two runs at once would only fight over them). While a run is in progress, requests
+wait here; the next run takes as many compatible ones as fit in ``max_batch_size``, stacks
+them, and splits the outputs back. Over ``max_queue_size`` admitted requests, the next one
+is refused at once with 503: a queue that grows without bound only turns overload into
+timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable, Hashable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import InvalidInput, Overloaded
+
+Feeds = dict[str, np.ndarray]
+Runner = Callable[[Feeds, list[str]], dict[str, np.ndarray]]  # blocking: session.run
+
+
+@dataclass(eq=False)
+class _Item:
+    feeds: Feeds
+    outputs: list[str]
+    rows: int
+    seq: int  # sequence length, when padding is on; 0 otherwise
+    key: Hashable
+    future: asyncio.Future[dict[str, np.ndarray]]
+    arrival: float = field(default=0.0)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        run: Runner,
+        executor: Executor,
+        *,
+        output_order: list[str],
+        max_batch_size: int = 1,
+        max_delay_s: float = 0.0,
+        max_queue_size: int = 128,
+        batchable: bool = False,
+        crop: dict[str, int] | None = None,
+        on_batch: Callable[[int], None] = lambda rows: None,
+        on_depth: Callable[[int], None] = lambda depth: None,
+    ) -> None:
+        self._run = run
+        self._executor = executor
+        self._order = output_order
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.max_queue_size = max_queue_size
+        self.batching = batchable and max_batch_size > 1
+        self._batchable = batchable
+        self._crop = crop  # None: requests of different lengths never share a batch
+        self._on_batch = on_batch
+        self._on_depth = on_depth
+        self.depth = 0  # admitted and not yet answered
+        self._pending: collections.deque[_Item] = collections.deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.batching and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def submit(self, feeds: Feeds, outputs: list[str]) -> dict[str, np.ndarray]:
+        """The outputs for one request; raises Overloaded when the queue is full."""
+        if self.depth >= self.max_queue_size:
+            raise Overloaded(
+                f"server is at capacity ({self.depth} requests queued or running); retry later"
+            )
+        self.depth += 1
+        self._on_depth(self.depth)
+        try:
+            loop = asyncio.get_running_loop()
+            if not self.batching:
+                self._on_batch(next(iter(feeds.values())).shape[0] if self._batchable else 1)
+                return await loop.run_in_executor(self._executor, self._run, feeds, outputs)
+            item = self._item(feeds, outputs, loop)
+            self._pending.append(item)
+            self._wake.set()
+            return await item.future
+        finally:
+            self.depth -= 1
+            self._on_depth(self.depth)
+
+    def _item(self, feeds: Feeds, outputs: list[str], loop: asyncio.AbstractEventLoop) -> _Item:
+        arrays = list(feeds.values())
+        rows = arrays[0].shape[0]
+        if any(a.shape[0] != rows for a in arrays):
+            sizes = ", ".join(f"{n}: {a.shape[0]}" for n, a in feeds.items())
+            raise InvalidInput(f"inputs disagree on the batch (first) dimension ({sizes})")
+        if self._crop is not None:
+            seq = arrays[0].shape[1]
+            if any(a.shape[1] != seq for a in arrays):
+                sizes = ", ".join(f"{n}: {a.shape[1]}" for n, a in feeds.items())
+                raise InvalidInput(f"inputs disagree on the sequence (second) dimension ({sizes})")
+            key: Hashable = tuple((n, a.dtype.str) for n, a in feeds.items())
+        else:
+            seq = 0
+            key = tuple((n, a.dtype.str, a.shape[1:]) for n, a in feeds.items())
+        return _Item(feeds, outputs, rows, seq, key, loop.create_future(), loop.time())
+
+    # ------------------------------------------------------------------ the batching loop
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._pending:
+                self._wake.clear()
+                await self._wake.wait()
+            first = self._pending[0]
+            deadline = first.arrival + self.max_delay_s
+            while self._rows_waiting(first.key) < self.max_batch_size:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), remaining)
+                except TimeoutError:
+                    break
+            batch = self._take(first.key)
+            if batch:
+                await self._execute(batch)
+
+    def _rows_waiting(self, key: Hashable) -> int:
+        return sum(i.rows for i in self._pending if i.key == key and not i.future.done())
+
+    def _take(self, key: Hashable) -> list[_Item]:
+        batch: list[_Item] = []
+        rows = 0
+        keep: collections.deque[_Item] = collections.deque()
+        for item in self._pending:
+            if item.future.done():  # the client went away while it waited
+                continue
+            # The first item always goes, even if it alone is larger than a batch.
+            if item.key == key and (not batch or rows + item.rows <= self.max_batch_size):
+                batch.append(item)
+                rows += item.rows
+            else:
+                keep.append(item)
+        self._pending = keep
+        return batch
+
+    async def _execute(self, batch: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        names = self._output_names(batch)
+        feeds = batch[0].feeds if len(batch) == 1 else self._stack(batch)
+        self._on_batch(sum(i.rows for i in batch))
+        try:
+            results = await loop.run_in_executor(self._executor, self._run, feeds, names)
+        except Exception as exc:
+            if len(batch) == 1:
+                _settle_error(batch[0], exc)
+                return
+            # One bad request must not fail the others it shared a batch with.
+            for item in batch:
+                try:
+                    alone = await loop.run_in_executor(
+                        self._executor, self._run, item.feeds, item.outputs
+                    )
+                except Exception as exc_one:
+                    _settle_error(item, exc_one)
+                else:
+                    _settle(item, alone)
+            return
+        if len(batch) == 1:
+            _settle(batch[0], {n: results[n] for n in batch[0].outputs})
+            return
+        offset = 0
+        for item in batch:
+            part: dict[str, np.ndarray] = {}
+            for name in item.outputs:
+                value = results[name][offset : offset + item.rows]
+                if self._crop and name in self._crop and value.shape[1] != item.seq:
+                    value = value[:, : item.seq]
+                part[name] = value
+            offset += item.rows
+            _settle(item, part)
+
+    def _output_names(self, batch: list[_Item]) -> list[str]:
+        wanted = {n for item in batch for n in item.outputs}
+        return [n for n in self._order if n in wanted]
+
+    def _stack(self, batch: list[_Item]) -> Feeds:
+        names = list(batch[0].feeds)
+        longest = max(i.seq for i in batch)
+        if self._crop is None or all(i.seq == longest for i in batch):
+            return {n: np.concatenate([i.feeds[n] for i in batch]) for n in names}
+        # Pad to the longest sequence with zeros: mask 0 marks the padding as not-a-token,
+        # and 0 is the pad id of BERT-style vocabularies.
+        rows = sum(i.rows for i in batch)
+        feeds: Feeds = {}
+        for n in names:
+            first = batch[0].feeds[n]
+            out = np.zeros((rows, longest), dtype=first.dtype)
+            offset = 0
+            for i in batch:
+                out[offset : offset + i.rows, : i.seq] = i.feeds[n]
+                offset += i.rows
+            feeds[n] = out
+        return feeds
+
+
+def _settle(item: _Item, value: dict[str, np.ndarray]) -> None:
+    if not item.future.done():
+        item.future.set_result(value)
+
+
+def _settle_error(item: _Item, exc: BaseException) -> None:
+    if not item.future.done():
+        item.future.set_exception(exc)

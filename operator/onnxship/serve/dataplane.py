@@ -1,0 +1,266 @@
+"""The protocol core: the Open Inference Protocol over one ONNX Runtime model.
+
+It knows OIP (model names and versions, tensors, outputs, errors) and ONNX Runtime; it does
+not know HTTP or gRPC. The front ends in ``rest.py`` and ``grpc_service.py`` decode their wire
+format into ``InferRequest``, call ``infer``, and encode the ``InferResult``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from onnxship import __version__
+
+from . import tensors
+from .batcher import Scheduler
+from .config import ServeConfig
+from .errors import InvalidInput, ModelNotFound, NotReady, ServeError
+from .loader import resolve_model_file
+from .metrics import ServeMetrics
+from .model import LoadedModel
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ["binary_tensor_data", "model_metadata", "health"]
+PLATFORM = "onnxruntime_onnx"
+
+
+class State(enum.Enum):
+    loading = "loading"
+    ready = "ready"
+    draining = "draining"
+    failed = "failed"
+
+
+@dataclass
+class RequestTensor:
+    """An input as it came off the wire: exactly one of ``data`` and ``raw`` is set."""
+
+    name: str
+    datatype: str
+    shape: Sequence[int]
+    data: Any = None  # JSON data (flat or nested) or typed gRPC contents
+    raw: bytes | memoryview | None = None  # binary extension / gRPC raw contents
+
+
+@dataclass
+class InferRequest:
+    model_name: str
+    model_version: str | None
+    inputs: list[RequestTensor]
+    outputs: list[str] | None = None  # None: every output, in the model's order
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InferResult:
+    model_name: str
+    model_version: str
+    id: str | None
+    outputs: list[tuple[str, str, np.ndarray]]  # name, OIP datatype, array
+
+
+class DataPlane:
+    def __init__(self, config: ServeConfig, metrics: ServeMetrics | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.version = config.version
+        self.metrics = metrics or ServeMetrics(config.name, config.version)
+        self.state = State.loading
+        self.model: LoadedModel | None = None
+        self.scheduler: Scheduler | None = None
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        # One thread for ORT runs: its intra-op pool already spans the CPUs we have.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxship-infer")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def load(self) -> None:
+        """Fetch, load and warm up on a worker thread; the server stays live meanwhile."""
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        try:
+            path = await loop.run_in_executor(self._executor, resolve_model_file, self.config)
+            model = await loop.run_in_executor(self._executor, LoadedModel.load, path, self.config)
+        except BaseException:
+            self.state = State.failed
+            raise
+        seconds = time.perf_counter() - start
+        self.model = model
+        sig = model.signature
+        self.scheduler = Scheduler(
+            model.run,
+            self._executor,
+            output_order=model.output_order,
+            max_batch_size=self.config.max_batch_size,
+            max_delay_s=self.config.max_batch_delay_ms / 1000,
+            max_queue_size=self.config.max_queue_size,
+            batchable=sig.batchable,
+            crop=sig.sequence_axis() if self.config.pad_sequences else None,
+            on_batch=self.metrics.batch,
+            on_depth=self.metrics.queue_depth,
+        )
+        self.scheduler.start()
+        if self.config.max_batch_size > 1 and not sig.batchable:
+            log.warning("dynamic batching is off: the model has no dynamic batch dimension")
+        self.metrics.loaded(seconds)
+        self.state = State.ready
+        self.metrics.ready(True)
+        log.info(
+            "model ready",
+            extra={
+                "model": self.name,
+                "version": self.version,
+                "path": str(path),
+                "load_seconds": round(seconds, 3),
+                "batching": self.scheduler.batching,
+                "threads": model.session.get_session_options().intra_op_num_threads,
+            },
+        )
+
+    async def drain(self, grace_s: float) -> bool:
+        """Stop taking requests and wait for those in flight; False if the grace ran out."""
+        if self.state is State.ready:
+            self.state = State.draining
+        self.metrics.ready(False)
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ health and metadata
+
+    def live(self) -> bool:
+        return self.state is not State.failed
+
+    def ready(self) -> bool:
+        return self.state is State.ready
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "onnxship", "version": __version__, "extensions": EXTENSIONS}
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        self.check_model(name, version)
+        return self.ready()
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        self.check_model(name, version)
+        model = self._require_model()
+        sig = model.signature
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": PLATFORM,
+            "inputs": [s.metadata() for s in sig.inputs.values()],
+            "outputs": [s.metadata() for s in sig.outputs.values()],
+        }
+
+    # ------------------------------------------------------------------ inference
+
+    async def infer(self, request: InferRequest) -> InferResult:
+        self.check_model(request.model_name, request.model_version)
+        model = self._require_model()
+        assert self.scheduler is not None
+        feeds = self._decode_inputs(model, request.inputs)
+        outputs = self._select_outputs(model, request.outputs)
+        self.in_flight += 1
+        self._idle.clear()
+        self.metrics.in_flight(1)
+        try:
+            values = await self.scheduler.submit(feeds, outputs)
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight(-1)
+            if self.in_flight == 0:
+                self._idle.set()
+        sig = model.signature.outputs
+        return InferResult(
+            self.name,
+            self.version,
+            request.id,
+            [(n, sig[n].datatype, values[n]) for n in outputs],
+        )
+
+    def record(self, code: int, started: float) -> None:
+        """Count one inference request; the front ends call this once per request."""
+        self.metrics.request(code, time.perf_counter() - started)
+
+    def check_model(self, name: str, version: str | None) -> None:
+        if name != self.name:
+            raise ModelNotFound(f"unknown model {name!r}; this server serves {self.name!r}")
+        if version and version != self.version:
+            raise ModelNotFound(
+                f"unknown version {version!r} of model {name!r}; "
+                f"this server serves version {self.version!r}"
+            )
+
+    def _require_model(self) -> LoadedModel:
+        if self.state is State.ready and self.model is not None:
+            return self.model
+        if self.state is State.draining:
+            raise NotReady("server is shutting down; retry on another replica")
+        if self.state is State.failed:
+            raise NotReady("model failed to load", retry_after=10)
+        raise NotReady(f"model {self.name!r} is loading; retry shortly")
+
+    def _decode_inputs(
+        self, model: LoadedModel, inputs: list[RequestTensor]
+    ) -> dict[str, np.ndarray]:
+        specs = model.signature.inputs
+        feeds: dict[str, np.ndarray] = {}
+        for tensor in inputs:
+            spec = specs.get(tensor.name)
+            if spec is None:
+                raise InvalidInput(
+                    f"unknown input {tensor.name!r}; the model's inputs are "
+                    + ", ".join(f"{s.name} ({s.describe()})" for s in specs.values())
+                )
+            if tensor.name in feeds:
+                raise InvalidInput(f"input {tensor.name!r} given more than once")
+            shape = tensors.check_header(spec, tensor.datatype, tensor.shape)
+            if tensor.raw is not None:
+                feeds[tensor.name] = tensors.from_raw(spec, shape, tensor.raw)
+            elif tensor.data is not None:
+                feeds[tensor.name] = tensors.from_data(spec, shape, tensor.data)
+            else:
+                raise InvalidInput(f"input {tensor.name!r} has no data")
+        missing = [s for n, s in specs.items() if n not in feeds]
+        if missing:
+            raise InvalidInput(
+                "missing input " + ", ".join(f"{s.name!r} ({s.describe()})" for s in missing)
+            )
+        return feeds
+
+    def _select_outputs(self, model: LoadedModel, names: list[str] | None) -> list[str]:
+        if not names:
+            return model.output_order
+        known = model.signature.outputs
+        for n in names:
+            if n not in known:
+                raise InvalidInput(
+                    f"unknown output {n!r}; the model's outputs are {', '.join(known)}"
+                )
+        if len(set(names)) != len(names):
+            raise InvalidInput("an output is requested more than once")
+        return list(names)
+
+
+__all__ = ["DataPlane", "InferRequest", "InferResult", "RequestTensor", "ServeError", "State"]

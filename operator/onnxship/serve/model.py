@@ -1,0 +1,69 @@
+"""One loaded model: its session, its signature, and a run that speaks protocol errors."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+from .config import ServeConfig
+from .datatypes import OIP_TO_NUMPY
+from .errors import InferenceFailed, InvalidInput
+from .session import create_session
+from .signature import ModelSignature
+
+log = logging.getLogger(__name__)
+
+
+class LoadedModel:
+    def __init__(self, session: ort.InferenceSession, path: Path, load_seconds: float) -> None:
+        self.session = session
+        self.path = path
+        self.signature = ModelSignature.from_session(session)
+        self.load_seconds = load_seconds
+        self.output_order = list(self.signature.outputs)
+
+    @classmethod
+    def load(cls, path: Path, config: ServeConfig) -> LoadedModel:
+        """Session created and warmed up: after this returns the first request is fast."""
+        start = time.perf_counter()
+        session = create_session(path, config)
+        model = cls(session, path, 0.0)
+        if config.warmup:
+            model.warm_up()
+        model.load_seconds = time.perf_counter() - start
+        return model
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        """Blocking; called on the inference thread. ORT releases the GIL while it runs."""
+        try:
+            values = self.session.run(outputs, feeds)
+        except ort_state.InvalidArgument as exc:
+            # The request passed our checks but not the model's own (a dimension the graph
+            # ties to another, a value out of range): still the caller's to fix.
+            raise InvalidInput(f"the model rejected the inputs: {_ort_message(exc)}") from None
+        except Exception as exc:
+            log.exception("inference failed")
+            raise InferenceFailed(f"inference failed: {_ort_message(exc)}") from None
+        return dict(zip(outputs, values, strict=True))
+
+    def warm_up(self) -> None:
+        """One inference on a dummy batch (dynamic dims = 1), so the first user pays nothing."""
+        feeds: dict[str, np.ndarray] = {}
+        for spec in self.signature.inputs.values():
+            shape = tuple(d if d >= 0 else 1 for d in spec.shape)
+            if spec.datatype == "BYTES":
+                feeds[spec.name] = np.full(shape, "", dtype=object)
+            else:
+                feeds[spec.name] = np.zeros(shape, dtype=OIP_TO_NUMPY[spec.datatype])
+        self.session.run(None, feeds)
+
+
+def _ort_message(exc: Exception) -> str:
+    # ORT prefixes messages with "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : "; keep the rest.
+    text = str(exc)
+    return text.rsplit(" : ", 1)[-1] if text.startswith("[ONNXRuntimeError]") else text

@@ -1,0 +1,268 @@
+"""The HTTP/REST front end: OIP JSON and Triton's binary tensor data extension, on aiohttp.
+
+Thin by design: parse the wire format into an ``InferRequest``, call the data plane, encode
+the result. Status codes come from the error classes, never from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from . import tensors
+from .dataplane import DataPlane, InferRequest, InferResult, RequestTensor
+from .errors import BodyTooLarge, InvalidInput, ServeError
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+
+log = logging.getLogger(__name__)
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+JSON_TYPE = "application/json"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(exc: ServeError) -> web.Response:
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return web.json_response({"error": str(exc)}, status=exc.http_status, headers=headers)
+
+
+@web.middleware
+async def _protocol_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own 404/405 answers, in the protocol's ``{"error": ...}`` shape."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return web.json_response(
+            {"error": f"{request.method} {request.path}: {exc.reason}"}, status=exc.status
+        )
+
+
+class RestFrontEnd:
+    def __init__(self, dataplane: DataPlane, max_body_bytes: int) -> None:
+        self.dp = dataplane
+        self.max_body_bytes = max_body_bytes
+
+    def app(self) -> web.Application:
+        # aiohttp enforces client_max_size when the body is read; we turn its 413 into ours.
+        app = web.Application(client_max_size=self.max_body_bytes, middlewares=[_protocol_errors])
+        app.router.add_get("/v2/health/live", self.live)
+        app.router.add_get("/v2/health/ready", self.ready)
+        app.router.add_get("/v2", self.server_metadata)
+        app.router.add_get("/v2/models/{name}", self.model_metadata)
+        app.router.add_get("/v2/models/{name}/versions/{version}", self.model_metadata)
+        app.router.add_get("/v2/models/{name}/ready", self.model_ready)
+        app.router.add_get("/v2/models/{name}/versions/{version}/ready", self.model_ready)
+        app.router.add_post("/v2/models/{name}/infer", self.infer)
+        app.router.add_post("/v2/models/{name}/versions/{version}/infer", self.infer)
+        app.router.add_get("/metrics", self.metrics)
+        return app
+
+    # ------------------------------------------------------------------ health and metadata
+
+    async def live(self, request: web.Request) -> web.Response:
+        live = self.dp.live()
+        return web.json_response({"live": live}, status=200 if live else 503)
+
+    async def ready(self, request: web.Request) -> web.Response:
+        if self.dp.ready():
+            return web.json_response({"ready": True})
+        return web.json_response({"ready": False}, status=503, headers={"Retry-After": "1"})
+
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        return web.json_response(self.dp.server_metadata())
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        try:
+            meta = self.dp.model_metadata(
+                request.match_info["name"], request.match_info.get("version")
+            )
+        except ServeError as exc:
+            return error_response(exc)
+        return web.json_response(meta)
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        try:
+            ready = self.dp.model_ready(name, request.match_info.get("version"))
+        except ServeError as exc:
+            return error_response(exc)
+        body = {"name": name, "ready": ready}
+        if ready:
+            return web.json_response(body)
+        return web.json_response(body, status=503, headers={"Retry-After": "1"})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.dp.metrics.exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE}
+        )
+
+    # ------------------------------------------------------------------ inference
+
+    async def infer(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        code = 500
+        try:
+            infer_request, binary_outputs = await self._parse(request)
+            result = await self.dp.infer(infer_request)
+            response = _encode(result, binary_outputs)
+            code = 200
+            return response
+        except ServeError as exc:
+            code = exc.http_status
+            return error_response(exc)
+        except asyncio.CancelledError:
+            code = 499  # the client went away
+            raise
+        except Exception:
+            log.exception("unexpected error in an inference request")
+            return web.json_response({"error": "internal server error"}, status=500)
+        finally:
+            self.dp.record(code, started)
+
+    async def _parse(self, request: web.Request) -> tuple[InferRequest, dict[str, bool]]:
+        # An unknown model or version is a 404 whatever the body holds.
+        name, version = request.match_info["name"], request.match_info.get("version")
+        self.dp.check_model(name, version)
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            raise _too_large(request.content_length, self.max_body_bytes)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise _too_large(None, self.max_body_bytes) from None
+        header_len = request.headers.get(HEADER_LENGTH)
+        if header_len is None:
+            header, binary = body, memoryview(b"")
+        else:
+            try:
+                n = int(header_len)
+            except ValueError:
+                raise InvalidInput(
+                    f"{HEADER_LENGTH} must be an integer, got {header_len!r}"
+                ) from None
+            if not 0 <= n <= len(body):
+                raise InvalidInput(f"{HEADER_LENGTH} is {n} but the body has {len(body)} bytes")
+            view = memoryview(body)
+            header, binary = bytes(view[:n]), view[n:]
+        try:
+            doc = json.loads(header)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+        return _parse_infer(doc, binary, name, version)
+
+
+def _too_large(size: int | None, limit: int) -> BodyTooLarge:
+    got = f"{size} bytes" if size is not None else "more"
+    return BodyTooLarge(f"request body is {got}; the limit is {limit} bytes (--max-body-bytes)")
+
+
+def _parse_infer(
+    doc: Any, binary: memoryview, name: str, version: str | None
+) -> tuple[InferRequest, dict[str, bool]]:
+    if not isinstance(doc, dict):
+        raise InvalidInput("request body must be a JSON object with 'inputs'")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidInput("request needs 'inputs', a non-empty list of tensors")
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InvalidInput("'parameters' must be an object")
+    offset = 0
+    inputs: list[RequestTensor] = []
+    for i, t in enumerate(raw_inputs):
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+            raise InvalidInput(f"inputs[{i}] must be an object with a 'name'")
+        tname = t["name"]
+        shape = t.get("shape")
+        if not isinstance(shape, list):
+            raise InvalidInput(f"input {tname!r}: 'shape' must be a list of integers")
+        datatype = t.get("datatype")
+        if not isinstance(datatype, str):
+            raise InvalidInput(f"input {tname!r}: 'datatype' must be a string such as FP32")
+        tparams = t.get("parameters") or {}
+        size = tparams.get("binary_data_size") if isinstance(tparams, dict) else None
+        if size is not None:
+            if not isinstance(size, int) or size < 0:
+                raise InvalidInput(
+                    f"input {tname!r}: binary_data_size must be a non-negative integer"
+                )
+            if offset + size > len(binary):
+                raise InvalidInput(
+                    f"input {tname!r}: binary_data_size {size} runs past the end of the body "
+                    f"({len(binary) - offset} binary bytes left)"
+                )
+            inputs.append(RequestTensor(tname, datatype, shape, raw=binary[offset : offset + size]))
+            offset += size
+        elif "data" in t:
+            inputs.append(RequestTensor(tname, datatype, shape, data=t["data"]))
+        else:
+            raise InvalidInput(
+                f"input {tname!r} has neither 'data' nor parameters.binary_data_size"
+            )
+    if offset != len(binary):
+        raise InvalidInput(
+            f"{len(binary) - offset} bytes of binary data are not claimed by any input"
+        )
+
+    default_binary = bool(params.get("binary_data_output", False))
+    outputs: list[str] | None = None
+    binary_outputs: dict[str, bool] = {}
+    raw_outputs = doc.get("outputs")
+    if raw_outputs is not None:
+        if not isinstance(raw_outputs, list):
+            raise InvalidInput("'outputs' must be a list of {name: ...} objects")
+        outputs = []
+        for i, o in enumerate(raw_outputs):
+            if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+                raise InvalidInput(f"outputs[{i}] must be an object with a 'name'")
+            oparams = o.get("parameters") or {}
+            outputs.append(o["name"])
+            flag = oparams.get("binary_data") if isinstance(oparams, dict) else None
+            binary_outputs[o["name"]] = default_binary if flag is None else bool(flag)
+    request_id = doc.get("id")
+    infer_request = InferRequest(
+        model_name=name,
+        model_version=version,
+        inputs=inputs,
+        outputs=outputs or None,
+        id=str(request_id) if request_id is not None else None,
+        parameters=params,
+    )
+    binary_outputs.setdefault("*", default_binary)
+    return infer_request, binary_outputs
+
+
+def _encode(result: InferResult, binary_outputs: dict[str, bool]) -> web.Response:
+    default = binary_outputs["*"]
+    outputs: list[dict[str, Any]] = []
+    buffers: list[bytes | memoryview] = []
+    for name, datatype, arr in result.outputs:
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
+        if binary_outputs.get(name, default):
+            raw = tensors.to_raw(datatype, arr)
+            entry["parameters"] = {
+                "binary_data_size": len(raw) if isinstance(raw, bytes) else raw.nbytes
+            }
+            buffers.append(raw)
+        else:
+            entry["data"] = tensors.to_data(datatype, arr)
+        outputs.append(entry)
+    doc: dict[str, Any] = {"model_name": result.model_name, "model_version": result.model_version}
+    if result.id is not None:
+        doc["id"] = result.id
+    doc["outputs"] = outputs
+    header = json.dumps(doc, separators=(",", ":")).encode()
+    if not buffers:
+        return web.Response(body=header, content_type=JSON_TYPE)
+    return web.Response(
+        body=b"".join([header, *buffers]),
+        headers={HEADER_LENGTH: str(len(header)), "Content-Type": "application/octet-stream"},
+    )

@@ -1,0 +1,88 @@
+"""Creating the ONNX Runtime session: execution provider, threads, optimization level."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import onnxruntime as ort
+
+from .config import ServeConfig
+from .errors import StartupError
+
+_OPT_LEVELS = {
+    "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def cpu_limit(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: the container's CPU quota if one is set, else its affinity.
+
+    ONNX Runtime sizes its pool from the host's cores, which in a pod with ``limits.cpu: 2`` on
+    a 64-core node means 64 threads fighting over 2 CPUs of quota.
+    """
+    available = len(os.sched_getaffinity(0))
+    quota: float | None = None
+    try:  # cgroup v2: "max 100000" or "200000 100000"
+        q, period = (cgroup_root / "cpu.max").read_text().split()
+        if q != "max":
+            quota = int(q) / int(period)
+    except (OSError, ValueError):
+        try:  # cgroup v1
+            q1 = int((cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text())
+            p1 = int((cgroup_root / "cpu" / "cpu.cfs_period_us").read_text())
+            if q1 > 0 and p1 > 0:
+                quota = q1 / p1
+        except (OSError, ValueError):
+            pass
+    if quota is None:
+        return available
+    return max(1, min(available, math.ceil(quota)))
+
+
+def provider_name(short: str) -> str:
+    return short if short.endswith("ExecutionProvider") else f"{short}ExecutionProvider"
+
+
+def create_session(model_file: Path, config: ServeConfig) -> ort.InferenceSession:
+    """A session on exactly the asked provider; a missing provider is a startup error.
+
+    ONNX Runtime would otherwise fall back to CPU in silence, and a GPU pool would serve
+    at CPU speed with nothing in the logs to say why.
+    """
+    provider = provider_name(config.execution_provider)
+    available = ort.get_available_providers()
+    if provider not in available:
+        raise StartupError(
+            f"execution provider {config.execution_provider!r} is not available in this "
+            f"onnxruntime build (available: {', '.join(available)})",
+            kind="invalid_spec",
+        )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = config.threads or cpu_limit()
+    options.inter_op_num_threads = config.inter_op_threads
+    options.graph_optimization_level = _OPT_LEVELS[config.graph_optimization_level]
+    # Requests are serialised onto one run at a time; with spinning on, idle ORT workers burn
+    # the CPU the event loop needs to parse the next request.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers = (
+        [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+    )
+    try:
+        session = ort.InferenceSession(str(model_file), options, providers=providers)
+    except Exception as exc:  # ORT raises its own exception types for bad files
+        raise StartupError(
+            f"{model_file}: ONNX Runtime cannot load the model: {exc}",
+            kind="invalid_model",
+        ) from exc
+    if session.get_providers()[0] != provider:
+        raise StartupError(
+            f"execution provider {config.execution_provider!r} failed to initialise "
+            f"(session runs on {session.get_providers()})",
+            kind="invalid_spec",
+        )
+    return session

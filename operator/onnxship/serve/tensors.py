@@ -1,0 +1,160 @@
+"""Turning protocol tensors into NumPy arrays and back, checking them against the model.
+
+Binary payloads (the HTTP binary extension, gRPC raw contents) become arrays with
+``np.frombuffer`` and stay views over the request body; only JSON data is walked in Python.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .datatypes import OIP_TO_NUMPY, WIRE_DTYPE
+from .errors import InvalidInput
+from .signature import TensorSpec
+
+
+def check_header(spec: TensorSpec, datatype: str, shape: Sequence[int]) -> tuple[int, ...]:
+    """The request's shape as a tuple, if its datatype and shape fit the model's input."""
+    name = spec.name
+    if datatype != spec.datatype:
+        raise InvalidInput(
+            f"input {name!r}: expected datatype {spec.datatype}, got {datatype or '(none)'}"
+        )
+    try:
+        dims = tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        raise InvalidInput(
+            f"input {name!r}: shape must be a list of integers, got {shape!r}"
+        ) from None
+    fits = len(dims) == len(spec.shape) and all(
+        d >= 0 and want in (-1, d) for d, want in zip(dims, spec.shape, strict=False)
+    )
+    if not fits:
+        raise InvalidInput(
+            f"input {name!r}: expected shape {list(spec.shape)} (-1 = any), got {list(dims)}"
+        )
+    return dims
+
+
+def from_data(spec: TensorSpec, shape: tuple[int, ...], data: Any) -> np.ndarray:
+    """An array from JSON ``data`` (flat or nested, row-major) or typed gRPC contents."""
+    count = math.prod(shape)
+    dtype = OIP_TO_NUMPY[spec.datatype]
+    try:
+        if spec.datatype == "BYTES":
+            arr = np.empty(count, dtype=object)
+            flat = _flatten(data) if isinstance(data, list) else list(data)
+            if len(flat) != count:
+                raise _size_error(spec, shape, count, f"{len(flat)} elements")
+            for i, item in enumerate(flat):
+                arr[i] = _as_str(spec, item)
+            return arr.reshape(shape)
+        arr = np.asarray(data, dtype=dtype)
+    except InvalidInput:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidInput(
+            f"input {spec.name!r}: data is not a regular array of {spec.datatype} values ({exc})"
+        ) from None
+    if arr.size != count:
+        raise _size_error(spec, shape, count, f"{arr.size} elements")
+    return arr.reshape(shape)
+
+
+def from_raw(spec: TensorSpec, shape: tuple[int, ...], raw: bytes | memoryview) -> np.ndarray:
+    """An array over binary tensor bytes (little-endian, row-major), without a copy."""
+    count = math.prod(shape)
+    if spec.datatype == "BYTES":
+        return _bytes_from_raw(spec, shape, count, memoryview(raw))
+    dtype = WIRE_DTYPE[spec.datatype]
+    if len(raw) != count * dtype.itemsize:
+        raise _size_error(spec, shape, count * dtype.itemsize, f"{len(raw)} bytes", unit="bytes")
+    arr = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    if not arr.flags.aligned:
+        # The binary part follows a JSON header of any length; a misaligned view is legal
+        # for NumPy but not something to hand to vectorised kernels.
+        arr = arr.copy()
+    return arr
+
+
+def to_raw(datatype: str, arr: np.ndarray) -> bytes | memoryview:
+    """Binary tensor bytes of an output; a view of the array's memory where possible."""
+    if datatype == "BYTES":
+        parts: list[bytes] = []
+        for item in arr.flat:
+            b = item.encode() if isinstance(item, str) else bytes(item)
+            parts.append(len(b).to_bytes(4, "little"))
+            parts.append(b)
+        return b"".join(parts)
+    arr = np.ascontiguousarray(arr, dtype=WIRE_DTYPE[datatype])
+    return memoryview(arr).cast("B")
+
+
+def to_data(datatype: str, arr: np.ndarray) -> list[Any]:
+    """A flat, row-major list for a JSON response."""
+    if datatype == "BYTES":
+        return [x if isinstance(x, str) else bytes(x).decode("utf-8", "replace") for x in arr.flat]
+    return arr.ravel().tolist()  # type: ignore[no-any-return]
+
+
+def _size_error(
+    spec: TensorSpec, shape: tuple[int, ...], want: int, got: str, unit: str = "elements"
+) -> InvalidInput:
+    return InvalidInput(
+        f"input {spec.name!r}: shape {list(shape)} of {spec.datatype} needs {want} {unit}, "
+        f"got {got}"
+    )
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            out.append(item)
+        else:
+            stack.pop()
+    return out
+
+
+def _as_str(spec: TensorSpec, item: Any) -> str:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, bytes):
+        return item.decode("utf-8", "surrogateescape")
+    raise InvalidInput(
+        f"input {spec.name!r}: BYTES elements must be strings, got {type(item).__name__}"
+    )
+
+
+def _bytes_from_raw(
+    spec: TensorSpec, shape: tuple[int, ...], count: int, raw: memoryview
+) -> np.ndarray:
+    arr = np.empty(count, dtype=object)
+    pos, end = 0, len(raw)
+    for i in range(count):
+        if pos + 4 > end:
+            raise InvalidInput(
+                f"input {spec.name!r}: BYTES data ends after {i} of {count} elements "
+                "(each element is a 4-byte little-endian length, then the bytes)"
+            )
+        n = int.from_bytes(raw[pos : pos + 4], "little")
+        pos += 4
+        if pos + n > end:
+            raise InvalidInput(
+                f"input {spec.name!r}: BYTES element {i} claims {n} bytes, only {end - pos} left"
+            )
+        arr[i] = bytes(raw[pos : pos + n]).decode("utf-8", "surrogateescape")
+        pos += n
+    if pos != end:
+        raise InvalidInput(
+            f"input {spec.name!r}: {end - pos} bytes left over after {count} BYTES elements"
+        )
+    return arr.reshape(shape)
