@@ -36,6 +36,9 @@ class Reason(StrEnum):
     promoted = "Promoted"
     rollout_completed = "RolloutCompleted"
     canary_superseded = "CanarySuperseded"
+    rolled_back = "RolledBack"
+    analysis_inconclusive = "AnalysisInconclusive"
+    command_rejected = "CommandRejected"
     # Degraded
     analysis_failed = "AnalysisFailed"
     aborted = "Aborted"

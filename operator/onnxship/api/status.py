@@ -56,6 +56,7 @@ class AnalysisStatus(ApiModel):
     verdict: Literal["", "pass", "fail", "inconclusive"] = ""
     message: str = ""
     failures: int = 0
+    passes: int = Field(0, description="Passing checks since the current step started.")
     error_rate: float | None = None
     latency_p99_ms: float | None = None
     output_agreement: float | None = None
@@ -75,8 +76,13 @@ class ModelDeploymentStatus(ApiModel):
     current_step: int = 0
     step_started_at: str = ""
     canary_started_at: str = ""
-    paused: bool = False
+    paused: bool = Field(False, description="Waiting for `onnxship promote` (or resume).")
     aborted: bool = False
+    last_command: str = Field("", description="Id of the last user command handled.")
+    pinned_revision: str = Field(
+        "", description="Revision a rollback pinned; it wins until the spec's revision changes."
+    )
+    pinned_over: str = Field("", description="The spec's revision when the pin was set.")
     analysis: AnalysisStatus | None = None
     revisions: list[RevisionStatus] = Field(default_factory=list)
     endpoint: str = ""

@@ -1,0 +1,112 @@
+"""The canary analysis verdict: measurements in, pass / fail / inconclusive out.
+
+Pure: whoever measures (the router's /metrics through ``onnxship.router.metrics_source``, or
+Prometheus) hands over a ``Measurements``; the verdict never writes status itself, the rollout
+counts it (``plan.rollout``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from onnxship.api import Analysis
+
+
+class Result(StrEnum):
+    passed = "pass"
+    failed = "fail"
+    inconclusive = "inconclusive"
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """What the canary did over one interval (counts are deltas over the interval)."""
+
+    revision: str
+    requests: int = 0  # requests the canary answered: served and mirrored
+    errors: int = 0  # of those, answered with a 5xx or not at all
+    latency_p99_ms: float | None = None
+    comparisons: int = 0  # mirrored requests whose outputs were compared with stable's
+    cosine: float | None = None  # mean cosine similarity over the comparisons
+    top1: float | None = None  # share of comparisons with the same argmax
+    max_abs_diff: float | None = None
+    interval_seconds: float = 0.0
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests else None
+
+
+@dataclass(frozen=True)
+class AnalysisRequest:
+    """What the shell should measure next: the canary, and whether agreement is required."""
+
+    revision: str
+    mirroring: bool
+    interval_seconds: float
+
+
+@dataclass(frozen=True)
+class Verdict:
+    revision: str
+    result: Result
+    message: str
+    measured_at: datetime
+    measurements: Measurements
+
+    @property
+    def agreement(self) -> float | None:
+        return self.measurements.cosine
+
+
+def agreement_value(m: Measurements, metric: str) -> float | None:
+    return m.top1 if metric == "top1" else m.cosine
+
+
+def evaluate(
+    analysis: Analysis, m: Measurements, measured_at: datetime, mirroring: bool = False
+) -> Verdict:
+    """Judge one interval. Too few requests is inconclusive, never a pass.
+
+    Failing checks are reported even when traffic is thin: one 500 in three requests is
+    still worth a failure only when the sample is big enough, so thin samples are
+    inconclusive whatever they contain. With ``mirroring`` and an agreement threshold, the
+    interval also needs ``min_requests`` comparisons.
+    """
+
+    def verdict(result: Result, message: str) -> Verdict:
+        return Verdict(m.revision, result, message, measured_at, m)
+
+    gate = analysis.min_output_agreement
+    if m.requests < analysis.min_requests:
+        return verdict(
+            Result.inconclusive,
+            f"{m.requests} canary requests in the interval, fewer than {analysis.min_requests}",
+        )
+    problems = []
+    rate = m.error_rate or 0.0
+    if rate > analysis.max_error_rate:
+        problems.append(f"error rate {rate:.2%} above {analysis.max_error_rate:.2%}")
+    limit = analysis.max_latency_p99_ms
+    if limit is not None and m.latency_p99_ms is not None and m.latency_p99_ms > limit:
+        problems.append(f"p99 latency {m.latency_p99_ms:.1f} ms above {limit:g} ms")
+    if gate is not None and m.comparisons >= analysis.min_requests:
+        value = agreement_value(m, gate.metric)
+        if value is not None and value < gate.min:
+            problems.append(f"output agreement ({gate.metric}) {value:.4f} below {gate.min:g}")
+    if problems:
+        return verdict(Result.failed, "; ".join(problems))
+    if gate is not None and mirroring and m.comparisons < analysis.min_requests:
+        return verdict(
+            Result.inconclusive,
+            f"{m.comparisons} mirrored comparisons in the interval, "
+            f"fewer than {analysis.min_requests}",
+        )
+    parts = [f"{m.requests} requests", f"error rate {rate:.2%}"]
+    if m.latency_p99_ms is not None:
+        parts.append(f"p99 {m.latency_p99_ms:.1f} ms")
+    if m.comparisons and m.cosine is not None:
+        parts.append(f"cosine {m.cosine:.4f} over {m.comparisons} comparisons")
+    return verdict(Result.passed, ", ".join(parts))
