@@ -25,34 +25,28 @@ def resolve_model_file(config: ServeConfig) -> Path:
 
 def _fetch_from_store(config: ServeConfig) -> Path:
     assert config.store_uri and config.cache_key  # ServeConfig guarantees both
-    try:
-        # Imported here: the store and its boto3 import are only needed for this path.
-        from onnxship.store import open_store
-    except ImportError as exc:
-        raise StartupError(
-            f"the artifact store is not available in this build: {exc}", kind="store_error"
-        ) from exc
-    dest = config.cache_dir or Path(tempfile.mkdtemp(prefix="onnxship-serve-"))
-    dest.mkdir(parents=True, exist_ok=True)
+    # Imported here: boto3 is only needed on this path, and costs a second at start-up.
+    from onnxship.store import StoreError, StoreNotFound, open_store
+
+    uri, key = config.store_uri, config.cache_key
+    # A fixed folder per cache key lets a restarted container reuse a verified download.
+    dest = (config.cache_dir or Path(tempfile.gettempdir()) / "onnxship-serve") / key
     try:
         store = open_store(
-            config.store_uri, endpoint=config.store_endpoint, region=config.store_region
+            uri, endpoint=config.store_endpoint or "", region=config.store_region or ""
         )
-        manifest = store.get_manifest(config.cache_key)
-    except Exception as exc:  # the store's own errors; all mean "cannot start from here"
+        manifest = store.get_manifest(key)
+        if manifest is None:
+            raise StartupError(f"{uri}: no artifact with cache key {key!r}", kind="not_found")
+        path = store.fetch(manifest, dest)
+    except StoreNotFound as exc:
+        raise StartupError(f"{uri}: artifact {key!r}: {exc}", kind="not_found") from exc
+    except StoreError as exc:  # unreachable, denied, or a digest that does not match
         raise StartupError(
-            f"{config.store_uri}: cannot read manifest {config.cache_key!r}: {exc}",
-            kind="store_error",
+            f"{uri}: cannot fetch artifact {key!r}: {exc}", kind="store_error"
         ) from exc
-    if manifest is None:
-        raise StartupError(
-            f"{config.store_uri}: no artifact with cache key {config.cache_key!r}", kind="not_found"
-        )
-    try:
-        path = Path(store.fetch(manifest, dest))
-    except Exception as exc:
-        raise StartupError(
-            f"{config.store_uri}: cannot fetch {config.cache_key!r}: {exc}", kind="store_error"
-        ) from exc
-    log.info("fetched artifact", extra={"cache_key": config.cache_key, "path": str(path)})
-    return path
+    log.info(
+        "fetched artifact",
+        extra={"cache_key": key, "path": str(path), "source": manifest.source.uri},
+    )
+    return Path(path)
