@@ -6,9 +6,12 @@ same bytes and a second `onnxship up` finds its artifacts in the store.
 - v1: the model in service.
 - v2: a fine-tune of v1 (the same architecture, weights nudged by ~1%): it answers almost
   like v1 and its canary goes to 100%.
-- v3: a broken export: it was built with the wrong tokenizer (a 1,024-token vocabulary and
-  retrained weights), so requests with larger token ids fail inside ONNX Runtime and the
-  rest answer with embeddings unrelated to v1's. The canary analysis rolls it back.
+- v3: a broken export. It was traced on one unpadded sentence, so its position ids come
+  from the number of real tokens in the first sentence of a batch instead of the sequence
+  length, and its weights come from another training run. Padded requests fail inside ONNX
+  Runtime (HTTP 500) and the others answer with embeddings unrelated to v1's. Its own
+  accuracy gate passes (compressed v3 answers like original v3 on the unpadded samples):
+  only the canary analysis, comparing it with the stable revision on live traffic, sees it.
 
 Inputs: ``input_ids`` and ``attention_mask``, int64 [batch, sequence]; output ``embedding``,
 float32 [batch, hidden]: the mean of the last layer's states over unmasked tokens, L2
@@ -29,8 +32,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 17
 VOCAB = 8192
-BROKEN_VOCAB = 1024
-SAMPLE_VOCAB = 1000  # sample token ids stay below every version's vocabulary
 
 
 @dataclass(frozen=True)
@@ -84,12 +85,19 @@ def nudge(w: dict[str, np.ndarray], seed: int, relative: float) -> dict[str, np.
     }
 
 
-def encoder(shape: Shape, w: dict[str, np.ndarray], name: str) -> onnx.ModelProto:
-    """The ONNX graph of a post-LN transformer encoder with masked mean pooling."""
+def encoder(
+    shape: Shape, w: dict[str, np.ndarray], name: str, broken_positions: bool = False
+) -> onnx.ModelProto:
+    """The ONNX graph of a post-LN transformer encoder with masked mean pooling.
+
+    ``broken_positions`` reproduces the v3 export bug: positions 0..n-1 where n counts the
+    real tokens of the first sentence, which only matches unpadded batches.
+    """
     h, heads = shape.hidden, shape.heads
     hd = h // heads
     nodes: list[onnx.NodeProto] = []
     consts: dict[str, np.ndarray] = {
+        "c_axis0": np.array([0], np.int64),
         "c_axis1": np.array([1], np.int64),
         "c_axis2": np.array([2], np.int64),
         "c_axes12": np.array([1, 2], np.int64),
@@ -117,8 +125,12 @@ def encoder(shape: Shape, w: dict[str, np.ndarray], name: str) -> onnx.ModelProt
 
     # Embeddings: token + position (positions 0..seq-1).
     tok = node("Gather", ["tok_emb", "input_ids"], "tok")
-    seq_shape = node("Shape", ["input_ids"], "ids_shape")
-    seq_len = node("Gather", [seq_shape, "c_one"], "seq_len", axis=0)
+    if broken_positions:
+        first = node("Gather", ["attention_mask", "c_zero"], "first_mask", axis=0)
+        seq_len = node("ReduceSum", [first, "c_axis0"], "seq_len", keepdims=0)
+    else:
+        seq_shape = node("Shape", ["input_ids"], "ids_shape")
+        seq_len = node("Gather", [seq_shape, "c_one"], "seq_len", axis=0)
     positions = node("Range", ["c_zero", seq_len, "c_one"], "positions")
     pos = node("Gather", ["pos_emb", positions], "pos")
     x = layer_norm(node("Add", [tok, pos], "emb_sum"), "emb_ln_g", "emb_ln_b", "x0")
@@ -187,6 +199,7 @@ def encoder(shape: Shape, w: dict[str, np.ndarray], name: str) -> onnx.ModelProt
     )
     node("Div", [mean, norm], "embedding")
 
+    used = {i for n in nodes for i in n.input}
     graph = helper.make_graph(
         nodes,
         name,
@@ -197,7 +210,9 @@ def encoder(shape: Shape, w: dict[str, np.ndarray], name: str) -> onnx.ModelProt
             ),
         ],
         [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", h])],
-        initializer=[numpy_helper.from_array(a, n) for n, a in {**w, **consts}.items()],
+        initializer=[
+            numpy_helper.from_array(a, n) for n, a in {**w, **consts}.items() if n in used
+        ],
     )
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="onnxship-demo"
@@ -209,26 +224,31 @@ def encoder(shape: Shape, w: dict[str, np.ndarray], name: str) -> onnx.ModelProt
 
 
 def versions() -> dict[str, onnx.ModelProto]:
-    base = Shape()
-    v1 = weights(base, seed=1)
-    broken = Shape(vocab=BROKEN_VOCAB)
+    shape = Shape()
+    v1 = weights(shape, seed=1)
     return {
-        "v1": encoder(base, v1, "demo-encoder-v1"),
-        "v2": encoder(base, nudge(v1, seed=2, relative=0.01), "demo-encoder-v2"),
-        "v3": encoder(broken, weights(broken, seed=3), "demo-encoder-v3"),
+        "v1": encoder(shape, v1, "demo-encoder-v1"),
+        "v2": encoder(shape, nudge(v1, seed=2, relative=0.01), "demo-encoder-v2"),
+        "v3": encoder(shape, weights(shape, seed=3), "demo-encoder-v3", broken_positions=True),
     }
 
 
 def samples(n: int = 32, seq: int = 16, seed: int = 7) -> dict[str, np.ndarray]:
-    """Token batches like the load generator's, with ids every version accepts."""
+    """Unpadded token batches (calibration and the accuracy gate of every version)."""
     rng = np.random.default_rng(seed)
-    ids = rng.integers(1, SAMPLE_VOCAB, size=(n, seq), dtype=np.int64)
-    mask = np.ones((n, seq), np.int64)
-    lengths = rng.integers(seq // 2, seq + 1, size=n)
-    for row, length in enumerate(lengths):
-        mask[row, length:] = 0
-        ids[row, length:] = 0
-    return {"input_ids": ids, "attention_mask": mask}
+    return {
+        "input_ids": rng.integers(1, VOCAB, size=(n, seq), dtype=np.int64),
+        "attention_mask": np.ones((n, seq), np.int64),
+    }
+
+
+def _same_arrays(path: Path, arrays: dict[str, np.ndarray]) -> bool:
+    if not path.exists():
+        return False
+    with np.load(path) as old:
+        return set(old.files) == set(arrays) and all(
+            np.array_equal(old[k], v) for k, v in arrays.items()
+        )
 
 
 def build(out_dir: Path) -> dict[str, Path]:
@@ -245,9 +265,10 @@ def build(out_dir: Path) -> dict[str, Path]:
             tmp.replace(path)
         paths[version] = path
     sample_path = out_dir / "samples.npz"
-    if not sample_path.exists():
+    wanted = samples()
+    if not _same_arrays(sample_path, wanted):
         with sample_path.open("wb") as fh:
-            np.savez(fh, **samples())
+            np.savez(fh, **wanted)
     paths["samples"] = sample_path
     return paths
 

@@ -20,6 +20,10 @@ import yaml
 from onnxship.api import ModelDeployment, ModelDeploymentSpec, SpecError, parse_model_deployment
 
 
+class SourceMissing(SpecError):
+    """The document is valid but names a local file that is not there."""
+
+
 @dataclass(frozen=True)
 class LocalSpec:
     """A parsed deployment with its URIs made absolute."""
@@ -78,7 +82,7 @@ def parse_local(doc: dict[str, Any], base_dir: Path, state_root: Path, source: s
         resolve_file_uri(spec.model.sample_inputs, base_dir) if spec.model.sample_inputs else ""
     )
     model_path = uri_path(model_uri)
-    problems = []
+    problems: list[str] = []
     if model_path is not None and not model_path.is_file():
         problems.append(f"spec.model.uri: {model_path} does not exist (from {spec.model.uri!r})")
     sample_path = uri_path(samples) if samples else None
@@ -90,7 +94,7 @@ def parse_local(doc: dict[str, Any], base_dir: Path, state_root: Path, source: s
     else:
         store_uri = resolve_file_uri(store_uri, base_dir)
     if problems:
-        raise SpecError(source, problems)
+        raise SourceMissing(source, problems)
     resolved = spec.model_copy(
         update={
             "model": spec.model.model_copy(update={"uri": model_uri, "sample_inputs": samples}),

@@ -74,6 +74,7 @@ class Snapshot:
     )  # revision -> "ready" | "starting" | ...
     activity: str = ""  # e.g. "compressing encoder-1a2b3c (quantize)"
     problem: str = ""  # a spec file that does not parse, a child that crashed
+    events: list[str] = field(default_factory=list)  # the latest events, oldest first
 
 
 def _mb(n: int) -> str:
@@ -201,4 +202,6 @@ def render(snap: Snapshot) -> RenderableType:
         parts.append(Text(snap.activity, style="magenta"))
     if snap.problem:
         parts.append(Text(snap.problem, style="bold red"))
+    for line in snap.events:
+        parts.append(Text(line, style="dim"))
     return Group(*parts)
