@@ -53,7 +53,7 @@ def test_corrupt_object_in_the_bucket_is_detected(s3_server: S3Server, tmp_path:
 def test_missing_bucket_is_named(s3_server: S3Server, tmp_path: Path) -> None:
     store = s3_server.store("s3://no-such-bucket/x/")
     src = make_files(tmp_path / "out", {"model.onnx": 10})
-    with pytest.raises(StoreNotFound, match="no-such-bucket.*does not exist"):
+    with pytest.raises(StoreNotFound, match=r"no-such-bucket.*does not exist"):
         store.publish(draft(src, ["model.onnx"]), src)
     with pytest.raises(StoreNotFound, match="does not exist"):
         store.get_manifest("ab" * 16)

@@ -107,7 +107,9 @@ def test_a_file_that_changes_during_upload_is_not_published(
     assert store.get_manifest(manifest.cache_key) is None
 
 
-def test_fetch_refuses_a_blob_whose_bytes_do_not_match(store: ArtifactStore, tmp_path: Path) -> None:
+def test_fetch_refuses_a_blob_whose_bytes_do_not_match(
+    store: ArtifactStore, tmp_path: Path
+) -> None:
     src = make_files(tmp_path / "out", {"model.onnx": 4000})
     stored = store.publish(draft(src, ["model.onnx"]), src)
     lying = stored.model_copy(
@@ -120,7 +122,9 @@ def test_fetch_refuses_a_blob_whose_bytes_do_not_match(store: ArtifactStore, tmp
     assert list(dest.iterdir()) == []  # no temporary file left behind
 
 
-def test_fetch_refuses_blob_names_that_leave_the_folder(store: ArtifactStore, tmp_path: Path) -> None:
+def test_fetch_refuses_blob_names_that_leave_the_folder(
+    store: ArtifactStore, tmp_path: Path
+) -> None:
     src = make_files(tmp_path / "out", {"model.onnx": 100})
     stored = store.publish(draft(src, ["model.onnx"]), src)
     evil = stored.model_copy(

@@ -37,6 +37,11 @@ class AccuracyReport(ApiModel):
     threshold: float
     passed: bool
     samples: int
+    cosine_mean: float | None = Field(None, description="Mean cosine similarity, worst output.")
+    cosine_min: float | None = Field(None, description="Lowest per-sample cosine similarity.")
+    top1_agreement: float | None = Field(None, description="Argmax agreement, classifier outputs.")
+    max_abs_error: float | None = None
+    synthetic_inputs: bool = Field(False, description="Inputs were made up from the signature.")
 
 
 class CompressionReport(ApiModel):
@@ -48,6 +53,8 @@ class CompressionReport(ApiModel):
     compressed_latency_ms: float | None = None
     steps: list[str] = Field(default_factory=list, description="What was applied, in order.")
     seconds: float = 0.0
+    step_seconds: dict[str, float] = Field(default_factory=dict, description="Wall time per step.")
+    notes: list[str] = Field(default_factory=list, description="What a reader should know.")
 
 
 class ToolVersions(ApiModel):

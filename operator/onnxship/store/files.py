@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import zstandard
 
@@ -47,11 +48,11 @@ class FileStore(ContentStore):
             reader = HashingReader(src, lambda n: progress(task, n, blob.size))
             if encoding == "zstd":
                 packed = CountingReader(
-                    zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_reader(reader)
+                    zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_reader(cast(BinaryIO, reader))
                 )
-                shutil.copyfileobj(packed, out, CHUNK)  # type: ignore[misc]
+                shutil.copyfileobj(packed, out, CHUNK)
             else:
-                shutil.copyfileobj(reader, out, CHUNK)  # type: ignore[misc]
+                shutil.copyfileobj(reader, out, CHUNK)
             out.flush()
             os.fsync(out.fileno())
             check_sent(blob, reader)

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import boto3
 import zstandard
@@ -198,7 +198,9 @@ class S3Store(ContentStore):
                 body: HashingReader | CountingReader = reader
                 if encoding == "zstd":
                     body = CountingReader(
-                        zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_reader(reader)
+                        zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_reader(
+                            cast(BinaryIO, reader)
+                        )
                     )
                 self._s3.upload_fileobj(
                     body, self.bucket, key, ExtraArgs=extra, Config=self._transfer

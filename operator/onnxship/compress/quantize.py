@@ -1,0 +1,154 @@
+"""Quantization through ONNX Runtime's quantizer: dynamic int8, static int8 (QDQ), fp16.
+
+Choices the spec does not spell out, and why:
+- dynamic: only MatMuls with a constant weight are quantized (``MatMulConstBOnly``):
+  quantizing activation x activation products (attention scores) costs accuracy for no size.
+- embedding Gathers are quantized only when their table is large enough to matter for size.
+- static: QDQ format with uint8 activations and int8 weights (the fast path on x86 CPUs),
+  MinMax calibration on the sample inputs.
+- fp16: float32 inputs and outputs are kept, so clients do not change.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from onnxship.api import Quantize
+
+from .errors import InvalidSettingsError
+from .samples import Samples
+from .weights import has_external_data
+
+DYNAMIC_OPS = ["MatMul", "Attention", "LSTM", "EmbedLayerNormalization", "Conv"]
+GATHER_MIN_ELEMENTS = 1_000_000  # quantize embedding tables of at least ~4 MB
+CALIBRATION_BATCH = 8
+
+
+class _NoPreprocessHint(logging.Filter):
+    # The quantizer logs this on the root logger on every call; the report says what was done.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+logging.getLogger().addFilter(_NoPreprocessHint())
+
+
+def _weight_type(q: Quantize) -> QuantType:
+    return QuantType.QUInt8 if q.weight_type == "uint8" else QuantType.QInt8
+
+
+def large_gathers(model: onnx.ModelProto) -> bool:
+    """Whether the model has an embedding table worth quantizing."""
+    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
+    return any(
+        n.op_type == "Gather" and sizes.get(n.input[0], 0) >= GATHER_MIN_ELEMENTS
+        for n in model.graph.node
+    )
+
+
+def dynamic(src: Path, dst: Path, q: Quantize) -> list[str]:
+    header = onnx.load_model(str(src), load_external_data=False)
+    ops = list(DYNAMIC_OPS)
+    notes = []
+    if large_gathers(header):
+        ops.append("Gather")
+        notes.append("quantize: embedding tables (Gather) quantized to int8")
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        op_types_to_quantize=ops,
+        per_channel=q.per_channel,
+        weight_type=_weight_type(q),
+        use_external_data_format=has_external_data(header),
+        extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    return notes
+
+
+class _Reader(CalibrationDataReader):  # type: ignore[misc]
+    def __init__(self, samples: Samples, batch: int) -> None:
+        self._batches: Iterator[dict[str, np.ndarray]] = iter(samples.batches(batch))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def static(src: Path, dst: Path, q: Quantize, samples: Samples) -> list[str]:
+    header = onnx.load_model(str(src), load_external_data=False)
+    fixed_batch = any(
+        vi.type.tensor_type.shape.dim and vi.type.tensor_type.shape.dim[0].dim_value == 1
+        for vi in header.graph.input
+    )
+    notes = [f"quantize: static int8 (QDQ), MinMax calibration on {samples.rows} samples"]
+    if samples.synthetic:
+        notes.append("quantize: calibrated on made-up inputs; pass real samples for real ranges")
+    source = _with_shapes(src, dst.parent / "shapes.onnx", has_external_data(header))
+    quantize_static(
+        str(source),
+        str(dst),
+        _Reader(samples, 1 if fixed_batch else CALIBRATION_BATCH),
+        quant_format=QuantFormat.QDQ,
+        per_channel=q.per_channel,
+        activation_type=QuantType.QUInt8,
+        weight_type=_weight_type(q),
+        calibrate_method=CalibrationMethod.MinMax,
+        use_external_data_format=has_external_data(header),
+        # Fused ops from the optimizer carry no value_info; their outputs are float.
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    for leftover in dst.parent.glob("shapes.onnx*"):
+        leftover.unlink()
+    return notes
+
+
+def _with_shapes(src: Path, dst: Path, external: bool) -> Path:
+    """``src`` with inferred shapes (what the static quantizer needs to place Q/DQ pairs)."""
+    try:
+        quant_pre_process(
+            str(src),
+            str(dst),
+            skip_optimization=True,
+            save_as_external_data=external,
+            all_tensors_to_one_file=True,
+            external_data_location=dst.name + ".data",
+        )
+    except Exception as exc:  # symbolic shape inference gives up on some graphs; carry on
+        logging.getLogger(__name__).info("shape inference before quantization failed: %s", exc)
+        return src
+    return dst
+
+
+def fp16(src: Path, dst: Path, total_bytes: int) -> list[str]:
+    from onnxconverter_common import float16
+
+    model = onnx.load_model(str(src))
+    big = total_bytes > 1_800_000_000
+    try:
+        converted = float16.convert_float_to_float16(
+            model, keep_io_types=True, disable_shape_infer=big
+        )
+    except Exception as exc:
+        raise InvalidSettingsError(f"{src}: fp16 conversion failed: {exc}") from None
+    del model
+    onnx.save_model(
+        converted,
+        str(dst),
+        save_as_external_data=big,
+        all_tensors_to_one_file=True,
+        location=dst.name + ".data",
+    )
+    return ["quantize: fp16 weights and activations; float32 inputs and outputs kept"]
