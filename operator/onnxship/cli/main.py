@@ -15,7 +15,9 @@ from onnxship.logs import configure_logging
 
 from . import crd, validate  # noqa: F401  (command registration)
 from .app import app
+from .compress import compress_command  # noqa: F401  (command registration: onnxship compress)
 from .local_commands import status_command  # noqa: F401  (status, promote, abort, apply, ...)
+from .route import route_command  # noqa: F401  (command registration: onnxship route)
 from .serve import serve_command  # noqa: F401  (command registration: onnxship serve)
 from .up import up_command  # noqa: F401  (command registration: onnxship up)
 

@@ -38,13 +38,24 @@ GATHER_MIN_ELEMENTS = 1_000_000  # quantize embedding tables of at least ~4 MB
 CALIBRATION_BATCH = 8
 
 
-class _NoPreprocessHint(logging.Filter):
-    # The quantizer logs this on the root logger on every call; the report says what was done.
+class _QuietQuantizer(logging.Filter):
+    # The quantizer logs chatter (and a pre-processing hint on every call) on the root logger;
+    # the report says what was done. Its warnings and errors still pass.
     def filter(self, record: logging.LogRecord) -> bool:
-        return "pre-processing before quantization" not in record.getMessage()
+        if "pre-processing before quantization" in record.getMessage():
+            return False
+        return not (record.levelno < logging.WARNING and "onnxruntime" in record.pathname)
 
 
-logging.getLogger().addFilter(_NoPreprocessHint())
+_QUIET = _QuietQuantizer()
+
+
+def _quiet() -> None:
+    """Silence the quantizer's chatter (idempotent; called when quantizing, not at import)."""
+    root = logging.getLogger()
+    if _QUIET not in root.filters:
+        root.addFilter(_QUIET)
+    logging.getLogger("onnxruntime").setLevel(logging.WARNING)
 
 
 def _weight_type(q: Quantize) -> QuantType:
@@ -61,6 +72,7 @@ def large_gathers(model: onnx.ModelProto) -> bool:
 
 
 def dynamic(src: Path, dst: Path, q: Quantize) -> list[str]:
+    _quiet()
     header = onnx.load_model(str(src), load_external_data=False)
     ops = list(DYNAMIC_OPS)
     notes = []
@@ -88,6 +100,7 @@ class _Reader(CalibrationDataReader):  # type: ignore[misc]
 
 
 def static(src: Path, dst: Path, q: Quantize, samples: Samples) -> list[str]:
+    _quiet()
     header = onnx.load_model(str(src), load_external_data=False)
     fixed_batch = any(
         vi.type.tensor_type.shape.dim and vi.type.tensor_type.shape.dim[0].dim_value == 1

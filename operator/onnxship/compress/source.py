@@ -133,7 +133,8 @@ def fetch_model(
         raise SourceError(f"{uri!r}: a model URI starts with s3://, http(s)://, or file://")
     if expected_sha256 and digest != expected_sha256.lower():
         raise SourceError(
-            f"{uri}: sha256 mismatch: the file has {digest}, spec.model.sha256 pins "
+            f"{uri}: sha256 mismatch: the file has {digest}, the pin (spec.model.sha256 or "
+            f"--sha256) is "
             f"{expected_sha256}; nothing was compressed (fix the pin or the file)"
         )
     if not uri.startswith("file://"):

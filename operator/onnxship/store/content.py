@@ -103,7 +103,7 @@ class ContentStore(ABC):
     # ------------------------------------------------------------------ the interface
 
     def manifest_uri(self, cache_key: str) -> str:
-        return self._where(manifest_key(cache_key))
+        return f"{self.uri.rstrip('/')}/{manifest_key(cache_key)}"
 
     def get_manifest(self, cache_key: str) -> ArtifactManifest | None:
         key = manifest_key(cache_key)

@@ -1,0 +1,314 @@
+"""`onnxship compress`: compress a model, check it, and publish it to an artifact store.
+
+Settings come from flags, or from a ModelDeployment (``--spec FILE [--environment NAME]``),
+with flags overriding the file. The report goes to stdout (``--output json`` for the
+operator's Job and local mode); progress goes to stderr (bars in a terminal, one JSON log
+line per step otherwise). Exit codes tell failures apart (see ``ExitCode``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from onnxship.api import (
+    AccuracyGate,
+    Compression,
+    ModelDeploymentSpec,
+    Prune,
+    Quantize,
+    SpecError,
+    parse_model_deployment,
+)
+from onnxship.compress import (
+    AccuracyGateError,
+    CompressionOutcome,
+    InvalidModelError,
+    InvalidSettingsError,
+    SourceError,
+    compress,
+)
+from onnxship.store import StoreError, open_store
+
+from .app import ExitCode, app, console, load_yaml_file, out
+
+
+class BarProgress:
+    """Rich bars on stderr: bytes for transfers, a done/not-done bar for each step."""
+
+    def __init__(self) -> None:
+        self.bars = Progress(
+            TextColumn("{task.description:<24}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.steps = Progress(
+            TextColumn("{task.description:<24}"), BarColumn(), TimeElapsedColumn(), console=console
+        )
+        self._tasks: dict[str, tuple[Progress, TaskID]] = {}
+
+    def __call__(self, task: str, done: int, total: int | None) -> None:
+        if task not in self._tasks:
+            bars = self.steps if total == 1 else self.bars
+            self._tasks[task] = (bars, bars.add_task(task, total=total))
+        bars, tid = self._tasks[task]
+        bars.update(tid, completed=done, total=total)
+
+    def __enter__(self) -> BarProgress:
+        # One live display at a time: steps and transfers share it through a group.
+        from rich.console import Group
+        from rich.live import Live
+
+        self._live = Live(Group(self.steps, self.bars), console=console, refresh_per_second=8)
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.__exit__(None, None, None)
+
+
+def _settings(
+    spec_file: Path | None, environment: str | None
+) -> tuple[ModelDeploymentSpec | None, Compression, str]:
+    if spec_file is None:
+        if environment:
+            raise typer.BadParameter("--environment needs --spec")
+        return None, Compression(), "CPU"
+    try:
+        md = parse_model_deployment(load_yaml_file(spec_file), source=str(spec_file))
+    except SpecError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(int(ExitCode.invalid_spec)) from None
+    envs = md.spec.serving.effective_environments()
+    if environment is None:
+        env = envs[0]
+    else:
+        matches = [e for e in envs if e.name == environment]
+        if not matches:
+            names = ", ".join(e.name for e in envs)
+            _fail(
+                f"{spec_file}: no environment {environment!r} (it has: {names})",
+                ExitCode.invalid_spec,
+                "json",
+            )
+        env = matches[0]
+    return md.spec, md.spec.compression_for(env), str(env.execution_provider)
+
+
+def _override(base: Compression, **flags: Any) -> Compression:
+    """The compression settings with the flags the user gave (None = not given) applied."""
+    q = base.quantize.model_dump()
+    for name, key in (
+        ("quantize", "mode"),
+        ("weight_type", "weight_type"),
+        ("per_channel", "per_channel"),
+    ):
+        if flags[name] is not None:
+            q[key] = flags[name]
+    gate = base.accuracy_gate.model_dump()
+    if flags["gate_metric"] is not None:
+        gate["metric"] = flags["gate_metric"]
+    if flags["gate_min"] is not None:
+        gate["min"] = flags["gate_min"]
+    try:
+        return Compression(
+            optimize=flags["optimize"] if flags["optimize"] is not None else base.optimize,
+            prune=Prune(sparsity=flags["sparsity"])
+            if flags["sparsity"] is not None
+            else base.prune,
+            quantize=Quantize.model_validate(q),
+            accuracy_gate=AccuracyGate.model_validate(gate),
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+_output_mode = {"value": "text"}
+
+
+def _fail(message: str, code: ExitCode, output: str | None = None, **extra: Any) -> None:
+    if (output or _output_mode["value"]) == "json":
+        print(json.dumps({"ok": False, "exitCode": int(code), "error": message, **extra}))
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(int(code))
+
+
+@app.command("compress")
+def compress_command(
+    model: str = typer.Argument("", help="Source model: s3://, http(s)://, file:// (or a path)."),
+    store_uri: str = typer.Option(
+        "", "--store", help="Artifact store: s3://bucket/prefix/ or file:///dir."
+    ),
+    spec_file: Path | None = typer.Option(
+        None, "--spec", "-f", help="Take settings from a ModelDeployment."
+    ),
+    environment: str | None = typer.Option(
+        None, "--environment", "-e", help="Environment of --spec."
+    ),
+    endpoint: str = typer.Option("", "--endpoint", help="S3-compatible endpoint of the store."),
+    region: str = typer.Option("", "--region", help="S3 region of the store."),
+    sha256: str = typer.Option("", "--sha256", help="Pin: expected SHA-256 of the model file."),
+    samples: str = typer.Option("", "--samples", help=".npz of sample inputs (URI or path)."),
+    optimize: str | None = typer.Option(None, "--optimize", help="none | basic | extended | all"),
+    sparsity: float | None = typer.Option(None, "--sparsity", help="Magnitude pruning, 0 to <1."),
+    quantize: str | None = typer.Option(None, "--quantize", help="none | dynamic | static | fp16"),
+    weight_type: str | None = typer.Option(None, "--weight-type", help="int8 | uint8"),
+    per_channel: bool | None = typer.Option(
+        None, "--per-channel/--per-tensor", help="Weight scales."
+    ),
+    gate_metric: str | None = typer.Option(None, "--gate-metric", help="cosine | top1"),
+    gate_min: float | None = typer.Option(None, "--gate-min", help="The accuracy gate's minimum."),
+    execution_provider: str | None = typer.Option(
+        None, "--execution-provider", help="CPU, CUDA, ..."
+    ),
+    output: str = typer.Option("text", "--output", "-o", help="text | json"),
+    progress_mode: str = typer.Option("auto", "--progress", help="auto | bars | none"),
+) -> None:
+    """Compress a model, check it against the original, and publish it to an artifact store."""
+    if output not in ("text", "json"):
+        raise typer.BadParameter("--output is text or json")
+    _output_mode["value"] = output
+    spec, base, env_provider = _settings(spec_file, environment)
+    compression = _override(
+        base,
+        optimize=optimize,
+        sparsity=sparsity,
+        quantize=quantize,
+        weight_type=weight_type,
+        per_channel=per_channel,
+        gate_metric=gate_metric,
+        gate_min=gate_min,
+    )
+    provider = execution_provider or env_provider
+    model_uri = model or (spec.model.uri if spec else "")
+    if not model_uri:
+        _fail("give a model URI, or --spec FILE with spec.model.uri", ExitCode.usage)
+    if "://" not in model_uri:
+        model_uri = Path(model_uri).resolve().as_uri()
+    if spec is not None:
+        store_uri = store_uri or spec.artifacts.uri
+        endpoint = endpoint or spec.artifacts.endpoint
+        region = region or spec.artifacts.region
+        sha256 = sha256 or spec.model.sha256
+        samples = samples or spec.model.sample_inputs
+    if not store_uri:
+        _fail(
+            "give --store s3://bucket/prefix/ or file:///dir (or spec.artifacts.uri)",
+            ExitCode.usage,
+        )
+    if "://" not in store_uri:
+        store_uri = Path(store_uri).resolve().as_uri()
+
+    bars = progress_mode == "bars" or (progress_mode == "auto" and console.is_terminal)
+    try:
+        store = open_store(store_uri, endpoint=endpoint, region=region)
+        if bars:
+            with BarProgress() as listener:
+                outcome = compress(
+                    model_uri,
+                    compression,
+                    store,
+                    sample_inputs=samples,
+                    execution_provider=provider,
+                    expected_sha256=sha256,
+                    progress=listener,
+                    model_version=spec.model.version if spec else "",
+                )
+        else:
+            outcome = compress(
+                model_uri,
+                compression,
+                store,
+                sample_inputs=samples,
+                execution_provider=provider,
+                expected_sha256=sha256,
+                model_version=spec.model.version if spec else "",
+            )
+    except AccuracyGateError as exc:
+        _fail(str(exc), ExitCode.accuracy_gate, report=exc.report.to_wire())
+    except InvalidModelError as exc:
+        _fail(str(exc), ExitCode.invalid_model)
+    except SourceError as exc:
+        _fail(str(exc), ExitCode.source_error)
+    except InvalidSettingsError as exc:
+        _fail(str(exc), ExitCode.invalid_spec)
+    except StoreError as exc:
+        _fail(f"artifact store: {exc}", ExitCode.store_error)
+    if output == "json":
+        print(json.dumps(as_json(outcome)))
+    else:
+        out.print(report_table(outcome))
+        for note in outcome.notes + [
+            n for n in outcome.manifest.report.notes if n not in outcome.notes
+        ]:
+            out.print(f"[dim]note:[/] {note}", highlight=False)
+
+
+def as_json(outcome: CompressionOutcome) -> dict[str, Any]:
+    """What machines read: the manifest as stored, where it is, whether it was a cache hit."""
+    return {
+        "ok": True,
+        "cacheHit": outcome.cache_hit,
+        "artifactUri": outcome.artifact_uri,
+        "cacheKey": outcome.manifest.cache_key,
+        "manifest": outcome.manifest.to_wire(),
+    }
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.2f} MB" if n >= 10_000 else f"{n:,} B"
+
+
+def report_table(outcome: CompressionOutcome) -> Table:
+    m = outcome.manifest
+    r = m.report
+    table = Table(title="onnxship compress", show_header=False, title_justify="left")
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    table.add_row("source", f"{m.source.uri}\nsha256 {m.source.sha256}")
+    table.add_row("artifact", f"{outcome.artifact_uri}\ncache key {m.cache_key}")
+    table.add_row("cache hit", "yes (nothing recomputed)" if outcome.cache_hit else "no")
+    table.add_row("steps", ", ".join(r.steps) or "none")
+    table.add_row(
+        "size",
+        f"{_mb(r.original_bytes)} -> {_mb(r.compressed_bytes)}  (ratio {r.ratio:.3f}, "
+        f"{(1 / r.ratio if r.ratio else 0):.2f}x smaller)",
+    )
+    if r.accuracy is not None:
+        a = r.accuracy
+        verdict = "[green]passed[/]" if a.passed else "[red]failed[/]"
+        parts = [f"{a.metric} mean {a.mean:.6f} min {a.min:.6f} (gate >= {a.threshold}) {verdict}"]
+        if a.top1_agreement is not None:
+            parts.append(f"top-1 agreement {a.top1_agreement:.4f}")
+        if a.max_abs_error is not None:
+            parts.append(f"max abs error {a.max_abs_error:.4g}")
+        parts.append(f"{a.samples} {'synthetic' if a.synthetic_inputs else 'sample'} inputs")
+        table.add_row("accuracy", "\n".join(parts))
+    if r.original_latency_ms is not None and r.compressed_latency_ms is not None:
+        table.add_row(
+            "latency (batch 1)",
+            f"{r.original_latency_ms:.3f} ms -> {r.compressed_latency_ms:.3f} ms",
+        )
+    if r.step_seconds:
+        table.add_row("time", ", ".join(f"{k} {v:.2f}s" for k, v in r.step_seconds.items()))
+    table.add_row(
+        "tools", f"onnx {m.tools.onnx}, onnxruntime {m.tools.onnxruntime}, {m.execution_provider}"
+    )
+    return table
