@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Protocol
 
 from onnxship.api import Analysis
 
@@ -110,3 +111,11 @@ def evaluate(
     if m.comparisons and m.cosine is not None:
         parts.append(f"cosine {m.cosine:.4f} over {m.comparisons} comparisons")
     return verdict(Result.passed, ", ".join(parts))
+
+
+class MetricsSource(Protocol):
+    """Where measurements come from (the router's /metrics, Prometheus): a port."""
+
+    async def measure(self, request: AnalysisRequest) -> Measurements | None:
+        """What ``request.revision`` did since the previous call; None if not known yet."""
+        ...

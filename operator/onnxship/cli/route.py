@@ -1,0 +1,47 @@
+"""`onnxship route`: the builtin traffic router."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .app import app
+
+
+@app.command("route")
+def route_command(
+    host: str = typer.Option("127.0.0.1", help="Address of the inference port."),
+    port: int = typer.Option(8080, help="Inference port: /v2/..., /metrics, /healthz."),
+    routes: Path | None = typer.Option(
+        None, "--routes", help="Route table (JSON); reloaded when it changes."
+    ),
+    admin_host: str = typer.Option("127.0.0.1", help="Address of the admin port."),
+    admin_port: int = typer.Option(
+        0, help="Admin port (GET/PUT /onnxship/routes); 0 = no admin endpoint."
+    ),
+    admin_token: str = typer.Option(
+        "", envvar="ONNXSHIP_ROUTER_TOKEN", help="Bearer token the admin port requires."
+    ),
+    timeout: float = typer.Option(30.0, help="Seconds a backend may take to answer."),
+    sticky_header: str = typer.Option(
+        "", help="Header whose value pins a client to one revision (e.g. x-session-id)."
+    ),
+    watch_interval: float = typer.Option(0.5, help="Seconds between checks of --routes."),
+) -> None:
+    """Split inference requests between revisions by weight, mirror to a canary, count."""
+    from onnxship.router.proxy import ProxySettings
+    from onnxship.router.server import RouterSettings, run
+
+    run(
+        RouterSettings(
+            host=host,
+            port=port,
+            routes_file=routes,
+            admin_host=admin_host,
+            admin_port=admin_port,
+            admin_token=admin_token,
+            watch_interval=watch_interval,
+            proxy=ProxySettings(timeout=timeout, sticky_header=sticky_header),
+        )
+    )

@@ -1,0 +1,191 @@
+"""The builtin analysis provider: the router's /metrics, scraped twice, as Measurements.
+
+The router counts every answer of every revision (``role`` primary or mirror), keeps
+latency histograms and mirror agreement; the difference of two scrapes is what the canary
+did over the interval. Counter resets (a restarted router) count from zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from onnxship.plan.analysis import AnalysisRequest, Measurements
+
+from .metrics import COMPARISONS, COSINE, DURATION, REQUESTS, TOP1
+
+
+@dataclass(frozen=True)
+class Counters:
+    """Cumulative counters of one revision at one scrape."""
+
+    revision: str
+    requests: float = 0.0
+    errors: float = 0.0
+    mirrored: float = 0.0
+    buckets: tuple[tuple[float, float], ...] = ()  # (upper bound, cumulative count), sorted
+    comparisons: float = 0.0
+    cosine_sum: float = 0.0
+    top1: float = 0.0
+
+
+@dataclass
+class _Acc:
+    requests: float = 0.0
+    errors: float = 0.0
+    mirrored: float = 0.0
+    buckets: dict[float, float] = field(default_factory=lambda: defaultdict(float))
+    comparisons: float = 0.0
+    cosine_sum: float = 0.0
+    top1: float = 0.0
+
+
+def _samples(text: str) -> Iterable[tuple[str, dict[str, str], float]]:
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            yield s.name, s.labels, s.value
+
+
+def parse_counters(text: str) -> dict[str, Counters]:
+    """Counters of every revision in one scrape of the router's /metrics."""
+    acc: dict[str, _Acc] = defaultdict(_Acc)
+    for name, labels, value in _samples(text):
+        revision = labels.get("revision", "")
+        if not revision:
+            continue
+        a = acc[revision]
+        if name == REQUESTS:
+            a.requests += value
+            if labels.get("code", "").startswith("5"):
+                a.errors += value
+            if labels.get("role") == "mirror":
+                a.mirrored += value
+        elif name == DURATION + "_bucket":
+            a.buckets[float(labels["le"])] += value
+        elif name == COMPARISONS:
+            a.comparisons += value
+        elif name == COSINE + "_sum":
+            a.cosine_sum += value
+        elif name == TOP1:
+            a.top1 += value
+    return {
+        rev: Counters(
+            rev,
+            a.requests,
+            a.errors,
+            a.mirrored,
+            tuple(sorted(a.buckets.items())),
+            a.comparisons,
+            a.cosine_sum,
+            a.top1,
+        )
+        for rev, a in acc.items()
+    }
+
+
+def counters_from_text(text: str, revision: str) -> Counters:
+    return parse_counters(text).get(revision, Counters(revision))
+
+
+def _delta(after: float, before: float) -> float:
+    return after - before if after >= before else after  # a reset counts from zero
+
+
+def quantile(q: float, buckets: tuple[tuple[float, float], ...]) -> float | None:
+    """Prometheus' histogram_quantile over cumulative (upper bound, count) pairs."""
+    if not buckets:
+        return None
+    total = buckets[-1][1]
+    if total <= 0:
+        return None
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound
+            if count == lower_count:
+                return bound
+            share = (rank - lower_count) / (count - lower_count)
+            return lower_bound + (bound - lower_bound) * share
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+def _bucket_delta(after: Counters, before: Counters) -> tuple[tuple[float, float], ...]:
+    old = dict(before.buckets)
+    reset = after.requests < before.requests
+    return tuple((le, c if reset else _delta(c, old.get(le, 0.0))) for le, c in after.buckets)
+
+
+def measurements_between(
+    revision: str, before: Counters, after: Counters, seconds: float
+) -> Measurements:
+    """What ``revision`` did between two scrapes."""
+    reset = after.requests < before.requests
+    base = Counters(revision) if reset else before
+    buckets = _bucket_delta(after, base)
+    p99 = quantile(0.99, buckets)
+    comparisons = round(_delta(after.comparisons, base.comparisons))
+    cosine_sum = _delta(after.cosine_sum, base.cosine_sum)
+    top1 = _delta(after.top1, base.top1)
+    return Measurements(
+        revision=revision,
+        requests=round(_delta(after.requests, base.requests)),
+        errors=round(_delta(after.errors, base.errors)),
+        latency_p99_ms=p99 * 1000 if p99 is not None else None,
+        comparisons=comparisons,
+        cosine=cosine_sum / comparisons if comparisons else None,
+        top1=top1 / comparisons if comparisons else None,
+        interval_seconds=seconds,
+    )
+
+
+def revision_stats(text: str) -> dict[str, dict[str, Any]]:
+    """Totals per revision since the router started, for dashboards (``onnxship status``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for rev, c in parse_counters(text).items():
+        p50, p99 = quantile(0.5, c.buckets), quantile(0.99, c.buckets)
+        out[rev] = {
+            "requests": int(c.requests - c.mirrored),
+            "errors": int(c.errors),
+            "p50_ms": p50 * 1000 if p50 is not None else None,
+            "p99_ms": p99 * 1000 if p99 is not None else None,
+            "mirrored": int(c.mirrored),
+        }
+    return out
+
+
+class RouterMetricsSource:
+    """``plan.analysis.MetricsSource`` over a router's /metrics (the builtin provider).
+
+    ``measure`` returns None on its first call for a revision (it needs two scrapes) and
+    then the measurements since the previous call.
+    """
+
+    def __init__(self, metrics_url: str, session: Any, clock: Any) -> None:
+        self.metrics_url = metrics_url
+        self.session = session  # an aiohttp.ClientSession
+        self.clock = clock  # a monotonic clock, e.g. time.monotonic
+        self.last: dict[str, tuple[float, Counters]] = {}
+
+    async def scrape(self) -> str:
+        async with self.session.get(self.metrics_url) as resp:
+            resp.raise_for_status()
+            text: str = await resp.text()
+            return text
+
+    async def measure(self, request: AnalysisRequest) -> Measurements | None:
+        counters = counters_from_text(await self.scrape(), request.revision)
+        now = float(self.clock())
+        previous = self.last.get(request.revision)
+        self.last = {request.revision: (now, counters)}
+        if previous is None:
+            return None
+        at, before = previous
+        return measurements_between(request.revision, before, counters, now - at)

@@ -1,0 +1,258 @@
+"""The router's data path: an aiohttp reverse proxy for the inference protocol.
+
+Bodies are read once and forwarded as bytes, never parsed (binary tensors included); only
+mirrored answers are decoded, after the user has been answered. A route change swaps one
+``Routing`` object: requests in flight keep the backend they were given, and the client
+connection pool outlives any table, so weight changes under load drop nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from onnxship.api.routes import Backend, RouteTable
+
+from .balance import ENVIRONMENT_HEADER, REVISION_HEADER, Routing
+from .compare import HEADER_LENGTH, compare_answers
+from .metrics import RouterMetrics
+
+log = logging.getLogger("onnxship.router")
+
+# Hop-by-hop headers (RFC 9110 7.6.1) and those aiohttp recomputes.
+_SKIP_REQUEST = {
+    "host", "connection", "keep-alive", "proxy-connection", "te", "trailer",
+    "transfer-encoding", "upgrade", "content-length",
+}  # fmt: skip
+_SKIP_RESPONSE = _SKIP_REQUEST | {"date", "server"}
+
+
+@dataclass
+class Health:
+    """Passive health: a backend that fails to answer ``threshold`` times in a row is
+    skipped for ``cooldown`` seconds. HTTP errors it answers with are the canary analysis'
+    business, not ejection's: hiding them would hide a bad canary."""
+
+    threshold: int = 3
+    cooldown: float = 10.0
+    failures: dict[str, int] = field(default_factory=dict)
+    ejected_until: dict[str, float] = field(default_factory=dict)
+
+    def healthy(self, backend: Backend) -> bool:
+        until = self.ejected_until.get(backend.url)
+        return until is None or time.monotonic() >= until
+
+    def ok(self, backend: Backend) -> None:
+        if self.failures.get(backend.url):
+            self.failures[backend.url] = 0
+
+    def failed(self, backend: Backend) -> bool:
+        """Record a failure; True when the backend is ejected by it."""
+        n = self.failures.get(backend.url, 0) + 1
+        self.failures[backend.url] = n
+        if n >= self.threshold:
+            self.failures[backend.url] = 0
+            self.ejected_until[backend.url] = time.monotonic() + self.cooldown
+            return True
+        return False
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    timeout: float = 30.0  # seconds for one backend round trip
+    sticky_header: str = ""  # e.g. "x-session-id": same value, same revision
+    max_mirrors_in_flight: int = 64
+    max_body_bytes: int = 256 * 1024 * 1024
+
+
+class Router:
+    def __init__(self, settings: ProxySettings, metrics: RouterMetrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or RouterMetrics()
+        self.routing = Routing(RouteTable())
+        self.health = Health()
+        self.session: aiohttp.ClientSession | None = None
+        self.mirrors: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------ routes
+
+    def set_routes(self, table: RouteTable, source: str) -> bool:
+        """Adopt ``table``; False when it is the one already in use."""
+        if table == self.routing.table:
+            return False
+        old = self.routing.table
+        self.routing = Routing(table)
+        m = self.metrics
+        for b in old.backends:
+            if not _has(table, b):
+                with contextlib.suppress(KeyError):
+                    m.weight.remove(b.revision, b.environment)
+        for b in table.backends:
+            m.weight.labels(b.revision, b.environment).set(b.weight)
+        if old.mirror:
+            m.mirror_percent.labels(old.mirror.revision).set(0)
+        if table.mirror:
+            m.mirror_percent.labels(table.mirror.revision).set(table.mirror.percent)
+        m.reloads.labels(source, "ok").inc()
+        weights = ", ".join(
+            f"{b.revision}{'@' + b.environment if b.environment else ''}={b.weight}"
+            for b in table.backends
+        )
+        mirror = table.mirror
+        copies = f", mirror {mirror.percent}% to {mirror.revision}" if mirror else ""
+        log.info("routes from %s: %s%s", source, weights or "(none)", copies)
+        return True
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self, app: web.Application | None = None) -> None:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+        self.session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+        )
+
+    async def stop(self, app: web.Application | None = None) -> None:
+        if self.mirrors:
+            await asyncio.wait(list(self.mirrors), timeout=self.settings.timeout)
+        if self.session is not None:
+            await self.session.close()
+
+    # ------------------------------------------------------------ data path
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        routing = self.routing  # one table per request, even if it changes meanwhile
+        environment = request.headers.get(ENVIRONMENT_HEADER, "")
+        sticky_header = self.settings.sticky_header
+        backend = routing.choose(
+            environment,
+            request.headers.get(REVISION_HEADER, ""),
+            request.headers.get(sticky_header, "") if sticky_header else "",
+            self.health.healthy,
+        )
+        if backend is None:
+            why = (
+                "no backends are configured"
+                if routing.empty
+                else f"no backend serves environment {environment!r} / the pinned revision"
+            )
+            return web.json_response({"error": why}, status=503)
+        call = _Call(
+            request.method,
+            request.path_qs,
+            {k: v for k, v in request.headers.items() if k.lower() not in _SKIP_REQUEST},
+            await request.read(),
+        )
+        answer = await self._send(backend, call, "primary")
+        copy_to = routing.mirror_for(backend)
+        if copy_to is not None:
+            self._mirror(copy_to, backend, call, answer)
+        return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+
+    async def _send(self, backend: Backend, call: _Call, role: str) -> _Answer:
+        """One round trip to ``backend``, counted; transport failures become 502/504."""
+        assert self.session is not None
+        timeout = aiohttp.ClientTimeout(total=self.settings.timeout)
+        started = time.perf_counter()
+        try:
+            async with self.session.request(
+                call.method,
+                backend.url.rstrip("/") + call.path_qs,
+                data=call.body or None,
+                headers=call.headers,
+                timeout=timeout,
+                allow_redirects=False,
+            ) as resp:
+                body = await resp.read()
+                headers = {k: v for k, v in resp.headers.items() if k.lower() not in _SKIP_RESPONSE}
+                answer = _Answer(resp.status, headers, body)
+            self.health.ok(backend)
+        except TimeoutError:
+            answer = _error(504, f"revision {backend.revision} timed out")
+            self._failed(backend)
+        except aiohttp.ClientError as exc:
+            answer = _error(502, f"revision {backend.revision} unreachable: {exc}")
+            self._failed(backend)
+        seconds = time.perf_counter() - started
+        self.metrics.observe(backend.revision, backend.environment, answer.status, role, seconds)
+        return answer
+
+    def _failed(self, backend: Backend) -> None:
+        if self.health.failed(backend):
+            self.metrics.ejections.labels(backend.revision, backend.url).inc()
+            log.warning(
+                "%s (%s) failed %d times in a row: skipped for %.0fs",
+                backend.url, backend.revision, self.health.threshold, self.health.cooldown,
+            )  # fmt: skip
+
+    # ------------------------------------------------------------ mirroring
+
+    def _mirror(self, canary: Backend, stable: Backend, call: _Call, answer: _Answer) -> None:
+        if len(self.mirrors) >= self.settings.max_mirrors_in_flight:
+            self.metrics.mirror_dropped.inc()
+            return
+        task = asyncio.create_task(self._shadow(canary, stable, call, answer))
+        self.mirrors.add(task)
+        task.add_done_callback(self.mirrors.discard)
+
+    async def _shadow(self, canary: Backend, stable: Backend, call: _Call, answer: _Answer) -> None:
+        """Send the copy, count it, compare the answers; the user has been answered."""
+        try:
+            copy = await self._send(canary, call, "mirror")
+        except Exception:  # a mirror must never take the router down
+            log.exception("mirror to %s failed", canary.url)
+            return
+        if copy.status != 200 or answer.status != 200 or call.method != "POST":
+            return
+        args = (answer.body, answer.header_length, copy.body, copy.header_length)
+        if len(copy.body) > 1 << 20:  # big tensors: decode off the event loop
+            result = await asyncio.get_running_loop().run_in_executor(None, compare_answers, *args)
+        else:
+            result = compare_answers(*args)
+        if result is not None:
+            self.metrics.compared(
+                canary.revision, stable.revision, result.cosine, result.top1, result.max_abs_diff
+            )
+
+
+@dataclass(frozen=True)
+class _Call:
+    method: str
+    path_qs: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def header_length(self) -> int | None:
+        for k, v in self.headers.items():
+            if k.lower() == HEADER_LENGTH.lower():
+                try:
+                    return int(v)
+                except ValueError:
+                    return None
+        return None
+
+
+def _error(status: int, message: str) -> _Answer:
+    body = json.dumps({"error": message}).encode()
+    return _Answer(status, {"Content-Type": "application/json"}, body)
+
+
+def _has(table: RouteTable, backend: Backend) -> bool:
+    return any(
+        b.revision == backend.revision and b.environment == backend.environment
+        for b in table.backends
+    )

@@ -1,0 +1,194 @@
+"""``onnxship route``: the router process. Inference port, admin port, a watched routes file.
+
+The inference port proxies ``/v2/...`` and serves ``/metrics`` and ``/healthz``; it cannot
+change routes. The admin port (``GET``/``PUT /onnxship/routes``, bearer token when one is
+set) and the routes file can. In the cluster the file is a mounted ConfigMap, which the
+kubelet swaps atomically; the watcher polls its modification time and size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from onnxship.api.routes import RouteTable
+
+from .proxy import ProxySettings, Router
+
+log = logging.getLogger("onnxship.router")
+
+ROUTES_PATH = "/onnxship/routes"
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    routes_file: Path | None = None
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 0  # 0 = no admin endpoint
+    admin_token: str = ""
+    watch_interval: float = 0.5
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    shutdown_grace: float = 10.0
+
+
+def parse_routes(text: str) -> RouteTable:
+    """A route table from JSON text; an empty text is the empty table."""
+    if not text.strip():
+        return RouteTable()
+    return RouteTable.model_validate(json.loads(text))
+
+
+def routes_json(table: RouteTable) -> str:
+    return table.model_dump_json(by_alias=True, exclude_none=True, indent=2)
+
+
+class RoutesFile:
+    """Reloads a routes file when it changes; a broken file keeps the last good table."""
+
+    def __init__(self, path: Path, router: Router) -> None:
+        self.path, self.router = path, router
+        self.seen: tuple[float, int] | None = None
+
+    def signature(self) -> tuple[float, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime, st.st_size)
+
+    def check(self) -> None:
+        sig = self.signature()
+        if sig is None or sig == self.seen:
+            return
+        self.seen = sig
+        try:
+            table = parse_routes(self.path.read_text())
+        except (OSError, ValueError, ValidationError) as exc:
+            self.router.metrics.reloads.labels("file", "invalid").inc()
+            log.error("%s: not a valid route table, keeping the current one: %s", self.path, exc)
+            return
+        self.router.set_routes(table, "file")
+
+    async def watch(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.check()
+
+
+def inference_app(router: Router) -> web.Application:
+    app = web.Application(client_max_size=router.settings.max_body_bytes)
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=router.metrics.exposition(), content_type="text/plain")
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"live": True, "backends": len(router.routing.table.backends)})
+
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_route("*", "/v2", router.handle)
+    app.router.add_route("*", "/v2/{tail:.*}", router.handle)
+    app.on_startup.append(router.start)
+    app.on_cleanup.append(router.stop)
+    return app
+
+
+def admin_app(router: Router, token: str, routes_file: Path | None) -> web.Application:
+    @web.middleware
+    async def auth(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        if token:
+            given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                return web.json_response({"error": "missing or wrong bearer token"}, status=401)
+        return await handler(request)
+
+    app = web.Application(middlewares=[auth])
+
+    async def get_routes(_: web.Request) -> web.Response:
+        return web.Response(text=routes_json(router.routing.table), content_type="application/json")
+
+    async def put_routes(request: web.Request) -> web.Response:
+        try:
+            table = parse_routes(await request.text())
+        except (ValueError, ValidationError) as exc:
+            router.metrics.reloads.labels("admin", "invalid").inc()
+            return web.json_response({"error": f"not a valid route table: {exc}"}, status=400)
+        changed = router.set_routes(table, "admin")
+        if routes_file is not None:
+            # Keep the file the source of truth, so a restart comes back with these routes.
+            _write_atomic(routes_file, routes_json(table))
+        return web.json_response({"changed": changed})
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=router.metrics.exposition(), content_type="text/plain")
+
+    app.router.add_get(ROUTES_PATH, get_routes)
+    app.router.add_put(ROUTES_PATH, put_routes)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> None:
+    """Run until ``stop`` is set (or SIGTERM/SIGINT), then drain requests in flight."""
+    router = Router(settings.proxy)
+    watcher = RoutesFile(settings.routes_file, router) if settings.routes_file else None
+    if watcher is not None:
+        watcher.check()
+    runners = []
+    main = web.AppRunner(
+        inference_app(router), access_log=None, shutdown_timeout=settings.shutdown_grace
+    )
+    await main.setup()
+    await web.TCPSite(main, settings.host, settings.port, backlog=1024).start()
+    runners.append(main)
+    if settings.admin_port:
+        admin = web.AppRunner(
+            admin_app(router, settings.admin_token, settings.routes_file), access_log=None
+        )
+        await admin.setup()
+        await web.TCPSite(admin, settings.admin_host, settings.admin_port).start()
+        runners.append(admin)
+    admin_at = f"http://{settings.admin_host}:{settings.admin_port}" if settings.admin_port else ""
+    log.info(
+        "routing on http://%s:%d%s",
+        settings.host,
+        settings.port,
+        f", admin on {admin_at}" * bool(admin_at),
+    )
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    watch = asyncio.create_task(watcher.watch(settings.watch_interval)) if watcher else None
+    try:
+        await stop.wait()
+    finally:
+        if watch is not None:
+            watch.cancel()
+        for runner in reversed(runners):
+            await runner.cleanup()
+
+
+def run(settings: RouterSettings) -> None:
+    asyncio.run(serve(settings))
