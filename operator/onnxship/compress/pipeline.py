@@ -210,6 +210,11 @@ def compress(
         files = result.files
         blobs = describe(current.parent, files, progress)
         compressed_bytes = sum(b.size for b in blobs)
+        if compressed_bytes >= info.total_bytes:
+            notes.append(
+                "size: the result is not smaller than the original (quantization adds scales "
+                "and nodes; small models have little weight to save)"
+            )
         draft = ArtifactManifest(
             cache_key=key,
             source=SourceInfo(

@@ -7,6 +7,7 @@ make its blobs compress well (the store keeps them zstd-compressed).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,7 @@ def prunable(model: onnx.ModelProto) -> set[str]:
 def magnitude_prune(weights: np.ndarray, sparsity: float) -> np.ndarray:
     """A copy of ``weights`` with the ``sparsity`` fraction of smallest magnitudes set to 0."""
     flat = np.abs(weights.reshape(-1))
-    k = int(sparsity * flat.size)
+    k = min(flat.size, math.ceil(sparsity * flat.size - 1e-9))  # at least the target fraction
     if k <= 0:
         return np.array(weights)
     threshold = np.partition(flat, k - 1)[k - 1]

@@ -149,6 +149,10 @@ def fp16(src: Path, dst: Path, total_bytes: int) -> list[str]:
     from onnxconverter_common import float16
 
     model = onnx.load_model(str(src))
+    # The converter names its Cast nodes after the nodes they feed: unnamed nodes collide.
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
     big = total_bytes > 1_800_000_000
     try:
         converted = float16.convert_float_to_float16(
