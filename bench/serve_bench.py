@@ -1,0 +1,540 @@
+#!/usr/bin/env python
+# ruff: noqa: E501  (a script: long report lines and embedded peer servers read better unwrapped)
+"""Benchmark `onnxship serve` on all-MiniLM-L6-v2 (seq 128) against its anchors and its peers.
+
+A script, not a test. It measures, in one run and on one machine:
+
+- the floor: raw ``session.run`` at batch 1 in this process, with the server's thread settings;
+- the ceiling: the best rows/s raw ``session.run`` reaches at any batch size;
+- ``onnxship serve`` (started through the CLI, as a pod does) at batch 1 over HTTP JSON,
+  HTTP binary tensors and gRPC, and with 32 concurrent clients, dynamic batching off and on;
+- the peers a user would pick instead, when their Python is given: a plain FastAPI/uvicorn
+  endpoint that calls ``session.run`` (``--fastapi-python``), and KServe's Python model server
+  (``--kserve-python``). Each runs from its own virtualenv so that their pins (KServe
+  downgrades protobuf) stay out of the project's.
+
+Batch-1 rounds interleave raw and served runs, because on a shared 2-vCPU VM the speed of the
+same session drifts by tens of percent over minutes; ratios are taken within a round.
+
+    .venv/bin/python bench/serve_bench.py [--fastapi-python /tmp/peer-venv/bin/python]
+        [--kserve-python /tmp/kserve-venv/bin/python] [--out-json bench/results/serve.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL_DIR = ROOT.parent / "shared" / "models" / "minilm"
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+OUTPUT = "sentence_embedding"
+NAME = "minilm"
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values) * 1e3, q))
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+class Proc:
+    """A server subprocess, stopped by its own PID."""
+
+    def __init__(
+        self, cmd: list[str], ready_url: str, log: Path, env: dict[str, str] | None = None
+    ) -> None:
+        self.log = log
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            )
+        try:
+            wait_ready(ready_url, self.proc)
+        except Exception:
+            self.stop()
+            sys.stderr.write(log.read_text(errors="replace")[-3000:])
+            raise
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# ---------------------------------------------------------------------------- requests
+
+
+def json_body(row: dict[str, np.ndarray]) -> bytes:
+    return json.dumps({
+        "inputs": [{"name": n, "datatype": "INT64", "shape": list(row[n].shape), "data": row[n].ravel().tolist()}
+                   for n in INPUTS],
+        "outputs": [{"name": OUTPUT, "parameters": {"binary_data": False}}],
+    }).encode()  # fmt: skip
+
+
+def binary_body(row: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:
+    header = json.dumps({
+        "inputs": [{"name": n, "datatype": "INT64", "shape": list(row[n].shape),
+                    "parameters": {"binary_data_size": row[n].nbytes}} for n in INPUTS],
+        "outputs": [{"name": OUTPUT, "parameters": {"binary_data": True}}],
+    }).encode()  # fmt: skip
+    body = header + b"".join(np.ascontiguousarray(row[n], "<i8").tobytes() for n in INPUTS)
+    return body, {
+        "Inference-Header-Content-Length": str(len(header)),
+        "Content-Type": "application/octet-stream",
+    }
+
+
+def check_json(data: bytes) -> None:
+    out = json.loads(data)["outputs"][0]
+    assert len(out["data"]) == 384 * out["shape"][0], out["shape"]
+
+
+def check_binary(data: bytes, headers: Any) -> None:
+    n = int(headers["Inference-Header-Content-Length"])
+    emb = np.frombuffer(data[n:], dtype="<f4")
+    assert emb.size % 384 == 0
+
+
+# ---------------------------------------------------------------------------- batch-1 latency
+
+
+def http_latency(
+    port: int, bodies: list[tuple[bytes, dict[str, str]]], n: int, path: str, binary: bool
+) -> list[float]:
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    times: list[float] = []
+    for i in range(n):
+        body, headers = bodies[i % len(bodies)]
+        t0 = time.perf_counter()
+        conn.request("POST", path, body=body, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        if binary:
+            check_binary(data, resp.headers)
+        else:
+            check_json(data)
+        times.append(time.perf_counter() - t0)
+        if resp.status != 200:
+            raise RuntimeError(data[:300])
+    conn.close()
+    return times
+
+
+def grpc_requests(rows: list[dict[str, np.ndarray]]) -> list[Any]:
+    from onnxship.serve.proto import oip_pb2 as pb
+
+    requests = []
+    for row in rows:
+        req = pb.ModelInferRequest(model_name=NAME)
+        for n in INPUTS:
+            req.inputs.add(name=n, datatype="INT64", shape=row[n].shape)
+            req.raw_input_contents.append(np.ascontiguousarray(row[n], "<i8").tobytes())
+        req.outputs.add(name=OUTPUT)
+        requests.append(req)
+    return requests
+
+
+def grpc_latency(port: int, requests: list[Any], n: int) -> list[float]:
+    import grpc
+
+    from onnxship.serve.proto import oip_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub.ModelInfer(requests[0])
+        times = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            resp = stub.ModelInfer(requests[i % len(requests)])
+            np.frombuffer(resp.raw_output_contents[0], dtype="<f4")
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def raw_latency(
+    session: ort.InferenceSession, rows: list[dict[str, np.ndarray]], n: int
+) -> list[float]:
+    times = []
+    for i in range(n):
+        feeds = rows[i % len(rows)]
+        t0 = time.perf_counter()
+        session.run([OUTPUT], feeds)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+# ---------------------------------------------------------------------------- throughput
+
+
+async def http_load(port: int, bodies: list[tuple[bytes, dict[str, str]]], path: str, clients: int,
+                    seconds: float, binary: bool) -> tuple[float, int]:  # fmt: skip
+    import aiohttp
+
+    url = f"http://127.0.0.1:{port}{path}"
+    done = errors = 0
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=120)
+    ) as session:
+        deadline = time.perf_counter() + seconds
+
+        async def client(k: int) -> None:
+            nonlocal done, errors
+            i = k
+            while time.perf_counter() < deadline:
+                body, headers = bodies[i % len(bodies)]
+                i += clients
+                async with session.post(url, data=body, headers=headers) as resp:
+                    data = await resp.read()
+                    if resp.status != 200:
+                        errors += 1
+                        continue
+                    if binary:
+                        check_binary(data, resp.headers)
+                    else:
+                        check_json(data)
+                    done += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client(k) for k in range(clients)))
+        elapsed = time.perf_counter() - start
+    return done / elapsed, errors
+
+
+async def grpc_load(
+    port: int, requests: list[Any], clients: int, seconds: float
+) -> tuple[float, int]:
+    import grpc
+
+    from onnxship.serve.proto import oip_pb2_grpc as pb_grpc
+
+    done = errors = 0
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        deadline = time.perf_counter() + seconds
+
+        async def client(k: int) -> None:
+            nonlocal done, errors
+            i = k
+            while time.perf_counter() < deadline:
+                try:
+                    resp = await stub.ModelInfer(requests[i % len(requests)])
+                    np.frombuffer(resp.raw_output_contents[0], dtype="<f4")
+                    done += 1
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                i += clients
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client(k) for k in range(clients)))
+        elapsed = time.perf_counter() - start
+    return done / elapsed, errors
+
+
+def raw_throughput(
+    session: ort.InferenceSession, data: dict[str, np.ndarray], batch: int, seconds: float
+) -> float:
+    rows = 0
+    start = time.perf_counter()
+    i = 0
+    total = data[INPUTS[0]].shape[0]
+    while time.perf_counter() - start < seconds or rows == 0:
+        lo = (i * batch) % (total - batch + 1)
+        session.run([OUTPUT], {n: data[n][lo : lo + batch] for n in INPUTS})
+        rows += batch
+        i += 1
+    return rows / (time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------- peers
+
+FASTAPI_PEER = """
+import sys, numpy as np, onnxruntime as ort, uvicorn
+from fastapi import FastAPI, Request
+model, port, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+so = ort.SessionOptions(); so.intra_op_num_threads = threads; so.inter_op_num_threads = 1
+session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+app = FastAPI()
+
+@app.get("/v2/health/ready")
+def ready():
+    return {"ready": True}
+
+@app.post("/v2/models/minilm/infer")
+def infer(body: dict):  # a plain sync endpoint: FastAPI runs it on its thread pool
+    feeds = {t["name"]: np.asarray(t["data"], dtype=np.int64).reshape(t["shape"]) for t in body["inputs"]}
+    emb = session.run(["sentence_embedding"], feeds)[0]
+    return {"model_name": "minilm", "outputs": [{"name": "sentence_embedding", "datatype": "FP32",
+            "shape": list(emb.shape), "data": emb.ravel().tolist()}]}
+
+uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+"""
+
+KSERVE_PEER = """
+import sys
+model_path, port, grpc_port, threads = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+sys.argv = [sys.argv[0], "--http_port", str(port), "--grpc_port", grpc_port, "--workers", "1"]
+import numpy as np, onnxruntime as ort, kserve
+from kserve import InferRequest, InferResponse, InferOutput
+
+class MiniLM(kserve.Model):
+    def load(self):
+        so = ort.SessionOptions(); so.intra_op_num_threads = threads; so.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(model_path, so, providers=["CPUExecutionProvider"])
+        self.ready = True
+        return True
+
+    def predict(self, payload, headers=None):
+        feeds = {i.name: i.as_numpy() for i in payload.inputs}
+        emb = self.session.run(["sentence_embedding"], feeds)[0]
+        out = InferOutput(name="sentence_embedding", shape=list(emb.shape), datatype="FP32")
+        out.set_data_from_numpy(emb, binary_data=False)
+        return InferResponse(model_name=self.name, infer_outputs=[out], response_id=payload.id or "0")
+
+m = MiniLM("minilm"); m.load()
+kserve.ModelServer().start([m])
+"""
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--b1-requests", type=int, default=150, help="per protocol and round")
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--seconds", type=float, default=20.0, help="per throughput measurement")
+    ap.add_argument("--max-batch-size", type=int, default=32)
+    ap.add_argument("--max-batch-delay-ms", type=float, default=5.0)
+    ap.add_argument(
+        "--fastapi-python", help="python of a virtualenv with fastapi, uvicorn, onnxruntime"
+    )
+    ap.add_argument("--kserve-python", help="python of a virtualenv with kserve and onnxruntime")
+    ap.add_argument("--out-json", type=Path)
+    args = ap.parse_args()
+
+    model = args.model_dir / "model.onnx"
+    z = np.load(args.model_dir / "inputs.npz")
+    data = {n: z[n] for n in INPUTS}
+    rows = [{n: data[n][i : i + 1] for n in INPUTS} for i in range(64)]
+    json_bodies = [(json_body(r), {"Content-Type": "application/json"}) for r in rows]
+    bin_bodies = [binary_body(r) for r in rows]
+    grpc_reqs = grpc_requests(rows)
+    infer_path = f"/v2/models/{NAME}/infer"
+    tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    results: dict[str, Any] = {
+        "threads": args.threads,
+        "seq": int(data[INPUTS[0]].shape[1]),
+        "clients": args.clients,
+    }
+
+    # The raw anchors, with the server's session options (and ORT's defaults, for reference).
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = args.threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    raw = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    so_default = ort.SessionOptions()
+    so_default.intra_op_num_threads = args.threads
+    so_default.inter_op_num_threads = 1
+    raw_default = ort.InferenceSession(str(model), so_default, providers=["CPUExecutionProvider"])
+    for s in (raw, raw_default):
+        raw_latency(s, rows, 10)
+
+    def start_onnxship(batching: bool, tag: str) -> tuple[Proc, int, int]:
+        http_port, grpc_port = free_port(), free_port()
+        cmd = [sys.executable, "-c", "from onnxship.cli.main import main; main()", "--log-format", "json",
+               "serve", "--model", str(model), "--name", NAME, "--http-port", str(http_port),
+               "--grpc-port", str(grpc_port), "--threads", str(args.threads), "--max-queue-size", "256"]  # fmt: skip
+        if batching:
+            cmd += [
+                "--max-batch-size",
+                str(args.max_batch_size),
+                "--max-batch-delay-ms",
+                str(args.max_batch_delay_ms),
+            ]
+        p = Proc(cmd, f"http://127.0.0.1:{http_port}/v2/health/ready", tmp / f"onnxship-{tag}.log")
+        return p, http_port, grpc_port
+
+    # ---- batch-1 latency: rounds interleave raw and served runs.
+    print(f"batch-1 latency, {args.rounds} rounds x {args.b1_requests} requests ...", flush=True)
+    server, http_port, grpc_port = start_onnxship(False, "b1")
+    http_latency(http_port, json_bodies, 10, infer_path, False)
+    http_latency(http_port, bin_bodies, 10, infer_path, True)
+    grpc_latency(grpc_port, grpc_reqs, 10)
+    b1: dict[str, list[dict[str, float]]] = {
+        k: [] for k in ("raw", "raw_ort_defaults", "json", "binary", "grpc")
+    }
+    measures: dict[str, Callable[[], list[float]]] = {
+        "raw": lambda: raw_latency(raw, rows, args.b1_requests),
+        "raw_ort_defaults": lambda: raw_latency(raw_default, rows, args.b1_requests),
+        "json": lambda: http_latency(http_port, json_bodies, args.b1_requests, infer_path, False),
+        "binary": lambda: http_latency(http_port, bin_bodies, args.b1_requests, infer_path, True),
+        "grpc": lambda: grpc_latency(grpc_port, grpc_reqs, args.b1_requests),
+    }
+    for r in range(args.rounds):
+        for key, measure in measures.items():
+            t = measure()
+            b1[key].append({"p50": pct(t, 50), "p99": pct(t, 99)})
+        print(
+            f"  round {r + 1}: "
+            + ", ".join(f"{k} p50 {v[-1]['p50']:.2f} ms" for k, v in b1.items()),
+            flush=True,
+        )
+    server.stop()
+
+    # ---- throughput: the raw ceiling at several batch sizes, then 32 clients on each server.
+    print("raw throughput by batch size ...", flush=True)
+    ceiling = {
+        b: raw_throughput(raw, data, b, max(4.0, args.seconds / 3)) for b in (1, 4, 8, 16, 32, 64)
+    }
+    for b, v in ceiling.items():
+        print(f"  batch {b}: {v:.1f} rows/s", flush=True)
+    results["raw_throughput_by_batch"] = ceiling
+
+    tput: dict[str, dict[str, float]] = {}
+
+    def load(tag: str, coro: Any) -> None:
+        rate, errors = asyncio.run(coro)
+        tput[tag] = {"rows_per_s": rate, "errors": errors}
+        print(f"  {tag}: {rate:.1f} req/s ({errors} errors)", flush=True)
+
+    print(f"throughput, {args.clients} clients x {args.seconds:.0f} s ...", flush=True)
+    for batching in (False, True):
+        server, http_port, grpc_port = start_onnxship(batching, "on" if batching else "off")
+        tag = "batching_on" if batching else "batching_off"
+        asyncio.run(http_load(http_port, bin_bodies, infer_path, args.clients, 3, True))  # warm
+        load(
+            f"onnxship_{tag}_binary",
+            http_load(http_port, bin_bodies, infer_path, args.clients, args.seconds, True),
+        )
+        if batching:
+            load(
+                f"onnxship_{tag}_json",
+                http_load(http_port, json_bodies, infer_path, args.clients, args.seconds, False),
+            )
+            load(
+                f"onnxship_{tag}_grpc", grpc_load(grpc_port, grpc_reqs, args.clients, args.seconds)
+            )
+        server.stop()
+
+    # ---- peers
+    peers: dict[str, Any] = {}
+    if args.fastapi_python:
+        port = free_port()
+        script = tmp / "fastapi_peer.py"
+        script.write_text(textwrap.dedent(FASTAPI_PEER))
+        p = Proc([args.fastapi_python, str(script), str(model), str(port), str(args.threads)],
+                 f"http://127.0.0.1:{port}/v2/health/ready", tmp / "fastapi.log")  # fmt: skip
+        http_latency(port, json_bodies, 10, infer_path, False)
+        t = http_latency(port, json_bodies, args.b1_requests, infer_path, False)
+        peers["fastapi_b1"] = {"p50": pct(t, 50), "p99": pct(t, 99)}
+        print(f"  fastapi b1 p50 {peers['fastapi_b1']['p50']:.2f} ms", flush=True)
+        load(
+            "fastapi_json",
+            http_load(port, json_bodies, infer_path, args.clients, args.seconds, False),
+        )
+        p.stop()
+    if args.kserve_python:
+        port = free_port()
+        script = tmp / "kserve_peer.py"
+        script.write_text(textwrap.dedent(KSERVE_PEER))
+        p = Proc([args.kserve_python, str(script), str(model), str(port), str(free_port()), str(args.threads)],
+                 f"http://127.0.0.1:{port}/v2/health/ready", tmp / "kserve.log")  # fmt: skip
+        http_latency(port, json_bodies, 10, infer_path, False)
+        t = http_latency(port, json_bodies, args.b1_requests, infer_path, False)
+        peers["kserve_b1"] = {"p50": pct(t, 50), "p99": pct(t, 99)}
+        print(f"  kserve b1 p50 {peers['kserve_b1']['p50']:.2f} ms", flush=True)
+        load(
+            "kserve_json",
+            http_load(port, json_bodies, infer_path, args.clients, args.seconds, False),
+        )
+        p.stop()
+
+    # ---- report: ratios within each round, then their median.
+    best_raw = max(ceiling.values())
+    results["b1_rounds"] = b1
+    results["throughput"] = tput
+    results["peers"] = peers
+    ratios = {
+        k: statistics.median(b1[k][i]["p50"] / b1["raw"][i]["p50"] for i in range(args.rounds))
+        for k in ("json", "binary", "grpc", "raw_ort_defaults")
+    }
+    results["b1_p50_ratio_vs_raw"] = ratios
+    results["throughput_ratio_vs_ceiling"] = {
+        k: v["rows_per_s"] / best_raw for k, v in tput.items()
+    }
+    print("\n== summary ==")
+    print(f"raw session.run b1 p50 (median of rounds): {statistics.median(x['p50'] for x in b1['raw']):.2f} ms, "
+          f"p99 {statistics.median(x['p99'] for x in b1['raw']):.2f} ms")  # fmt: skip
+    for k in ("json", "binary", "grpc"):
+        p50 = statistics.median(x["p50"] for x in b1[k])
+        p99 = statistics.median(x["p99"] for x in b1[k])
+        print(
+            f"onnxship {k:6s} b1 p50 {p50:.2f} ms p99 {p99:.2f} ms  ratio vs raw (per round, median) {ratios[k]:.3f}"
+        )
+    print(f"raw ceiling: {best_raw:.1f} rows/s (batch {max(ceiling, key=ceiling.__getitem__)})")
+    for k, v in tput.items():
+        print(
+            f"{k:32s} {v['rows_per_s']:7.1f} req/s  {v['rows_per_s'] / best_raw:.3f}x ceiling  errors {v['errors']}"
+        )
+    for k, v in peers.items():
+        print(f"{k:32s} p50 {v['p50']:.2f} ms p99 {v['p99']:.2f} ms")
+    if args.out_json:
+        args.out_json.parent.mkdir(parents=True, exist_ok=True)
+        args.out_json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
