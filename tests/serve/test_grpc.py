@@ -65,3 +65,27 @@ def test_every_datatype_and_output_selection(start_server: StartServer, model_di
         if dt == "BYTES":
             got = np.vectorize(lambda b: b.decode(), otypes=[object])(got)
         assert got.tolist() == value.tolist(), dt
+
+
+def test_typed_contents_are_accepted_too(server: Server) -> None:
+    """KServe clients may send typed ``contents`` instead of raw bytes; both are accepted."""
+    import grpc
+
+    from onnxship.serve.proto import oip_pb2 as pb
+    from onnxship.serve.proto import oip_pb2_grpc as pb_grpc
+
+    x = sample_inputs(n=1)["x"]
+    request = pb.ModelInferRequest(model_name="mlp")
+    tensor = request.inputs.add(name="x", datatype="FP32", shape=[1, 32])
+    tensor.contents.fp32_contents.extend(x.ravel().tolist())
+    with grpc.insecure_channel(server.grpc_addr) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        response = stub.ModelInfer(request)
+        y = np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(1, 16)
+        assert list(response.outputs[0].shape) == [1, 16]
+        tensor.contents.fp32_contents.pop()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(request)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "needs 32 elements" in err.value.details()
+    assert np.isfinite(y).all()

@@ -197,3 +197,13 @@ def test_metrics_count_requests_by_code(mlp_server: Server) -> None:
     assert 'onnxship_inference_queue_depth{model="mlp",version="v3"}' in samples
     assert 'onnxship_inference_in_flight{model="mlp",version="v3"}' in samples
     assert any(k.startswith("onnxship_inference_batch_size_count") for k in samples)
+
+
+def test_compressed_request_body(mlp_server: Server, model_dir: Path) -> None:
+    x = sample_inputs(n=2)["x"]
+    client = httpclient.InferenceServerClient(mlp_server.http_addr)
+    inp = httpclient.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    for algorithm in ("gzip", "deflate"):
+        result = client.infer("mlp", [inp], request_compression_algorithm=algorithm)
+        np.testing.assert_allclose(result.as_numpy("y"), reference(model_dir, x), rtol=1e-6)
