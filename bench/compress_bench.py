@@ -101,7 +101,11 @@ def build_variants(model: Path, inputs: dict[str, np.ndarray], work: Path) -> di
         # The gate is measured here, not enforced: every mode gets published and compared.
         compression = Compression.model_validate({**spec, "accuracyGate": {"min": 0.0}})
         start = time.perf_counter()
-        outcome = compress(model.as_uri(), compression, store, sample_inputs=str(samples))
+        try:
+            outcome = compress(model.as_uri(), compression, store, sample_inputs=str(samples))
+        except Exception as exc:  # report the mode as failed, measure the others
+            print(f"FAILED {name}: {exc}", flush=True)
+            continue
         seconds = time.perf_counter() - start
         path = store.fetch(outcome.manifest, work / "fetched" / name)
         variants[name] = {

@@ -12,6 +12,7 @@ Choices the spec does not spell out, and why:
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -146,18 +147,20 @@ def _with_shapes(src: Path, dst: Path, external: bool) -> Path:
 
 
 def fp16(src: Path, dst: Path, total_bytes: int) -> list[str]:
-    from onnxconverter_common import float16
+    # ONNX Runtime's converter, not onnxconverter-common's: the latter retypes the outputs of
+    # Cast(to=float) nodes and ORT then refuses the model (seen on a BERT export).
+    from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load_model(str(src))
-    # The converter names its Cast nodes after the nodes they feed: unnamed nodes collide.
+    # Converters name their Cast nodes after the nodes they feed: unnamed nodes collide.
     for i, node in enumerate(model.graph.node):
         if not node.name:
             node.name = f"{node.op_type}_{i}"
     big = total_bytes > 1_800_000_000
     try:
-        converted = float16.convert_float_to_float16(
-            model, keep_io_types=True, disable_shape_infer=big
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # one warning per clamped weight value
+            converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=big)
     except Exception as exc:
         raise InvalidSettingsError(f"{src}: fp16 conversion failed: {exc}") from None
     del model
