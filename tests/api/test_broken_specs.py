@@ -187,7 +187,7 @@ CASES: list[tuple[str, Callable[[Doc], None], str, str]] = [
         "cel",
     ),
     ("uppercase name", setter("metadata.name", "Encoder_V2"), "metadata.name", "cel"),
-    ("name too long", setter("metadata.name", "a" * 41), "metadata.name", "cel"),
+    ("name too long", setter("metadata.name", "a" * 31), "metadata.name", "cel"),
 ]
 
 

@@ -27,9 +27,9 @@ SINGULAR = "modeldeployment"
 SHORT_NAMES = ["mdep"]
 CATEGORIES = ["onnxship", "ml"]
 
-# Object names become Service names (DNS-1035 labels, 63 chars) after `-<revision hash>-<env>`.
+# Object names become Service names (DNS-1035 labels, 63 chars) as `<name>-<hash10>-<env20>`.
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
-NAME_MAX = 40
+NAME_MAX = 30
 
 
 class Metadata(BaseModel):

@@ -1,0 +1,50 @@
+"""The production ArtifactFinder: the store named by the spec (or the operator's default)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from onnxship.api import ArtifactManifest, Compression
+from onnxship.plan.revision import cache_key
+from onnxship.plan.workloads import StoreRef
+
+
+def result_of(manifest: ArtifactManifest, artifact_uri: str, cache_hit: bool) -> dict[str, Any]:
+    """The same shape as `onnxship compress --output json`, so Job results and lookups agree."""
+    return {
+        "cache_key": manifest.cache_key,
+        "artifact_uri": artifact_uri,
+        "cache_hit": cache_hit,
+        "report": manifest.report.model_dump(mode="json"),
+    }
+
+
+class StoreArtifactFinder:
+    def find(
+        self,
+        store: StoreRef,
+        credentials: dict[str, str],
+        source_sha256: str,
+        compression: Compression,
+        execution_provider: str,
+    ) -> dict[str, Any] | None:
+        from onnxship.compress import tool_versions
+        from onnxship.store import S3Credentials, open_store
+
+        creds = (
+            S3Credentials(
+                access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+                secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+                session_token=credentials.get("AWS_SESSION_TOKEN", ""),
+            )
+            if credentials.get("AWS_ACCESS_KEY_ID")
+            else None
+        )
+        opened = open_store(
+            store.uri, endpoint=store.endpoint, region=store.region, credentials=creds
+        )
+        key = cache_key(source_sha256, compression, tool_versions(execution_provider))
+        manifest = opened.get_manifest(key)
+        if manifest is None:
+            return None
+        return result_of(manifest, opened.manifest_uri(key), cache_hit=True)

@@ -1,0 +1,127 @@
+"""Every kopf registration of the operator, in one place; each delegates to `reconcile`.
+
+One async daemon per ModelDeployment runs reconcile passes (in a worker thread: the
+Kubernetes client and the store are blocking) and sleeps until the plan's next deadline or
+until a change to the spec or a command annotation wakes it. Handlers never sleep on kopf's
+event loop and never return values into status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+
+from onnxship.api import GROUP, PLURAL, VERSION
+from onnxship.plan import workloads as w
+
+from .commands import ANNOTATION
+from .metrics import OperatorMetrics
+from .ports import Wiring
+from .reconcile import delete_children, reconcile
+
+log = logging.getLogger(__name__)
+ANNOTATION_PREFIX = "onnxship.io"
+
+
+def register(
+    registry: kopf.OperatorRegistry,
+    make_wiring: Callable[[OperatorMetrics], Wiring],
+    metrics: OperatorMetrics | None = None,
+) -> dict[str, Any]:
+    """Register the operator's handlers on ``registry``; returns its shared state (for tests)."""
+    shared: dict[str, Any] = {"metrics": metrics or OperatorMetrics(), "wakers": {}}
+
+    def wiring() -> Wiring:
+        if "wiring" not in shared:
+            shared["wiring"] = make_wiring(shared["metrics"])
+        return shared["wiring"]  # type: ignore[no-any-return]
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # Progress in annotations, not in status: status belongs to the CRD's schema.
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+            prefix=ANNOTATION_PREFIX
+        )
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+        )
+        settings.posting.level = logging.WARNING
+        settings.watching.server_timeout = 270
+        wiring()
+
+    def waker(namespace: str, name: str) -> asyncio.Event:
+        return shared["wakers"].setdefault((namespace, name), asyncio.Event())  # type: ignore[no-any-return]
+
+    @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=5.0)
+    async def rollout(
+        stopped: kopf.DaemonStopped,
+        namespace: str,
+        name: str,
+        body: kopf.Body,
+        logger: Any,
+        **_: Any,
+    ) -> None:
+        wake = waker(namespace, name)
+        wire = wiring()
+        metrics: OperatorMetrics = shared["metrics"]
+        loop = asyncio.get_running_loop()
+
+        def emit(type_: str, reason: str, message: str) -> None:
+            metrics.on_event(type_, reason)
+            # Events are posted from kopf's loop; this runs in a worker thread.
+            loop.call_soon_threadsafe(
+                lambda: kopf.event(body, type=type_, reason=reason, message=message)
+            )
+            # Not kopf's per-object logger: from a worker thread its event posting blocks.
+            level = logging.WARNING if type_ == "Warning" else logging.INFO
+            log.log(
+                level,
+                "%s/%s %s: %s",
+                namespace,
+                name,
+                reason,
+                message,
+                extra={"object": f"{namespace}/{name}", "reason": reason},
+            )
+
+        while not stopped:
+            wake.clear()
+            with metrics.reconcile_seconds.time():
+                try:
+                    outcome = await asyncio.to_thread(reconcile, wire, namespace, name, emit)
+                except Exception as exc:
+                    metrics.reconciles.labels("error").inc()
+                    logger.exception(f"reconcile failed, retrying: {exc}")
+                    delay = wire.settings.timing.resync_seconds
+                else:
+                    metrics.reconciles.labels("ok").inc()
+                    if outcome is None:
+                        return
+                    delay = outcome.requeue_after
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=delay)
+        shared["wakers"].pop((namespace, name), None)
+
+    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, field="spec")
+    @kopf.on.field(
+        GROUP, VERSION, PLURAL, registry=registry, field=["metadata", "annotations", ANNOTATION]
+    )
+    async def nudge(namespace: str, name: str, **_: Any) -> None:
+        """A spec change or a command: reconcile now rather than at the next deadline."""
+        event = shared["wakers"].get((namespace, name))
+        if event is not None:
+            event.set()
+
+    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, optional=True)
+    async def cleanup(namespace: str, name: str, uid: str, logger: Any, **_: Any) -> None:
+        owner = w.Owner(name=name, namespace=namespace, uid=uid)
+        removed = await asyncio.to_thread(delete_children, wiring(), owner)
+        logger.info(f"deleted {removed} objects; artifacts stay in the store")
+
+    return shared

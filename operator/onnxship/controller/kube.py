@@ -1,0 +1,213 @@
+"""A thin Kubernetes client for the objects the operator owns: get, list, apply, delete.
+
+Built on the `kubernetes` package's ApiClient (kubeconfig or in-cluster credentials) with
+raw JSON, so that the builders' dicts go over the wire unchanged. ``apply`` is
+create-or-merge-patch guarded by a content hash annotation: a reconcile that changes nothing
+reads and writes nothing but one GET per object.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from onnxship.plan.workloads import A_CONFIG_HASH, config_hash
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Kind:
+    group: str
+    version: str
+    plural: str
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, namespace: str, name: str = "", subresource: str = "") -> str:
+        root = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        path = f"{root}/namespaces/{namespace}/{self.plural}"
+        if name:
+            path += f"/{name}"
+        if subresource:
+            path += f"/{subresource}"
+        return path
+
+
+KINDS: dict[str, Kind] = {
+    "Deployment": Kind("apps", "v1", "deployments"),
+    "Service": Kind("", "v1", "services"),
+    "ConfigMap": Kind("", "v1", "configmaps"),
+    "Secret": Kind("", "v1", "secrets"),
+    "Pod": Kind("", "v1", "pods"),
+    "Job": Kind("batch", "v1", "jobs"),
+    "HTTPRoute": Kind("gateway.networking.k8s.io", "v1", "httproutes"),
+    "ModelDeployment": Kind("onnxship.io", "v1alpha1", "modeldeployments"),
+}
+
+# Called after every API request with (verb, kind, subresource): the RBAC test and metrics.
+RequestHook = Callable[[str, str, str], None]
+
+
+class KubeError(RuntimeError):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"Kubernetes API answered {status}: {reason}")
+        self.status = status
+
+
+class Kube:
+    def __init__(self, api: k8s.ApiClient, on_request: RequestHook | None = None) -> None:
+        self._api = api
+        self._on_request = on_request
+
+    @classmethod
+    def from_environment(cls) -> Kube:
+        """In-cluster credentials when in a pod, else the current kubeconfig context."""
+        try:
+            k8s_config.load_incluster_config()
+        except k8s_config.ConfigException:
+            k8s_config.load_kube_config()
+        return cls(k8s.ApiClient())
+
+    @classmethod
+    def for_url(cls, url: str, token: str = "") -> Kube:
+        cfg = k8s.Configuration(host=url)
+        if token:
+            cfg.api_key = {"authorization": token}
+            cfg.api_key_prefix = {"authorization": "Bearer"}
+        return cls(k8s.ApiClient(cfg))
+
+    # ---------------------------------------------------------------- raw
+
+    def _call(
+        self,
+        verb: str,
+        method: str,
+        kind: str,
+        path: str,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+        subresource: str = "",
+    ) -> Any:
+        if self._on_request:
+            self._on_request(verb, kind, subresource)
+        method, url, headers, body, _ = self._api.param_serialize(
+            method,
+            path,
+            query_params=query or [],
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            resp = self._api.call_api(method, url, header_params=headers, body=body)
+        except ApiException as exc:
+            raise KubeError(exc.status or 0, _reason(exc)) from None
+        resp.read()
+        if resp.status >= 400:
+            raise KubeError(resp.status, _message(resp.data) or str(resp.reason))
+        data = resp.data
+        return json.loads(data) if data else None
+
+    # ---------------------------------------------------------------- typed
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._call("get", "GET", kind, KINDS[kind].path(namespace, name))  # type: ignore[no-any-return]
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list(self, kind: str, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
+        query = [("labelSelector", ",".join(f"{k}={v}" for k, v in selector.items()))]
+        data = self._call("list", "GET", kind, KINDS[kind].path(namespace), query=query)
+        items = (data or {}).get("items", [])
+        # Filter again: some API servers (and mocks) ignore labelSelector.
+        return [
+            i
+            for i in items
+            if all(i.get("metadata", {}).get("labels", {}).get(k) == v for k, v in selector.items())
+        ]
+
+    def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        path = KINDS[obj["kind"]].path(meta["namespace"])
+        return self._call("create", "POST", obj["kind"], path, body=dict(obj))  # type: ignore[no-any-return]
+
+    def patch(
+        self, kind: str, namespace: str, name: str, patch: Mapping[str, Any], subresource: str = ""
+    ) -> dict[str, Any]:
+        return self._call(  # type: ignore[no-any-return]
+            "patch",
+            "PATCH",
+            kind,
+            KINDS[kind].path(namespace, name, subresource),
+            body=dict(patch),
+            content_type="application/merge-patch+json",
+            subresource=subresource,
+        )
+
+    def delete(self, kind: str, namespace: str, name: str) -> bool:
+        """Delete in the background (dependents go with it); False when already gone."""
+        try:
+            self._call(
+                "delete",
+                "DELETE",
+                kind,
+                KINDS[kind].path(namespace, name),
+                body={"propagationPolicy": "Background"},
+            )
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def apply(self, obj: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create ``obj``, or patch it when its content changed. Returns (object, changed)."""
+        digest = config_hash(obj)
+        desired = _with_annotation(obj, A_CONFIG_HASH, digest)
+        meta = obj["metadata"]
+        live = self.get(obj["kind"], meta["namespace"], meta["name"])
+        if live is None:
+            try:
+                return self.create(desired), True
+            except KubeError as exc:
+                if exc.status != 409:  # created meanwhile by a previous, interrupted pass
+                    raise
+                live = self.get(obj["kind"], meta["namespace"], meta["name"]) or {}
+        if live.get("metadata", {}).get("annotations", {}).get(A_CONFIG_HASH) == digest:
+            return live, False
+        patch = {k: v for k, v in desired.items() if k not in ("apiVersion", "kind")}
+        return self.patch(obj["kind"], meta["namespace"], meta["name"], patch), True
+
+
+def _with_annotation(obj: Mapping[str, Any], key: str, value: str) -> dict[str, Any]:
+    meta = dict(obj["metadata"])
+    meta["annotations"] = {**meta.get("annotations", {}), key: value}
+    return {**obj, "metadata": meta}
+
+
+def _message(data: bytes | None) -> str:
+    try:
+        return str(json.loads(data or b"").get("message", ""))
+    except (TypeError, ValueError, AttributeError):
+        return ""
+
+
+def _reason(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body).get("message") or exc.reason)
+    except (TypeError, ValueError):
+        return str(exc.reason)

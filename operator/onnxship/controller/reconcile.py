@@ -1,0 +1,475 @@
+"""One reconcile of one ModelDeployment: parse, observe, plan, execute, patch.
+
+Level-based and idempotent: it reads the world, asks ``plan.rollout.step`` what should be
+true, makes it so, and writes status once (skipped when nothing changed). It keeps no state
+of its own between passes that a restart would lose, beyond a pending analysis verdict.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from onnxship.api import (
+    ConditionType,
+    EnvironmentStatus,
+    ModelDeploymentSpec,
+    ModelDeploymentStatus,
+    Phase,
+    Reason,
+    RevisionStatus,
+    SpecError,
+    parse_duration,
+    parse_spec,
+)
+from onnxship.plan import workloads as w
+from onnxship.plan.actions import (
+    Decision,
+    DeleteRevision,
+    EmitEvent,
+    EnsureRevision,
+    ScaleRevision,
+    SetTraffic,
+)
+from onnxship.plan.analysis import Verdict, evaluate
+from onnxship.plan.compression_jobs import (
+    ArtifactView,
+    JobObservation,
+    JobPhase,
+    artifact_view,
+    job_phase,
+)
+from onnxship.plan.conditions import set_condition
+from onnxship.plan.observed import ArtifactState, DesiredRevision, Observed, RevisionPods
+from onnxship.plan.revision import revision_name
+from onnxship.plan.rollout import step
+from onnxship.plan.times import format_time, parse_time
+from onnxship.plan.traffic import TrafficSplit, split_of
+
+from .commands import command_of
+from .kube import KubeError
+from .patching import merge_patch
+from .ports import Wiring
+
+log = logging.getLogger(__name__)
+
+# (type, reason, message) -> posts a Kubernetes Event about the ModelDeployment
+Emit = Callable[[str, str, str], None]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    requeue_after: float
+    decision: Decision | None = None
+    status_patched: bool = False
+
+
+def reconcile(wiring: Wiring, namespace: str, name: str, emit: Emit) -> Outcome | None:
+    """Bring one ModelDeployment one step closer to what its spec asks for.
+
+    The object is read afresh each pass (not taken from the watch), so a pass never acts on
+    a status older than the one the previous pass wrote. None when the object is gone.
+    """
+    body = wiring.kube.get("ModelDeployment", namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return None
+    meta = body["metadata"]
+    owner = w.Owner(name=meta["name"], namespace=meta["namespace"], uid=meta.get("uid", ""))
+    generation = int(meta.get("generation", 0))
+    status = _status_of(body)
+    now = wiring.clock()
+    timing = wiring.settings.timing
+
+    try:
+        spec = parse_spec(body.get("spec", {}))
+    except SpecError as exc:
+        _patch_status(wiring, owner, body, _invalid(status, generation, exc, now), emit)
+        return Outcome(requeue_after=timing.resync_seconds * 12)
+
+    store = _store_ref(wiring, spec)
+    runtime = _runtime(wiring)
+    image = spec.serving.image or runtime.image
+    desired_name = revision_name(owner.name, spec, spec.model.sha256, image)
+
+    desired = _observe_artifacts(wiring, owner, spec, status, desired_name, store, runtime, now)
+    observed = Observed(
+        desired=desired,
+        generation=generation,
+        revisions=_observe_pods(wiring, owner),
+        traffic=_observe_traffic(wiring, owner, spec),
+        verdict=_pending_verdict(wiring, owner),
+        command=command_of(meta.get("annotations") or {}),
+    )
+    decision = step(spec, status, observed, now)
+    _execute(wiring, owner, spec, decision, store, runtime, emit)
+    _measure_if_due(wiring, owner, spec, decision, now)
+    new_status = decision.status.model_copy(update={"endpoint": _endpoint(owner, spec)})
+    patched = _patch_status(wiring, owner, body, new_status, emit)
+    requeue = (
+        decision.requeue_after if decision.requeue_after is not None else timing.resync_seconds
+    )
+    return Outcome(
+        requeue_after=max(timing.min_requeue_seconds, min(requeue, timing.resync_seconds)),
+        decision=decision,
+        status_patched=patched,
+    )
+
+
+# ---------------------------------------------------------------------- observe
+
+
+def _status_of(body: Mapping[str, Any]) -> ModelDeploymentStatus:
+    raw = {k: v for k, v in (body.get("status") or {}).items() if k in _STATUS_FIELDS}
+    try:
+        return ModelDeploymentStatus.model_validate(raw)
+    except ValueError:
+        log.warning(
+            "status of %s is unreadable; starting from an empty one", body["metadata"]["name"]
+        )
+        return ModelDeploymentStatus()
+
+
+_STATUS_FIELDS = {f.alias or n for n, f in ModelDeploymentStatus.model_fields.items()}
+
+
+def _store_ref(wiring: Wiring, spec: ModelDeploymentSpec) -> w.StoreRef:
+    a, d = spec.artifacts, wiring.settings.store
+    if a.uri:
+        return w.StoreRef(a.uri, a.endpoint, a.region, a.credentials_secret)
+    return w.StoreRef(d.uri, d.endpoint, d.region, d.credentials_secret)
+
+
+def _runtime(wiring: Wiring) -> w.Runtime:
+    s = wiring.settings.workloads
+    return w.Runtime(
+        image=s.runtime_image,
+        image_pull_policy=s.image_pull_policy,
+        service_account=s.service_account,
+        job_active_deadline_seconds=s.job_active_deadline_seconds,
+        job_backoff_limit=s.job_backoff_limit,
+        job_ttl_seconds=s.job_ttl_seconds,
+    )
+
+
+def _secret_data(wiring: Wiring, namespace: str, name: str) -> dict[str, str]:
+    if not name:
+        return {}
+    secret = wiring.kube.get("Secret", namespace, name) or {}
+    return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+
+
+def _observe_artifacts(
+    wiring: Wiring,
+    owner: w.Owner,
+    spec: ModelDeploymentSpec,
+    status: ModelDeploymentStatus,
+    name: str,
+    store: w.StoreRef,
+    runtime: w.Runtime,
+    now: datetime,
+) -> DesiredRevision:
+    """Where each environment's artifact of the desired revision stands; start missing Jobs."""
+    recorded = next((r for r in status.revisions if r.name == name), None)
+    known = {e.name: e for e in recorded.environments} if recorded else {}
+    views: dict[str, ArtifactView] = {}
+    credentials: dict[str, str] | None = None
+    for env in spec.serving.effective_environments():
+        in_store = None
+        if env.name not in known and spec.model.sha256 and store.uri:
+            if credentials is None:
+                credentials = _secret_data(wiring, owner.namespace, store.credentials_secret)
+            try:
+                in_store = wiring.artifacts.find(
+                    store,
+                    credentials,
+                    spec.model.sha256,
+                    spec.compression_for(env),
+                    str(env.execution_provider),
+                )
+            except Exception as exc:  # the Job reports store problems precisely; go on
+                log.info("store lookup for %s/%s failed: %s", name, env.name, exc)
+        job = JobObservation(JobPhase.absent)
+        if env.name not in known and in_store is None:
+            job = _observe_job(wiring, owner, w.job_name(name, env.name))
+        view = artifact_view(
+            env.name, str(env.execution_provider), known.get(env.name), in_store, job
+        )
+        if view.create_job:
+            wiring.kube.apply(w.compress_job(owner, spec, name, env, store, runtime))
+        views[env.name] = view
+
+    failed = [v for v in views.values() if v.state == ArtifactState.failed]
+    envs = [v.environment for v in views.values() if v.environment is not None]
+    record = None
+    if len(envs) == len(views):
+        record = recorded or _revision_record(name, spec, envs, now)
+    return DesiredRevision(
+        name=name,
+        artifacts={k: v.state for k, v in views.items()},
+        record=record,
+        failure_reason=failed[0].reason if failed else "",
+        failure_message="; ".join(v.message for v in failed),
+        reused=bool(envs) and all(e.compression and e.compression.cache_hit for e in envs),
+    )
+
+
+def _revision_record(
+    name: str, spec: ModelDeploymentSpec, envs: list[EnvironmentStatus], now: datetime
+) -> RevisionStatus:
+    first = envs[0]
+    summary = first.compression
+    return RevisionStatus(
+        name=name,
+        model_version=spec.model.version,
+        model_sha256=spec.model.sha256,
+        artifact_uri=first.artifact_uri,
+        size_bytes=summary.compressed_bytes if summary else 0,
+        compression_ratio=summary.ratio if summary else 0.0,
+        accuracy=summary.accuracy if summary else None,
+        environments=envs,
+        created_at=format_time(now),
+    )
+
+
+def _observe_job(wiring: Wiring, owner: w.Owner, name: str) -> JobObservation:
+    job = wiring.kube.get("Job", owner.namespace, name)
+    phase = job_phase(job)
+    if phase in (JobPhase.absent, JobPhase.running):
+        return JobObservation(phase)
+    # The last Pod that ran tells why: its exit code and termination message.
+    pods = wiring.kube.list("Pod", owner.namespace, {"job-name": name})
+    terminated = []
+    for pod in pods:
+        for cs in pod.get("status", {}).get("containerStatuses", []):
+            t = (cs.get("state") or {}).get("terminated")
+            if t:
+                terminated.append((t.get("finishedAt") or "", t))
+    if not terminated:
+        return JobObservation(phase)
+    _, last = max(terminated, key=lambda x: x[0])
+    return JobObservation(phase, exit_code=last.get("exitCode"), message=last.get("message", ""))
+
+
+def _observe_pods(wiring: Wiring, owner: w.Owner) -> dict[str, RevisionPods]:
+    selector = {w.L_DEPLOYMENT: owner.name, w.L_COMPONENT: "model"}
+    replicas: dict[str, dict[str, int]] = {}
+    ready: dict[str, bool] = {}
+    for d in wiring.kube.list("Deployment", owner.namespace, selector):
+        labels = d["metadata"].get("labels", {})
+        rev, env = labels.get(w.L_REVISION, ""), labels.get(w.L_ENVIRONMENT, "")
+        want = int(d.get("spec", {}).get("replicas", 0))
+        st = d.get("status", {})
+        replicas.setdefault(rev, {})[env] = want
+        ok = want == 0 or (
+            int(st.get("readyReplicas", 0)) >= want and int(st.get("updatedReplicas", want)) >= want
+        )
+        ready[rev] = ready.get(rev, True) and ok
+    return {rev: RevisionPods(replicas=envs, ready=ready[rev]) for rev, envs in replicas.items()}
+
+
+def _observe_traffic(
+    wiring: Wiring, owner: w.Owner, spec: ModelDeploymentSpec
+) -> TrafficSplit | None:
+    if spec.rollout.traffic.router != "builtin":
+        return None
+    from onnxship.api.routes import RouteTable
+
+    cm = wiring.kube.get("ConfigMap", owner.namespace, w.router_name(owner))
+    raw = (cm or {}).get("data", {}).get("routes.json")
+    if not raw:
+        return None
+    try:
+        return split_of(RouteTable.model_validate_json(raw))
+    except ValueError:
+        return None
+
+
+def _key(owner: w.Owner) -> str:
+    return f"{owner.namespace}/{owner.name}"
+
+
+def _pending_verdict(wiring: Wiring, owner: w.Owner) -> Verdict | None:
+    verdict: Verdict | None = wiring.memory.get(("verdict", _key(owner)))
+    return verdict
+
+
+def _measure_if_due(
+    wiring: Wiring, owner: w.Owner, spec: ModelDeploymentSpec, decision: Decision, now: datetime
+) -> None:
+    """Measure the canary once per analysis interval; the verdict feeds the next pass."""
+    request = decision.analysis
+    slot = ("verdict", _key(owner))
+    if request is None:
+        wiring.memory.pop(slot, None)
+        return
+    last = wiring.memory.get(slot)
+    last_at = last.measured_at if last is not None and last.revision == request.revision else None
+    if last_at is None:
+        analysis = decision.status.analysis
+        last_at = parse_time(analysis.measured_at) if analysis and analysis.measured_at else None
+    if last_at is not None and (now - last_at).total_seconds() < request.interval_seconds:
+        return
+    measurements = wiring.metrics.measure(owner, spec, request, now)
+    if measurements is None:
+        return
+    wiring.memory[slot] = evaluate(spec.rollout.analysis, measurements, now, request.mirroring)
+
+
+# ---------------------------------------------------------------------- execute
+
+
+def _cache_keys(
+    status: ModelDeploymentStatus, record: RevisionStatus | None, revision: str
+) -> dict[str, str]:
+    rec = record if record is not None and record.name == revision else None
+    rec = rec or next((r for r in status.revisions if r.name == revision), None)
+    return {e.name: e.cache_key for e in rec.environments} if rec else {}
+
+
+def _execute(
+    wiring: Wiring,
+    owner: w.Owner,
+    spec: ModelDeploymentSpec,
+    decision: Decision,
+    store: w.StoreRef,
+    runtime: w.Runtime,
+    emit: Emit,
+) -> None:
+    kube = wiring.kube
+    envs = {e.name: e for e in spec.serving.effective_environments()}
+    for action in decision.actions:
+        if isinstance(action, EnsureRevision):
+            keys = _cache_keys(decision.status, action.record, action.revision)
+            for env_name, replicas in action.replicas.items():
+                env = envs.get(env_name)
+                key = keys.get(env_name)
+                if env is None or not key:
+                    log.warning(
+                        "revision %s has no artifact for environment %s", action.revision, env_name
+                    )
+                    continue
+                kube.apply(
+                    w.revision_deployment(
+                        owner, spec, action.revision, env, key, replicas, store, runtime
+                    )
+                )
+                kube.apply(w.revision_service(owner, action.revision, env))
+        elif isinstance(action, ScaleRevision):
+            for env_name, replicas in action.replicas.items():
+                name = w.workload_name(action.revision, env_name)
+                if kube.get("Deployment", owner.namespace, name) is not None:
+                    kube.patch(
+                        "Deployment", owner.namespace, name, {"spec": {"replicas": replicas}}
+                    )
+        elif isinstance(action, DeleteRevision):
+            _delete_revision(wiring, owner, action.revision)
+        elif isinstance(action, SetTraffic):
+            _set_traffic(wiring, owner, spec, action.split, runtime)
+        elif isinstance(action, EmitEvent):
+            emit(action.type, action.reason, action.message)
+    if decision.status.stable_revision:
+        # The router exists once there is something to route to; re-applied every pass
+        # (a GET when unchanged) so that a deleted router comes back.
+        _ensure_router(wiring, owner, spec, runtime)
+
+
+def _delete_revision(wiring: Wiring, owner: w.Owner, revision: str) -> None:
+    selector = {w.L_DEPLOYMENT: owner.name, w.L_REVISION: revision}
+    for kind in ("Deployment", "Service"):
+        for obj in wiring.kube.list(kind, owner.namespace, selector):
+            wiring.kube.delete(kind, owner.namespace, obj["metadata"]["name"])
+
+
+def _ensure_router(
+    wiring: Wiring, owner: w.Owner, spec: ModelDeploymentSpec, runtime: w.Runtime
+) -> None:
+    if spec.rollout.traffic.router != "builtin":
+        return
+    wiring.kube.apply(
+        w.router_deployment(owner, runtime, replicas=wiring.settings.workloads.router_replicas)
+    )
+    wiring.kube.apply(w.router_service(owner))
+
+
+def _set_traffic(
+    wiring: Wiring,
+    owner: w.Owner,
+    spec: ModelDeploymentSpec,
+    split: TrafficSplit,
+    runtime: w.Runtime,
+) -> None:
+    if not split.weights:
+        return
+    if spec.rollout.traffic.router == "builtin":
+        wiring.kube.apply(w.router_configmap(owner, w.route_table_for(owner, spec, split)))
+        _ensure_router(wiring, owner, spec, runtime)
+    else:
+        wiring.kube.apply(w.http_route(owner, spec, split))
+
+
+def _endpoint(owner: w.Owner, spec: ModelDeploymentSpec) -> str:
+    return w.endpoint_of(owner) if spec.rollout.traffic.router == "builtin" else ""
+
+
+# ---------------------------------------------------------------------- status
+
+
+def _invalid(
+    status: ModelDeploymentStatus, generation: int, exc: SpecError, now: datetime
+) -> ModelDeploymentStatus:
+    message = "; ".join(exc.problems)
+    conditions, _ = set_condition(
+        status.conditions,
+        ConditionType.degraded,
+        "True",
+        Reason.invalid_spec,
+        message,
+        now,
+        generation,
+    )
+    return status.model_copy(
+        update={
+            "phase": Phase.degraded,
+            "message": f"invalid spec: {message}",
+            "conditions": conditions,
+            "observed_generation": generation,
+        }
+    )
+
+
+def _patch_status(
+    wiring: Wiring, owner: w.Owner, body: Mapping[str, Any], new: ModelDeploymentStatus, emit: Emit
+) -> bool:
+    old = dict(body.get("status") or {})
+    ours = {k: v for k, v in old.items() if k in _STATUS_FIELDS}
+    patch = merge_patch(ours, new.to_wire())
+    if not patch:
+        return False
+    try:
+        wiring.kube.patch(
+            "ModelDeployment", owner.namespace, owner.name, {"status": patch}, subresource="status"
+        )
+    except KubeError as exc:
+        if exc.status == 404:  # deleted meanwhile
+            return False
+        raise
+    if new.phase != ours.get("phase") and new.phase in (Phase.degraded,) and new.message:
+        log.warning("%s is %s: %s", owner.name, new.phase, new.message)
+    return True
+
+
+def delete_children(wiring: Wiring, owner: w.Owner) -> int:
+    """Best-effort clean-up on deletion (ownerReferences let the GC do it in a real cluster)."""
+    removed = 0
+    selector = {w.L_DEPLOYMENT: owner.name}
+    for kind in ("Deployment", "Service", "ConfigMap", "Job"):
+        for obj in wiring.kube.list(kind, owner.namespace, selector):
+            removed += wiring.kube.delete(kind, owner.namespace, obj["metadata"]["name"])
+    return removed
+
+
+__all__ = ["Emit", "Outcome", "delete_children", "parse_duration", "reconcile"]

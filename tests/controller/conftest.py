@@ -1,0 +1,248 @@
+"""The operator against KMock (kopf's Kubernetes mock server) with kopf's KopfRunner.
+
+The handlers, the reconcile loop, the builders and the rollout engine are the real ones;
+what a cluster's controllers would do (a Job finishing, Pods becoming ready) the tests do
+by writing the objects' status through the mock API, as the kubelet would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import kmock
+import kopf
+import pytest
+from kopf.testing import KopfRunner
+
+from onnxship.api import Compression, ModelDeploymentSpec
+from onnxship.controller.handlers import register
+from onnxship.controller.kube import Kube
+from onnxship.controller.metrics import OperatorMetrics
+from onnxship.controller.ports import Wiring
+from onnxship.controller.settings import OperatorSettings, StoreDefaults, Timing
+from onnxship.plan.analysis import AnalysisRequest, Measurements
+from onnxship.plan.workloads import Owner, StoreRef
+
+MD = "onnxship.io/v1alpha1/modeldeployments"
+NS = "default"
+
+
+@dataclass
+class ScriptedMetrics:
+    """Simulated router metrics: what the canary did in the last interval."""
+
+    healthy: bool = True
+    requests: int = 100
+    calls: list[AnalysisRequest] = field(default_factory=list)
+
+    def measure(
+        self, owner: Owner, spec: ModelDeploymentSpec, request: AnalysisRequest, now: datetime
+    ) -> Measurements | None:
+        self.calls.append(request)
+        errors = 0 if self.healthy else self.requests // 2
+        return Measurements(
+            revision=request.revision,
+            requests=self.requests,
+            errors=errors,
+            latency_p99_ms=20.0,
+            comparisons=self.requests if request.mirroring else 0,
+            cosine=0.999 if self.healthy else 0.5,
+            interval_seconds=request.interval_seconds,
+        )
+
+
+@dataclass
+class StoreIndex:
+    """Artifacts already in the store, by pinned digest (as another cluster left them)."""
+
+    known: dict[str, dict[str, Any]] = field(default_factory=dict)
+    lookups: int = 0
+
+    def find(
+        self,
+        store: StoreRef,
+        credentials: dict[str, str],
+        source_sha256: str,
+        compression: Compression,
+        execution_provider: str,
+    ) -> dict[str, Any] | None:
+        self.lookups += 1
+        return self.known.get(source_sha256)
+
+
+@dataclass
+class Cluster:
+    """The mock API server plus helpers that play the cluster's controllers."""
+
+    server: Any
+    metrics: ScriptedMetrics
+    index: StoreIndex
+    requests: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def objects(self, resource: str) -> dict[str, dict[str, Any]]:
+        out = {}
+        for (res, _ns, name), obj in list(self.server.objects.items()):
+            if _resource_str(res) == resource and not obj.deleted:
+                out[name] = obj.raw
+        return out
+
+    def get(self, resource: str, name: str) -> dict[str, Any] | None:
+        return self.objects(resource).get(name)
+
+    async def wait_for(
+        self, predicate: Callable[[], Any], timeout: float = 20.0, what: str = ""
+    ) -> Any:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"timed out waiting for {what or predicate}")
+            await asyncio.sleep(0.05)
+
+    async def apply(self, doc: dict[str, Any]) -> None:
+        await self.server.post(
+            f"/apis/onnxship.io/v1alpha1/namespaces/{NS}/modeldeployments", json=doc
+        )
+
+    async def patch(self, path: str, patch: dict[str, Any]) -> None:
+        resp = await self.server.patch(path, json=patch)
+        assert resp.status < 300, await resp.text()
+
+    async def patch_md(self, name: str, patch: dict[str, Any]) -> None:
+        await self.patch(
+            f"/apis/onnxship.io/v1alpha1/namespaces/{NS}/modeldeployments/{name}", patch
+        )
+
+    async def finish_job(self, name: str, exit_code: int = 0, message: str = "") -> None:
+        """Play the Job controller and the kubelet: the Job's Pod ends with this code."""
+        condition = "Complete" if exit_code == 0 else "Failed"
+        await self.patch(
+            f"/apis/batch/v1/namespaces/{NS}/jobs/{name}",
+            {
+                "status": {
+                    "conditions": [{"type": condition, "status": "True"}],
+                    "succeeded" if exit_code == 0 else "failed": 1,
+                }
+            },
+        )
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"{name}-x7k2p", "namespace": NS, "labels": {"job-name": name}},
+            "status": {
+                "containerStatuses": [
+                    {
+                        "name": "compress",
+                        "state": {
+                            "terminated": {
+                                "exitCode": exit_code,
+                                "message": message,
+                                "finishedAt": "2026-11-23T10:00:00Z",
+                            }
+                        },
+                    }
+                ]
+            },
+        }
+        await self.server.post(f"/api/v1/namespaces/{NS}/pods", json=pod)
+
+    async def make_ready(self, deployment: str) -> None:
+        """Play the Deployment controller: every replica is ready."""
+        obj = self.get("apps/v1/deployments", deployment)
+        assert obj is not None, deployment
+        n = obj["spec"]["replicas"]
+        await self.patch(
+            f"/apis/apps/v1/namespaces/{NS}/deployments/{deployment}",
+            {
+                "status": {
+                    "replicas": n,
+                    "readyReplicas": n,
+                    "updatedReplicas": n,
+                    "availableReplicas": n,
+                }
+            },
+        )
+
+
+def _resource_str(res: Any) -> str:
+    group = getattr(res, "group", "") or ""
+    version = getattr(res, "version", "")
+    plural = getattr(res, "plural", "")
+    return f"{group}/{version}/{plural}" if group else f"{version}/{plural}"
+
+
+def compress_result(cache_key: str, ratio: float = 0.26, cache_hit: bool = False) -> str:
+    return json.dumps(
+        {
+            "cache_key": cache_key,
+            "artifact_uri": f"s3://artifacts/team/manifests/{cache_key}.json",
+            "cache_hit": cache_hit,
+            "report": {
+                "original_bytes": 1000,
+                "compressed_bytes": int(1000 * ratio),
+                "ratio": ratio,
+                "accuracy": {"metric": "cosine", "mean": 0.995, "min": 0.99},
+            },
+        }
+    )
+
+
+@pytest.fixture
+async def cluster(kmock: Any) -> AsyncIterator[Cluster]:
+    kmock.resources.load_bundled()
+    kmock.resources[MD] = kmock_resource_info()
+    yield Cluster(server=kmock, metrics=ScriptedMetrics(), index=StoreIndex())
+
+
+def kmock_resource_info() -> Any:
+    return kmock.ResourceInfo(
+        kind="ModelDeployment",
+        namespaced=True,
+        verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
+    )
+
+
+@pytest.fixture
+def operator(cluster: Cluster) -> Callable[[], Any]:
+    """Start the operator (a context manager); call again to restart it."""
+
+    @contextmanager
+    def run() -> Iterator[dict[str, Any]]:
+        registry = kopf.OperatorRegistry()
+
+        @kopf.on.login(registry=registry)
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return kopf.ConnectionInfo(server=str(cluster.server.url), token="test")
+
+        def make_wiring(metrics: OperatorMetrics) -> Wiring:
+            def record(verb: str, kind: str, sub: str) -> None:
+                metrics.on_request(verb, kind, sub)
+                cluster.requests.append((verb, kind, sub))
+
+            return Wiring(
+                settings=OperatorSettings(
+                    store=StoreDefaults(uri="s3://artifacts/team/", credentials_secret="s3-creds"),
+                    timing=Timing(resync_seconds=0.3, min_requeue_seconds=0.05),
+                ),
+                kube=Kube(Kube.for_url(str(cluster.server.url))._api, on_request=record),
+                metrics=cluster.metrics,
+                artifacts=cluster.index,
+            )
+
+        shared = register(registry, make_wiring)
+        settings = kopf.OperatorSettings()
+        settings.scanning.disabled = True
+        with KopfRunner(
+            ["run", "-A", "--standalone"], registry=registry, settings=settings, timeout=30
+        ):
+            yield shared
+
+    return run
