@@ -102,24 +102,22 @@ def rejudge(report: AccuracyReport, gate: AccuracyGate) -> AccuracyReport:
     return judge(found, gate, report.samples, report.synthetic_inputs)
 
 
-def run_all(path: Path, samples: Samples, execution_provider: str) -> list[np.ndarray]:
+def run_all(
+    path: Path, samples: Samples, execution_provider: str
+) -> tuple[list[np.ndarray], float]:
+    """Every output of the model on every sample, and its median batch-1 latency in ms (a
+    hint about this machine, not a benchmark)."""
     sess = session(path, execution_provider)
     names = [o.name for o in sess.get_outputs()]
     parts: list[list[np.ndarray]] = [[] for _ in names]
     for batch in samples.batches(BATCH):
         for i, out in enumerate(sess.run(names, batch)):
             parts[i].append(np.asarray(out))
-    return [np.concatenate(p) if p[0].ndim else p[0] for p in parts]
-
-
-def latency_ms(path: Path, samples: Samples, execution_provider: str) -> float:
-    """Median batch-1 latency of a model on this machine (a hint, not a benchmark)."""
-    sess = session(path, execution_provider)
+    outputs = [np.concatenate(p) if p[0].ndim else p[0] for p in parts]
     feed = samples.batches(1)[0]
-    sess.run(None, feed)
     times = []
     for _ in range(LATENCY_RUNS):
         start = time.perf_counter()
-        sess.run(None, feed)
+        sess.run(names, feed)
         times.append(time.perf_counter() - start)
-    return round(float(np.median(times)) * 1000, 3)
+    return outputs, round(float(np.median(times)) * 1000, 3)

@@ -193,16 +193,10 @@ def compress(
             current = out
 
         result = steps.run("check", lambda: validate_model(current, full_check=False))
-        report_accuracy = steps.run(
+        # One session per model for outputs and latency: a multi-GB model is loaded once here.
+        report_accuracy, latencies = steps.run(
             "accuracy",
             lambda: _accuracy(info.path, current, samples, execution_provider, compression),
-        )
-        latencies = steps.run(
-            "latency",
-            lambda: (
-                accuracy.latency_ms(info.path, samples, execution_provider),
-                accuracy.latency_ms(current, samples, execution_provider),
-            ),
         )
         if not report_accuracy.passed:
             raise _gate_error(report_accuracy, compression)
@@ -260,9 +254,9 @@ def _accuracy(
     samples: Samples,
     execution_provider: str,
     compression: Compression,
-) -> AccuracyReport:
+) -> tuple[AccuracyReport, tuple[float, float]]:
     try:
-        before = accuracy.run_all(original, samples, execution_provider)
+        before, before_ms = accuracy.run_all(original, samples, execution_provider)
     except InvalidModelError:
         raise
     except Exception as exc:
@@ -270,14 +264,15 @@ def _accuracy(
             f"{original}: running the model on the sample inputs failed: {exc}"
         ) from None
     try:
-        after = accuracy.run_all(compressed, samples, execution_provider)
+        after, after_ms = accuracy.run_all(compressed, samples, execution_provider)
     except Exception as exc:
         raise InvalidSettingsError(
             f"the compressed model does not run on {execution_provider} here ({exc}); "
             "choose other compression settings for this environment"
         ) from None
     found = accuracy.agreement(before, after)
-    return accuracy.judge(found, compression.accuracy_gate, samples.rows, samples.synthetic)
+    report = accuracy.judge(found, compression.accuracy_gate, samples.rows, samples.synthetic)
+    return report, (before_ms, after_ms)
 
 
 def _gate_error(report: AccuracyReport, compression: Compression) -> AccuracyGateError:
