@@ -34,8 +34,9 @@ crd-check: venv
 	$(BIN)/onnxship crd | diff -u crds/modeldeployments.onnxship.io.yaml - \
 	  || (echo "crds/ is stale: run 'make crd' and commit"; exit 1)
 
+## make demo: build the demo models, `onnxship up` v1, canary v2 to 100%, roll back broken v3
 demo: venv
-	@echo "make demo lands with local mode (issue 8): onnxship up is not built yet." ; exit 1
+	$(BIN)/python examples/demo/run_demo.py
 
 bench: venv
 	@echo "make bench lands with the benchmark issue (13)." ; exit 1

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Console
 
 from onnxship.api import SpecError
 
@@ -20,6 +21,11 @@ from .app import ExitCode, app, console, fail, out
 from .up import STATE_DIR_OPTION, print_spec_error, resolve_deployment
 
 NAME_ARGUMENT = typer.Argument(None, help="Deployment name; optional when there is only one.")
+
+
+def _screen() -> Console:
+    """stdout for tables: the terminal's width, or a wide page when piped (logs, CI, make)."""
+    return out if out.is_terminal else Console(width=160, soft_wrap=False)
 
 
 def _snapshot(state: Any) -> Any:
@@ -76,7 +82,7 @@ def status_command(
         print(json.dumps(doc, indent=2))
         return
     if not watch:
-        out.print(render(_snapshot(state)))
+        _screen().print(render(_snapshot(state)))
         return
     from rich.live import Live
 
@@ -110,7 +116,7 @@ def _send(state: Any, kind: str, wait: float, **args: Any) -> None:
     settle = time.monotonic() + 2.0
     while time.monotonic() < settle and state.read_status() == before:
         time.sleep(0.1)
-    out.print(render(_snapshot(state)))
+    _screen().print(render(_snapshot(state)))
 
 
 def _require_canary(state: Any, verb: str) -> None:

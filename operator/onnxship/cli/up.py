@@ -8,6 +8,7 @@ process it started. The state folder keeps the artifacts and the status for the 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -130,6 +131,15 @@ def up_command(
     except SpecError as exc:
         print_spec_error(exc)
         raise typer.Exit(int(ExitCode.invalid_spec)) from None
+
+    # The events are this command's output; library logs would repeat them (or, in the
+    # live view, tear it). Warnings still reach the log stream.
+    local_log = logging.getLogger("onnxship.local")
+    local_log.propagate = False
+    local_log.addHandler(logging.NullHandler())
+    for quiet in ("onnxship.compress", "onnxship.store"):
+        if logging.getLogger(quiet).getEffectiveLevel() < logging.WARNING:
+            logging.getLogger(quiet).setLevel(logging.WARNING)
 
     stop = threading.Event()
     signals = [signal.SIGINT, signal.SIGTERM]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import secrets
+import signal
 import threading
 import time
 from collections import deque
@@ -49,6 +51,8 @@ from onnxship.plan.observed import (
 from onnxship.plan.revision import revision_name
 from onnxship.plan.times import format_time
 from onnxship.plan.traffic import TrafficSplit, route_table
+from onnxship.router import admin_push
+from onnxship.router.metrics_source import Counters, counters_from_text, measurements_between
 
 from . import processes
 from .processes import Child
@@ -61,6 +65,7 @@ log = logging.getLogger("onnxship.local")
 # Local revisions run this very installation; the hash input stands for "the runtime image".
 LOCAL_IMAGE = "local"
 RESTART_LIMIT = 3
+RETIRE_GRACE = 10.0  # seconds a stopped server gets to finish its requests
 
 
 @dataclass
@@ -132,6 +137,10 @@ class LocalDriver:
         self.router: Child | None = None
         self.routes_path = state.dir / "routes.json"
         self.traffic: TrafficSplit | None = None
+        self.admin_url = ""
+        self.retiring: list[tuple[Child, float]] = []
+        self.admin_token = secrets.token_hex(16)
+        self.router_env: dict[str, str] = {}
         self.window: Window | None = None
         self.verdict: Verdict | None = None
         self.commands: deque[Command] = deque()
@@ -149,6 +158,8 @@ class LocalDriver:
         self._reload(initial=True)
         self.routes_path.parent.mkdir(parents=True, exist_ok=True)
         self._write_routes(RouteTable())
+        admin_port = processes.free_port()
+        self.admin_url = f"http://127.0.0.1:{admin_port}"
         self.router = Child(
             role="router",
             args=[
@@ -160,19 +171,24 @@ class LocalDriver:
                 str(self.options.port),
                 "--routes",
                 str(self.routes_path),
+                "--admin-port",
+                str(admin_port),
+                "--watch-interval",
+                "0.25",
             ],
             log_path=self.state.logs_dir / "router.log",
             ready_url=f"{self.endpoint}/healthz",
-            ports={"http": self.options.port},
+            ports={"http": self.options.port, "admin": admin_port},
         )
-        self.router.start()
+        self.router_env = {"ONNXSHIP_ROUTER_TOKEN": self.admin_token}
+        self.router.start(self.router_env)
         self._write_runtime(running=True)
 
     def shutdown(self) -> None:
         """Stop every child (servers first, the router last); the store and status stay."""
         self.executor.shutdown(wait=False, cancel_futures=True)
         children = [c for s in self.served.values() for c in s.children.values()]
-        processes.stop_all(children)
+        processes.stop_all(children + [c for c, _ in self.retiring])
         if self.router is not None:
             processes.stop_all([self.router])
         self.state.write_status(self.status)
@@ -186,6 +202,7 @@ class LocalDriver:
         if self.options.watch:
             self._watch_source()
         self._check_router()
+        self._reap()
         observed = self._observe(now)
         from onnxship.plan.rollout import step
 
@@ -299,10 +316,11 @@ class LocalDriver:
                     spec.model.uri,
                     spec.compression_for(env),
                     store,
-                    sample_inputs=spec.model.sample_inputs or None,
+                    sample_inputs=spec.model.sample_inputs,
                     execution_provider=str(env.execution_provider),
-                    expected_sha256=spec.model.sha256 or None,
+                    expected_sha256=spec.model.sha256,
                     progress=progress,
+                    model_version=spec.model.version,
                 )
                 outcomes.append((env.name, outcome))
             return outcomes
@@ -330,7 +348,8 @@ class LocalDriver:
                     name=env_name,
                     execution_provider=str(envs[env_name].execution_provider),
                     cache_key=m.cache_key,
-                    artifact_uri=_manifest_uri(local.store_uri, m.cache_key),
+                    artifact_uri=getattr(outcome, "artifact_uri", "")
+                    or _manifest_uri(local.store_uri, m.cache_key),
                     replicas=1,
                     compression=CompressionSummary(
                         original_bytes=report.original_bytes,
@@ -370,7 +389,8 @@ class LocalDriver:
         elif isinstance(action, DeleteRevision):
             served = self.served.pop(action.revision, None)
             if served is not None:
-                processes.stop_all(list(served.children.values()))
+                for child in served.children.values():
+                    self._retire(child)
                 self._event("info", f"{action.revision}: stopped")
         elif isinstance(action, SetTraffic):
             self._set_traffic(action.split)
@@ -407,7 +427,7 @@ class LocalDriver:
             if want and child is None:
                 served.children[env.name] = self._start_server(revision, served.record, env)
             elif not want and child is not None:
-                processes.stop_all([child])
+                self._retire(child)
                 del served.children[env.name]
 
     def _start_server(self, revision: str, record: RevisionStatus, env: EnvironmentStatus) -> Child:
@@ -454,6 +474,24 @@ class LocalDriver:
         self._event("info", f"{revision}: starting server on :{http_port} ({record.model_version})")
         return child
 
+    def _retire(self, child: Child) -> None:
+        """SIGTERM now (the server drains its requests); SIGKILL later if it lingers.
+
+        The loop does not wait: the live view, commands and analysis go on meanwhile.
+        """
+        child.signal(signal.SIGTERM)
+        self.retiring.append((child, time.monotonic() + RETIRE_GRACE))
+
+    def _reap(self) -> None:
+        still = []
+        for child, deadline in self.retiring:
+            if not child.alive():
+                continue
+            if time.monotonic() > deadline:
+                child.signal(signal.SIGKILL)
+            still.append((child, deadline))
+        self.retiring = still
+
     def _supervise(self, revision: str, served: ServedRevision) -> None:
         """Restart a server that died, like a pod's restart policy, up to RESTART_LIMIT times."""
         for env_name, child in list(served.children.items()):
@@ -472,11 +510,20 @@ class LocalDriver:
             served.children[env_name] = self._start_server(revision, served.record, env)
 
     def _set_traffic(self, split: TrafficSplit) -> None:
+        """Write the split into the router, once the servers it sends traffic to can answer.
+
+        Like a Service that lists only ready endpoints: a revision that takes a share (or
+        copies) must have been ready once; until then the plan's request waits, and the
+        plan asks again on the next tick because the observed traffic has not changed.
+        """
         urls = {}
-        for revision, _ in split.weights:
+        for revision, weight in split.weights:
             served = self.served.get(revision)
             if served is None:
                 continue
+            takes_traffic = weight > 0 or revision == split.mirror_revision
+            if takes_traffic and not all(c.ever_ready for c in served.children.values()):
+                return
             for env_name, child in served.children.items():
                 urls[(revision, env_name if len(served.children) > 1 else "")] = (
                     f"http://{self.options.host}:{child.ports['http']}"
@@ -501,14 +548,12 @@ class LocalDriver:
         self._push_routes(text)
 
     def _push_routes(self, text: str) -> None:
-        """The router watches the file; the admin endpoint makes the change immediate."""
-        try:
-            from onnxship.router import admin_push  # type: ignore[attr-defined]
-        except ImportError:
+        """The router watches the file; its admin endpoint makes the change immediate."""
+        if self.router is None or not self.router.alive():
             return
         try:
-            admin_push(f"http://{self.options.host}:{self.options.port}", text)
-        except Exception as exc:  # the file is the source of truth; the push is a shortcut
+            admin_push(self.admin_url, text, self.admin_token, timeout=2.0)
+        except OSError as exc:  # the file stays the source of truth; the push is a shortcut
             log.debug("admin push failed: %s", exc)
 
     def _check_router(self) -> None:
@@ -518,7 +563,7 @@ class LocalDriver:
         self._event(
             "warning", f"router exited with {router.exit_code()}, restarting:\n{router.log_tail(5)}"
         )
-        router.start()
+        router.start(self.router_env)
 
     # ================================================================ analysis
 
@@ -547,28 +592,30 @@ class LocalDriver:
         code, body = processes.http_get(f"{self.endpoint}/metrics", timeout=1.0)
         return body.decode(errors="replace") if code == 200 else ""
 
-    def _canary_counters(self, request: AnalysisRequest) -> Any:
-        from onnxship.router.metrics_source import counters_from_text  # type: ignore[import-not-found]
-
+    def _canary_counters(self, request: AnalysisRequest) -> Counters:
         return counters_from_text(self._scrape(), request.revision)
 
     def _measure(
-        self, request: AnalysisRequest, before: Any, after: Any, seconds: float
+        self, request: AnalysisRequest, before: Counters, after: Counters, seconds: float
     ) -> Measurements | None:
-        from onnxship.router.metrics_source import measurements_between  # type: ignore[import-not-found]
-
         return measurements_between(request.revision, before, after, seconds)
 
     def _refresh_stats(self) -> None:
+        from onnxship.router.metrics_source import revision_stats
+
         text = self._scrape()
         if not text:
             return
-        try:
-            from onnxship.router.metrics_source import revision_stats  # type: ignore[import-not-found]
-        except ImportError:
-            return
-        for rev, raw in revision_stats(text).items():
-            self.stats[rev] = RevisionStats(**raw)
+        self.stats = {
+            rev: RevisionStats(
+                requests=raw["requests"],
+                errors=raw["errors"],
+                p50_ms=raw["p50_ms"],
+                p99_ms=raw["p99_ms"],
+                mirrored=raw["mirrored"],
+            )
+            for rev, raw in revision_stats(text).items()
+        }
 
     # ================================================================ commands and the source file
 
@@ -653,30 +700,12 @@ class LocalDriver:
         self.on_event(kind, text)
 
     def _announce(self, old: ModelDeploymentStatus, new: ModelDeploymentStatus) -> None:
-        if (
-            old.phase,
-            old.current_step,
-            old.canary_weight,
-            old.stable_revision,
-            old.canary_revision,
-        ) == (
-            new.phase,
-            new.current_step,
-            new.canary_weight,
-            new.stable_revision,
-            new.canary_revision,
-        ) and old.message == new.message:
+        """One line per change a user cares about: phase, step, weights, message."""
+        keys = ("phase", "current_step", "canary_weight", "mirror_percent", "stable_revision",
+                "canary_revision", "message")  # fmt: skip
+        if all(getattr(old, k) == getattr(new, k) for k in keys):
             return
-        parts = [f"phase {new.phase}"]
-        if new.stable_revision:
-            parts.append(f"stable {new.stable_revision}")
-        if new.canary_revision:
-            parts.append(
-                f"canary {new.canary_revision} at {new.canary_weight}% (step {new.current_step})"
-            )
-        if new.message:
-            parts.append(new.message)
-        self._event("status", "; ".join(parts))
+        self._event("status", f"{new.phase}: {new.message}" if new.message else str(new.phase))
 
     def processes_view(self) -> dict[str, str]:
         out = {}
@@ -684,9 +713,10 @@ class LocalDriver:
             if served.failed:
                 out[rev] = "failed"
                 continue
-            states = []
-            for child in served.children.values():
-                states.append(f":{child.ports['http']} " + ("ready" if child.ready else "starting"))
+            states = [
+                ("ready" if child.ready else "starting") + f" :{child.ports['http']}"
+                for child in served.children.values()
+            ]
             out[rev] = ", ".join(states) or "stopped"
         return out
 
@@ -721,6 +751,7 @@ class LocalDriver:
                 "pids": [
                     c.pid for s in self.served.values() for c in s.children.values() if c.alive()
                 ]
+                + [c.pid for c, _ in self.retiring if c.alive()]
                 + ([self.router.pid] if self.router and self.router.alive() else []),
                 "stats": {rev: st.to_json() for rev, st in self.stats.items()},
                 "cacheHits": list(self.cache_hits),
@@ -737,11 +768,12 @@ def _manifest_uri(store_uri: str, cache_key: str) -> str:
 
 def _failure(exc: BaseException) -> tuple[str, str]:
     """The condition reason and message for a failed compression."""
-    name = type(exc).__name__.lower()
-    if "accuracy" in name:
+    from onnxship.compress import AccuracyGateError, InvalidModelError, StoreError
+
+    if isinstance(exc, AccuracyGateError):
         return str(Reason.accuracy_gate_failed), str(exc)
-    if "model" in name or "invalid" in name:
+    if isinstance(exc, InvalidModelError):
         return str(Reason.invalid_model), str(exc)
-    if "store" in name:
+    if isinstance(exc, StoreError):
         return str(Reason.store_unavailable), str(exc)
-    return str(Reason.compression_failed), f"{type(exc).__name__}: {exc}"
+    return str(Reason.compression_failed), str(exc) or type(exc).__name__

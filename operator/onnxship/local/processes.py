@@ -77,6 +77,7 @@ class Child:
     popen: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     ready: bool = False
+    ever_ready: bool = False  # ready at least once since it started
 
     def start(self, env: dict[str, str] | None = None) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +97,7 @@ class Child:
         )
         log.close()
         self.started_at = time.monotonic()
-        self.ready = False
+        self.ready = self.ever_ready = False
 
     @property
     def pid(self) -> int:
@@ -116,6 +117,7 @@ class Child:
             self.ready = http_get(self.ready_url, timeout)[0] == 200
         else:
             self.ready = True
+        self.ever_ready = self.ever_ready or self.ready
         return self.ready
 
     def wait_ready(self, timeout: float) -> bool:

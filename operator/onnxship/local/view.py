@@ -107,36 +107,39 @@ def weights(status: ModelDeploymentStatus) -> dict[str, int]:
 def revision_table(snap: Snapshot) -> Table:
     status = snap.status
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for col, justify in (
-        ("revision", "left"),
-        ("model", "left"),
-        ("role", "left"),
-        ("weight", "right"),
-        ("size", "right"),
-        ("ratio", "right"),
-        ("accuracy", "right"),
-        ("process", "left"),
-        ("requests", "right"),
-        ("errors", "right"),
-        ("p50", "right"),
-    ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    table.add_column("revision", no_wrap=True)
+    table.add_column("model", no_wrap=True)
+    table.add_column("role", no_wrap=True)
+    table.add_column("weight", justify="right", no_wrap=True)
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("accuracy", justify="right", no_wrap=True)
+    table.add_column("process", no_wrap=True)
+    table.add_column("requests", justify="right", no_wrap=True)
+    table.add_column("errors", justify="right", no_wrap=True)
+    table.add_column("p50", justify="right", no_wrap=True)
     w = weights(status)
     for rev in status.revisions:
         st = snap.stats.get(rev.name, RevisionStats())
         role = _role(status, rev.name)
-        size = _size(rev)
+        if rev.name == status.canary_revision and status.aborted:
+            role = "aborted"
+        requests = str(st.requests)
+        if st.mirrored:
+            requests += f" +{st.mirrored} mirrored"
         table.add_row(
             rev.name,
             rev.model_version or "-",
-            Text(role, style={"stable": "green", "canary": "cyan"}.get(role, "dim")),
+            Text(
+                role, style={"stable": "green", "canary": "cyan", "aborted": "red"}.get(role, "dim")
+            ),
             f"{w[rev.name]}%" if rev.name in w else "-",
-            size,
-            f"{rev.compression_ratio:.2f}" if rev.compression_ratio else "-",
+            _size(rev),
             f"{rev.accuracy:.4f}" if rev.accuracy is not None else "-",
             snap.processes.get(rev.name, "-"),
-            str(st.requests + st.mirrored) if st.requests or st.mirrored else "0",
-            f"{st.errors} ({st.error_rate:.0%})" if st.errors else "0",
+            requests,
+            f"{st.errors} ({st.errors / max(1, st.requests + st.mirrored):.0%})"
+            if st.errors
+            else "0",
             f"{st.p50_ms:.1f} ms" if st.p50_ms is not None else "-",
         )
     return table
@@ -149,7 +152,7 @@ def _size(rev: RevisionStatus) -> str:
             original = env.compression.original_bytes
             break
     if original and rev.size_bytes:
-        return f"{_mb(original)} → {_mb(rev.size_bytes)}"
+        return f"{original / 1e6:.1f}→{_mb(rev.size_bytes)}"
     return _mb(rev.size_bytes)
 
 
@@ -159,12 +162,16 @@ def header(snap: Snapshot) -> Text:
     text.append(f"{snap.name}  ", style="bold")
     text.append(str(status.phase), style=_PHASE_STYLE.get(str(status.phase), ""))
     steps = len(snap.spec.rollout.steps) if snap.spec else 0
-    if status.canary_revision and steps:
-        text.append(f"  step {min(status.current_step, steps)}/{steps}")
-    if status.canary_revision:
+    if status.canary_revision and status.aborted:
+        text.append(f"  canary {status.canary_revision} aborted", style="red")
+    elif status.canary_revision and status.stable_revision:
+        if steps:
+            text.append(f"  step {min(status.current_step + 1, steps)}/{steps}")
         text.append(f"  canary weight {status.canary_weight}%")
         if status.mirror_percent:
             text.append(f"  mirror {status.mirror_percent}%")
+        if status.paused:
+            text.append("  paused (onnxship promote | resume | abort)", style="yellow")
     if snap.endpoint:
         text.append(f"  {snap.endpoint}", style="underline")
     if not snap.running:
