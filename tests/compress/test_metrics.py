@@ -8,7 +8,7 @@ import pytest
 from onnxship.api import AccuracyGate
 from onnxship.compress import InvalidSettingsError
 from onnxship.compress.accuracy import agreement, cosine_rows, judge, rejudge
-from onnxship.compress.prune import magnitude_prune
+from onnxship.compress.prune import magnitude_prune, shrink
 
 
 def test_cosine_rows_per_sample_and_zero_rows_agree() -> None:
@@ -54,3 +54,13 @@ def test_magnitude_pruning_zeroes_at_least_the_target_and_keeps_the_largest(
     kept = pruned != 0
     assert np.all(pruned[kept] == w[kept])
     assert np.abs(w[kept]).min() >= np.abs(w[~kept]).max()
+
+
+def test_shrinkage_zeroes_the_same_values_and_moves_survivors_towards_zero() -> None:
+    w = np.random.default_rng(2).standard_normal((32, 32)).astype(np.float32)
+    hard, soft = magnitude_prune(w, 0.6), shrink(w, 0.6)
+    assert np.array_equal(hard == 0, soft == 0)
+    kept = soft != 0
+    a = np.abs(w[kept]) - np.abs(soft[kept])
+    assert np.allclose(a, a[0], atol=1e-6) and a[0] > 0  # the same step a for every survivor
+    assert np.all(np.sign(soft[kept]) == np.sign(w[kept]))

@@ -190,3 +190,33 @@ def test_top1_gate_on_a_classifier(cnn: ModelOnDisk, file_store: ArtifactStore) 
         accuracy is not None and accuracy.metric == "top1" and accuracy.top1_agreement is not None
     )
     assert accuracy.mean == accuracy.top1_agreement >= 0.8
+
+
+@pytest.mark.parametrize("calibration", ["entropy", "percentile"])
+def test_static_calibration_methods(
+    mlp: ModelOnDisk, file_store: ArtifactStore, calibration: str
+) -> None:
+    outcome = compress(
+        mlp.uri,
+        settings(
+            quantize={"mode": "static", "calibration": calibration}, accuracyGate={"min": 0.9}
+        ),
+        file_store,
+        sample_inputs=str(mlp.samples),
+    )
+    notes = " ".join(outcome.manifest.report.notes)
+    assert f"{calibration.capitalize()} calibration on 16 samples" in notes
+
+
+def test_shrink_pruning(encoder: ModelOnDisk, file_store: ArtifactStore) -> None:
+    outcome = compress(
+        encoder.uri,
+        settings(
+            prune={"sparsity": 0.5, "method": "shrink"},
+            quantize={"mode": "none"},
+            accuracyGate={"min": 0.0},
+        ),
+        file_store,
+        sample_inputs=str(encoder.samples),
+    )
+    assert "prune:shrink:0.5" in outcome.manifest.report.steps

@@ -77,12 +77,20 @@ class Prune(ApiModel):
     sparsity: float = Field(
         0.0, ge=0.0, lt=1.0, description="Fraction of weight values set to zero by magnitude."
     )
+    method: Literal["magnitude", "shrink"] = Field(
+        "magnitude",
+        description="magnitude: zero the smallest |w|; shrink: soft-threshold w - a*sign(w), "
+        "clamped at zero, with a the sparsity quantile of |w| (same zeros, smaller survivors).",
+    )
 
 
 class Quantize(ApiModel):
     mode: QuantizeMode = Field(QuantizeMode.dynamic, description="none | dynamic | static | fp16")
     weight_type: Literal["int8", "uint8"] = Field("int8", description="Integer weight type.")
     per_channel: bool = Field(True, description="Per-channel weight scales (int8 modes).")
+    calibration: Literal["minmax", "entropy", "percentile"] = Field(
+        "minmax", description="Activation range calibration of static int8 on the sample inputs."
+    )
 
 
 class AccuracyGate(ApiModel):

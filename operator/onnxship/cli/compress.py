@@ -119,6 +119,7 @@ def _override(base: Compression, **flags: Any) -> Compression:
         ("quantize", "mode"),
         ("weight_type", "weight_type"),
         ("per_channel", "per_channel"),
+        ("calibration", "calibration"),
     ):
         if flags[name] is not None:
             q[key] = flags[name]
@@ -168,7 +169,11 @@ def compress_command(
     samples: str = typer.Option("", "--samples", help=".npz of sample inputs (URI or path)."),
     optimize: str | None = typer.Option(None, "--optimize", help="none | basic | extended | all"),
     sparsity: float | None = typer.Option(None, "--sparsity", help="Magnitude pruning, 0 to <1."),
+    prune_method: str | None = typer.Option(None, "--prune-method", help="magnitude | shrink"),
     quantize: str | None = typer.Option(None, "--quantize", help="none | dynamic | static | fp16"),
+    calibration: str | None = typer.Option(
+        None, "--calibration", help="static int8: minmax | entropy | percentile"
+    ),
     weight_type: str | None = typer.Option(None, "--weight-type", help="int8 | uint8"),
     per_channel: bool | None = typer.Option(
         None, "--per-channel/--per-tensor", help="Weight scales."
@@ -190,7 +195,9 @@ def compress_command(
         base,
         optimize=optimize,
         sparsity=sparsity,
+        prune_method=prune_method,
         quantize=quantize,
+        calibration=calibration,
         weight_type=weight_type,
         per_channel=per_channel,
         gate_metric=gate_metric,

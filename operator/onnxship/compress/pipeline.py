@@ -166,10 +166,11 @@ def compress(
         if compression.prune.sparsity > 0:
             out = step_dir("prune")
             count, zeros = steps.run(
-                "prune", lambda: prune(current, out, compression.prune.sparsity)
+                "prune",
+                lambda: prune(current, out, compression.prune.sparsity, compression.prune.method),
             )
             notes.append(f"prune: {count} weight tensors, {zeros:.1%} of their values now zero")
-            applied.append(f"prune:magnitude:{compression.prune.sparsity:g}")
+            applied.append(f"prune:{compression.prune.method}:{compression.prune.sparsity:g}")
             current = out
         q = compression.quantize
         if q.mode != QuantizeMode.none:

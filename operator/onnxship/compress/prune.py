@@ -1,4 +1,5 @@
-"""Magnitude pruning of weight initializers: the smallest |w| of each weight tensor become 0.
+"""Pruning of weight initializers: the smallest |w| of each weight tensor become 0 (magnitude),
+or every weight moves towards 0 by the same amount and the smallest reach it (shrink).
 
 Only the weights of matrix products and convolutions are pruned (biases, norms and
 embeddings are few values that matter a lot). Zeros do not make a dense model faster; they
@@ -45,20 +46,39 @@ def prunable(model: onnx.ModelProto) -> set[str]:
     return names
 
 
+def _threshold(magnitudes: np.ndarray, sparsity: float) -> float | None:
+    """The k-th smallest magnitude, k covering at least ``sparsity`` of the values."""
+    k = min(magnitudes.size, math.ceil(sparsity * magnitudes.size - 1e-9))
+    if k <= 0:
+        return None
+    return float(np.partition(magnitudes, k - 1)[k - 1])
+
+
 def magnitude_prune(weights: np.ndarray, sparsity: float) -> np.ndarray:
     """A copy of ``weights`` with the ``sparsity`` fraction of smallest magnitudes set to 0."""
-    flat = np.abs(weights.reshape(-1))
-    k = min(flat.size, math.ceil(sparsity * flat.size - 1e-9))  # at least the target fraction
-    if k <= 0:
-        return np.array(weights)
-    threshold = np.partition(flat, k - 1)[k - 1]
     out = np.array(weights)
-    # Ties at the threshold may prune a few more than k; never fewer.
-    out[np.abs(out) <= threshold] = 0
+    threshold = _threshold(np.abs(out.reshape(-1)), sparsity)
+    if threshold is not None:
+        # Ties at the threshold may prune a few more than k; never fewer.
+        out[np.abs(out) <= threshold] = 0
     return out
 
 
-def prune(src: Path, dst: Path, sparsity: float) -> tuple[int, float]:
+def shrink(weights: np.ndarray, sparsity: float) -> np.ndarray:
+    """Soft thresholding: ``w - a*sign(w)``, clamped at zero, ``a`` the sparsity quantile of
+    |w|. The same values become zero as with magnitude pruning; the survivors move towards
+    zero by ``a`` (the proximal step of an L1 penalty)."""
+    out = np.array(weights)
+    threshold = _threshold(np.abs(out.reshape(-1)), sparsity)
+    if threshold is not None:
+        out = (np.sign(out) * np.maximum(np.abs(out) - threshold, 0)).astype(weights.dtype)
+    return out
+
+
+METHODS = {"magnitude": magnitude_prune, "shrink": shrink}
+
+
+def prune(src: Path, dst: Path, sparsity: float, method: str = "magnitude") -> tuple[int, float]:
     """Prune ``src`` into ``dst``; returns (tensors pruned, fraction of their values now zero)."""
     names = prunable(onnx.load_model(str(src), load_external_data=False))
     zeros = total = 0
@@ -67,7 +87,7 @@ def prune(src: Path, dst: Path, sparsity: float) -> tuple[int, float]:
         nonlocal zeros, total
         if tensor.name not in names:
             return None
-        pruned = magnitude_prune(array, sparsity)
+        pruned = METHODS[method](array, sparsity)
         zeros += int(np.count_nonzero(pruned == 0))
         total += pruned.size
         return pruned

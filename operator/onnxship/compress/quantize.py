@@ -5,7 +5,7 @@ Choices the spec does not spell out, and why:
   quantizing activation x activation products (attention scores) costs accuracy for no size.
 - embedding Gathers are quantized only when their table is large enough to matter for size.
 - static: QDQ format with uint8 activations and int8 weights (the fast path on x86 CPUs),
-  MinMax calibration on the sample inputs.
+  calibration (MinMax, Entropy or Percentile) on the sample inputs.
 - fp16: float32 inputs and outputs are kept, so clients do not change.
 """
 
@@ -37,6 +37,11 @@ from .weights import has_external_data
 DYNAMIC_OPS = ["MatMul", "Attention", "LSTM", "EmbedLayerNormalization", "Conv"]
 GATHER_MIN_ELEMENTS = 1_000_000  # quantize embedding tables of at least ~4 MB
 CALIBRATION_BATCH = 8
+CALIBRATION = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
 
 
 class _QuietQuantizer(logging.Filter):
@@ -107,7 +112,8 @@ def static(src: Path, dst: Path, q: Quantize, samples: Samples) -> list[str]:
         vi.type.tensor_type.shape.dim and vi.type.tensor_type.shape.dim[0].dim_value == 1
         for vi in header.graph.input
     )
-    notes = [f"quantize: static int8 (QDQ), MinMax calibration on {samples.rows} samples"]
+    method = CALIBRATION[q.calibration]
+    notes = [f"quantize: static int8 (QDQ), {method.name} calibration on {samples.rows} samples"]
     if samples.synthetic:
         notes.append("quantize: calibrated on made-up inputs; pass real samples for real ranges")
     source = _with_shapes(src, dst.parent / "shapes.onnx", has_external_data(header))
@@ -119,7 +125,7 @@ def static(src: Path, dst: Path, q: Quantize, samples: Samples) -> list[str]:
         per_channel=q.per_channel,
         activation_type=QuantType.QUInt8,
         weight_type=_weight_type(q),
-        calibrate_method=CalibrationMethod.MinMax,
+        calibrate_method=method,
         use_external_data_format=has_external_data(header),
         # Fused ops from the optimizer carry no value_info; their outputs are float.
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
