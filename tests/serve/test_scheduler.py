@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -141,3 +142,32 @@ def test_threads_follow_the_container_cpu_limit(
 
     available = len(os.sched_getaffinity(0))
     assert cpu_limit(tmp_path) == (min(want, available) if want else available)
+
+
+async def test_instances_run_batches_side_by_side() -> None:
+    """With two instances, a second batch starts while the first is still running."""
+    active = 0
+    peak = 0
+    lock = threading.Lock()
+
+    def slow_run(feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        time.sleep(0.1)
+        with lock:
+            active -= 1
+        return {"y": feeds["x"] * 2}
+
+    s = Scheduler(
+        slow_run, ThreadPoolExecutor(2), output_order=["y"], batchable=True,
+        max_batch_size=2, max_delay_s=0.0, instances=2,
+    )  # fmt: skip
+    s.start()
+    results = await asyncio.gather(
+        *(s.submit({"x": np.full((1, 1), i, np.float32)}, ["y"]) for i in range(4))
+    )
+    await s.stop()
+    assert [float(r["y"][0, 0]) for r in results] == [0.0, 2.0, 4.0, 6.0]
+    assert peak == 2

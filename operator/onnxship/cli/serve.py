@@ -54,6 +54,9 @@ def serve_command(
     max_queue_size: int = typer.Option(
         128, "--max-queue-size", help="Requests admitted before answering 503."
     ),
+    instances: int = typer.Option(
+        1, "--instances", help="Session runs in flight at once (each with --threads threads)."
+    ),
     max_body_bytes: int = typer.Option(
         64 << 20, "--max-body-bytes", help="Larger requests get 413."
     ),
@@ -91,6 +94,7 @@ def serve_command(
             max_batch_size=max_batch_size,
             max_batch_delay_ms=max_batch_delay_ms,
             max_queue_size=max_queue_size,
+            instances=instances,
             max_body_bytes=max_body_bytes,
             pad_sequences=pad_sequences,
             grace_period_s=grace_period_s,

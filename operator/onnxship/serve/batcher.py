@@ -1,11 +1,11 @@
 """Admission and dynamic batching: a bounded queue in front of one ONNX Runtime session.
 
-One run at a time goes to the session (its intra-op pool already uses every CPU the pod
-has; two runs at once would only fight over them). While a run is in progress, requests
-wait here; the next run takes as many compatible ones as fit in ``max_batch_size``, stacks
-them, and splits the outputs back. Over ``max_queue_size`` admitted requests, the next one
-is refused at once with 503: a queue that grows without bound only turns overload into
-timeouts.
+At most ``instances`` runs go to the session at once (default 1: its intra-op pool already
+spans the CPUs the pod has; Triton calls the same knob an instance count). While runs are in
+progress, requests wait here; the next run takes as many compatible ones as fit in
+``max_batch_size``, stacks them, and splits the outputs back. Over ``max_queue_size``
+admitted requests, the next one is refused at once with 503: a queue that grows without
+bound only turns overload into timeouts.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class Scheduler:
         max_batch_size: int = 1,
         max_delay_s: float = 0.0,
         max_queue_size: int = 128,
+        instances: int = 1,
         batchable: bool = False,
         crop: dict[str, int] | None = None,
         on_batch: Callable[[int], None] = lambda rows: None,
@@ -65,6 +66,9 @@ class Scheduler:
         self._pending: collections.deque[_Item] = collections.deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Runs in flight at once; the executor must have as many threads.
+        self._slots = asyncio.Semaphore(instances)
+        self._running: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         if self.batching and self._task is None:
@@ -73,7 +77,7 @@ class Scheduler:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.gather(self._task, *self._running, return_exceptions=True)
             self._task = None
 
     async def submit(self, feeds: Feeds, outputs: list[str]) -> dict[str, np.ndarray]:
@@ -133,9 +137,19 @@ class Scheduler:
                     await asyncio.wait_for(self._wake.wait(), remaining)
                 except TimeoutError:
                     break
+            # Wait for a free instance only now: requests that arrive meanwhile join this batch.
+            await self._slots.acquire()
             batch = self._take(first.key)
-            if batch:
-                await self._execute(batch)
+            if not batch:
+                self._slots.release()
+                continue
+            task = loop.create_task(self._execute(batch))
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._slots.release()
 
     def _rows_waiting(self, key: Hashable) -> int:
         return sum(i.rows for i in self._pending if i.key == key and not i.future.done())

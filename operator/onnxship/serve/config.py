@@ -39,6 +39,7 @@ class ServeConfig(BaseModel):
     max_batch_size: int = Field(1, ge=1, le=4096, description="1 turns dynamic batching off.")
     max_batch_delay_ms: float = Field(2.0, ge=0, le=10_000)
     max_queue_size: int = Field(128, ge=1, description="Requests admitted before 503s.")
+    instances: int = Field(1, ge=1, le=64, description="Session runs in flight at once.")
     pad_sequences: bool = Field(
         True,
         description="Batch different sequence lengths by padding (needs attention_mask).",

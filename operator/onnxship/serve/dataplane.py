@@ -82,8 +82,11 @@ class DataPlane:
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        # One thread for ORT runs: its intra-op pool already spans the CPUs we have.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxship-infer")
+        # One thread per instance: ORT releases the GIL, and its intra-op pool already spans
+        # the CPUs we have, so more threads than instances would only queue inside ORT.
+        self._executor = ThreadPoolExecutor(
+            max_workers=config.instances, thread_name_prefix="onnxship-infer"
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -107,6 +110,7 @@ class DataPlane:
             max_batch_size=self.config.max_batch_size,
             max_delay_s=self.config.max_batch_delay_ms / 1000,
             max_queue_size=self.config.max_queue_size,
+            instances=self.config.instances,
             batchable=sig.batchable,
             crop=sig.sequence_axis() if self.config.pad_sequences else None,
             on_batch=self.metrics.batch,

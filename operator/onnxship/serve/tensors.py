@@ -47,7 +47,10 @@ def from_data(spec: TensorSpec, shape: tuple[int, ...], data: Any) -> np.ndarray
     try:
         if spec.datatype == "BYTES":
             arr = np.empty(count, dtype=object)
-            flat = _flatten(data) if isinstance(data, list) else list(data)
+            if isinstance(data, str | bytes):
+                flat: list[Any] = [data]
+            else:
+                flat = _flatten(data) if isinstance(data, list) else list(data)
             if len(flat) != count:
                 raise _size_error(spec, shape, count, f"{len(flat)} elements")
             for i, item in enumerate(flat):
