@@ -180,14 +180,16 @@ def _resource_str(res: Any) -> str:
 
 
 def compress_result(cache_key: str, ratio: float = 0.26, cache_hit: bool = False) -> str:
+    """What `onnxship compress --result-file` leaves in the Pod's termination message."""
     return json.dumps(
         {
-            "cache_key": cache_key,
-            "artifact_uri": f"s3://artifacts/team/manifests/{cache_key}.json",
-            "cache_hit": cache_hit,
+            "ok": True,
+            "cacheKey": cache_key,
+            "artifactUri": f"s3://artifacts/team/manifests/{cache_key}.json",
+            "cacheHit": cache_hit,
             "report": {
-                "original_bytes": 1000,
-                "compressed_bytes": int(1000 * ratio),
+                "originalBytes": 1000,
+                "compressedBytes": int(1000 * ratio),
                 "ratio": ratio,
                 "accuracy": {"metric": "cosine", "mean": 0.995, "min": 0.99},
             },

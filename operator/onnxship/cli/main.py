@@ -13,7 +13,7 @@ import typer
 from onnxship import __version__
 from onnxship.logs import configure_logging
 
-from . import crd, validate  # noqa: F401  (command registration)
+from . import crd, run_operator, validate  # noqa: F401  (command registration)
 from .app import app
 from .compress import compress_command  # noqa: F401  (command registration: onnxship compress)
 from .local_commands import status_command  # noqa: F401  (status, promote, abort, apply, ...)

@@ -10,12 +10,19 @@ from onnxship.plan.workloads import StoreRef
 
 
 def result_of(manifest: ArtifactManifest, artifact_uri: str, cache_hit: bool) -> dict[str, Any]:
-    """The same shape as `onnxship compress --output json`, so Job results and lookups agree."""
+    """The shape `onnxship compress --result-file` writes, so Job results and lookups agree.
+
+    Compact on purpose: a termination message holds at most 4 KiB.
+    """
+    report = manifest.report.to_wire()
+    for bulky in ("notes", "steps", "stepSeconds"):
+        report.pop(bulky, None)
     return {
-        "cache_key": manifest.cache_key,
-        "artifact_uri": artifact_uri,
-        "cache_hit": cache_hit,
-        "report": manifest.report.model_dump(mode="json"),
+        "ok": True,
+        "cacheKey": manifest.cache_key,
+        "artifactUri": artifact_uri,
+        "cacheHit": cache_hit,
+        "report": report,
     }
 
 

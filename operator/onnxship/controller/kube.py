@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -75,7 +76,9 @@ class Kube:
         try:
             k8s_config.load_incluster_config()
         except k8s_config.ConfigException:
-            k8s_config.load_kube_config()
+            # Read KUBECONFIG now: the kubernetes package froze it at its import.
+            path = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
+            k8s_config.load_kube_config(config_file=path)
         return cls(k8s.ApiClient())
 
     @classmethod

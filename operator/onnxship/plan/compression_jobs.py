@@ -66,12 +66,13 @@ def job_phase(job: dict[str, Any] | None) -> JobPhase:
 
 
 def parse_result(message: str) -> dict[str, Any] | None:
-    """The JSON that `onnxship compress --output json` left in the termination message."""
+    """The JSON that `onnxship compress --result-file` left in the termination message:
+    ``{"cacheKey", "artifactUri", "cacheHit", "report": CompressionReport (camelCase)}``."""
     try:
         data = json.loads(message)
     except (TypeError, ValueError):
         return None
-    return data if isinstance(data, dict) and data.get("cache_key") else None
+    return data if isinstance(data, dict) and data.get("cacheKey") else None
 
 
 def environment_record(
@@ -82,15 +83,15 @@ def environment_record(
     return EnvironmentStatus(
         name=name,
         execution_provider=execution_provider,
-        cache_key=str(result["cache_key"]),
-        artifact_uri=str(result.get("artifact_uri", "")),
+        cache_key=str(result["cacheKey"]),
+        artifact_uri=str(result.get("artifactUri", "")),
         compression=CompressionSummary(
-            original_bytes=int(report.get("original_bytes", 0)),
-            compressed_bytes=int(report.get("compressed_bytes", 0)),
+            original_bytes=int(report.get("originalBytes", 0)),
+            compressed_bytes=int(report.get("compressedBytes", 0)),
             ratio=float(report.get("ratio", 0.0)),
             accuracy_metric=str(accuracy.get("metric", "")),
             accuracy=accuracy.get("mean"),
-            cache_hit=reused or bool(result.get("cache_hit", False)),
+            cache_hit=reused or bool(result.get("cacheHit", False)),
         ),
     )
 

@@ -189,12 +189,12 @@ def store_env(store: StoreRef) -> list[dict[str, Any]]:
     return env
 
 
-def store_args(store: StoreRef) -> list[str]:
+def store_args(store: StoreRef, endpoint_flag: str, region_flag: str) -> list[str]:
     args = ["--store", store.uri]
     if store.endpoint:
-        args += ["--endpoint", store.endpoint]
+        args += [endpoint_flag, store.endpoint]
     if store.region:
-        args += ["--region", store.region]
+        args += [region_flag, store.region]
     return args
 
 
@@ -245,7 +245,7 @@ def compress_args(
     args = [
         "compress",
         spec.model.uri,
-        *store_args(store),
+        *store_args(store, "--endpoint", "--region"),
         "--optimize",
         compression.optimize,
         "--sparsity",
@@ -254,24 +254,24 @@ def compress_args(
         str(q.mode),
         "--weight-type",
         q.weight_type,
-        "--per-channel" if q.per_channel else "--no-per-channel",
-        "--accuracy-metric",
+        "--per-channel" if q.per_channel else "--per-tensor",
+        "--gate-metric",
         compression.accuracy_gate.metric,
-        "--accuracy-min",
+        "--gate-min",
         str(compression.accuracy_gate.min),
         "--execution-provider",
         str(env.execution_provider),
         "--output",
         "json",
+        "--progress",
+        "none",
         "--result-file",
         TERMINATION_LOG,
-        "--work-dir",
-        MODEL_CACHE,
     ]
     if spec.model.sha256:
         args += ["--sha256", spec.model.sha256]
     if spec.model.sample_inputs:
-        args += ["--sample-inputs", spec.model.sample_inputs]
+        args += ["--samples", spec.model.sample_inputs]
     return args
 
 
@@ -321,7 +321,12 @@ def compress_job(
                 "image": runtime.image,
                 "imagePullPolicy": runtime.image_pull_policy,
                 "args": compress_args(spec, compression, env, store),
-                "env": [*store_env(store), *model_source_env(spec)],
+                # Work files of multi-GB models go to the sized scratch volume, not /tmp.
+                "env": [
+                    *store_env(store),
+                    *model_source_env(spec),
+                    {"name": "TMPDIR", "value": MODEL_CACHE},
+                ],
                 "securityContext": restricted_container_security(),
                 "terminationMessagePath": TERMINATION_LOG,
                 "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -355,7 +360,7 @@ def serve_args(
     b = spec.serving.batching
     args = [
         "serve",
-        *store_args(store),
+        *store_args(store, "--store-endpoint", "--store-region"),
         "--cache-key",
         cache_key,
         "--name",
@@ -374,7 +379,7 @@ def serve_args(
         str(b.max_batch_size),
         "--max-batch-delay-ms",
         str(b.max_delay_ms),
-        "--model-dir",
+        "--cache-dir",
         MODEL_CACHE,
     ]
     if spec.serving.threads:

@@ -1,0 +1,68 @@
+"""`kubectl onnxship ...` against the mock API server, with the operator taking the commands."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import yaml
+from typer.testing import CliRunner
+
+from onnxship.cli.kubectl import plugin
+
+from .conftest import Cluster, compress_result
+from .test_lifecycle import DEPLOYS, JOBS, SHA2, md, routes, serve_first_revision, status
+
+
+def kubeconfig(tmp_path: Path, url: str) -> str:
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "mock",
+                "clusters": [{"name": "mock", "cluster": {"server": url}}],
+                "users": [{"name": "u", "user": {"token": "test"}}],
+                "contexts": [{"name": "mock", "context": {"cluster": "mock", "user": "u"}}],
+            }
+        )
+    )
+    return str(path)
+
+
+async def kubectl(config: str, *args: str) -> Any:
+    # The plugin blocks while it waits; the mock server needs this loop meanwhile.
+    return await asyncio.to_thread(
+        CliRunner().invoke, plugin, list(args), env={"KUBECONFIG": config}
+    )
+
+
+async def test_promote_from_kubectl(cluster: Cluster, operator: Any, tmp_path: Path) -> None:
+    config = kubeconfig(tmp_path, str(cluster.server.url))
+    steps = {"rollout": {"steps": [{"setWeight": 10}, {"pause": {}}]}}
+    with operator():
+        v1 = await serve_first_revision(cluster, md(**steps))
+        await cluster.patch_md("enc", {"spec": md(version="v2", sha=SHA2, **steps)["spec"]})
+        job = await cluster.wait_for(
+            lambda: next((j for j in cluster.objects(JOBS) if not j.startswith(v1)), None),
+            what="v2 Job",
+        )
+        await cluster.finish_job(job, 0, compress_result("key-v2"))
+        v2 = job.removesuffix("-default")
+        await cluster.wait_for(lambda: cluster.get(DEPLOYS, f"{v2}-default"), what="canary")
+        await cluster.make_ready(f"{v2}-default")
+        await cluster.wait_for(lambda: status(cluster).get("phase") == "Paused", what="paused")
+
+        shown = await kubectl(config, "status", "enc")
+        assert shown.exit_code == 0, shown.output
+        assert "Paused" in shown.output and v2 in shown.output
+
+        result = await kubectl(config, "promote", "enc", "-n", "default", "--wait", "20")
+        assert result.exit_code == 0, result.output
+        assert "promote sent to default/enc" in result.output
+        await cluster.wait_for(lambda: routes(cluster) == {v2: 100}, what="promoted to 100%")
+
+        missing = await kubectl(config, "abort", "nope", "--wait", "0")
+        assert missing.exit_code == 8 and "default/nope not found" in missing.output

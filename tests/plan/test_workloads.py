@@ -1,0 +1,180 @@
+"""The objects the operator creates, checked without a cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from onnxship.api import parse_spec
+from onnxship.plan import workloads as w
+from onnxship.plan.traffic import TrafficSplit
+
+OWNER = w.Owner(name="encoder-with-a-long-name-30ch", namespace="ml", uid="u-1")
+STORE = w.StoreRef("s3://art/team/", endpoint="http://minio:9000", credentials_secret="s3-creds")
+RUNTIME = w.Runtime(image="ghcr.io/onnxship/runtime:0.1.0")
+
+
+def spec(**extra: Any) -> Any:
+    return parse_spec({"model": {"uri": "s3://m/model.onnx", "version": "v3"}, **extra})
+
+
+def two_envs() -> Any:
+    return spec(
+        serving={
+            "replicas": 2,
+            "resources": {"limits": {"cpu": 2}},
+            "environments": [
+                {"name": "cpu", "weight": 70, "nodeSelector": {"pool": "cpu"}},
+                {
+                    "name": "gpu-a100-pool-west",
+                    "executionProvider": "CUDA",
+                    "weight": 30,
+                    "tolerations": [
+                        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+                    ],
+                    "resources": {"limits": {"nvidia.com/gpu": 1}},
+                    "compression": {"quantize": {"mode": "fp16"}},
+                },
+            ],
+        },
+        rollout={"traffic": {"router": "gatewayAPI", "gateway": {"parentRefs": [{"name": "gw"}]}}},
+    )
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    return obj["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+
+
+def assert_restricted(obj: dict[str, Any]) -> None:
+    """The restricted Pod Security Standard, as the API server's admission would check it."""
+    pod = pod_spec(obj)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    for c in pod["containers"]:
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        assert sc["readOnlyRootFilesystem"] is True
+    assert all("hostPath" not in v for v in pod.get("volumes", []))
+
+
+def test_names_fit_in_a_dns_label_at_the_limits() -> None:
+    revision = f"{OWNER.name}-0123456789"
+    for env in two_envs().serving.environments:
+        assert len(w.workload_name(revision, env.name)) <= 63
+        assert len(w.job_name(revision, env.name)) <= 63
+
+
+def test_compression_job() -> None:
+    s = two_envs()
+    gpu = s.serving.environments[1]
+    job = w.compress_job(OWNER, s, "rev", gpu, STORE, RUNTIME)
+    assert job["spec"]["backoffLimit"] == 2 and job["spec"]["activeDeadlineSeconds"] == 3600
+    assert job["spec"]["ttlSecondsAfterFinished"] == 3600
+    assert_restricted(job)
+    [c] = pod_spec(job)["containers"]
+    args = c["args"]
+    assert args[args.index("--quantize") + 1] == "fp16", "the environment's own variant"
+    assert args[args.index("--execution-provider") + 1] == "CUDA"
+    assert args[args.index("--endpoint") + 1] == "http://minio:9000"
+    assert args[args.index("--result-file") + 1] == c["terminationMessagePath"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "s3-creds",
+        "key": "AWS_SECRET_ACCESS_KEY",
+    }
+    assert all("value" not in e or e["name"] in ("TMPDIR", "AWS_DEFAULT_REGION") for e in c["env"])
+    assert job["metadata"]["ownerReferences"][0] == {
+        "apiVersion": "onnxship.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "name": OWNER.name,
+        "uid": "u-1",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def test_revision_deployment_places_pods_on_their_pool() -> None:
+    s = two_envs()
+    cpu, gpu = s.serving.environments
+    d = w.revision_deployment(OWNER, s, "rev", gpu, "key-gpu", 2, STORE, RUNTIME)
+    assert_restricted(d)
+    pod = pod_spec(d)
+    [c] = pod["containers"]
+    assert c["resources"] == {"limits": {"nvidia.com/gpu": "1"}}, "environment resources win"
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert c["args"][c["args"].index("--cache-key") + 1] == "key-gpu"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] >= 300
+    cpu_d = w.revision_deployment(OWNER, s, "rev", cpu, "key-cpu", 2, STORE, RUNTIME)
+    assert pod_spec(cpu_d)["nodeSelector"] == {"pool": "cpu"}
+    assert pod_spec(cpu_d)["containers"][0]["resources"] == {"limits": {"cpu": "2"}}
+    assert d["spec"]["selector"]["matchLabels"] != cpu_d["spec"]["selector"]["matchLabels"]
+
+
+def test_service_selects_exactly_its_revision_and_environment() -> None:
+    s = two_envs()
+    env = s.serving.environments[0]
+    svc = w.revision_service(OWNER, "rev", env)
+    d = w.revision_deployment(OWNER, s, "rev", env, "k", 1, STORE, RUNTIME)
+    labels = d["spec"]["template"]["metadata"]["labels"]
+    assert all(labels[k] == v for k, v in svc["spec"]["selector"].items())
+    assert svc["spec"]["selector"][w.L_REVISION] == "rev"
+
+
+def test_router_configmap_carries_weights_per_environment() -> None:
+    s = spec(
+        serving={"environments": [{"name": "cpu", "weight": 70}, {"name": "gpu", "weight": 30}]}
+    )
+    split = TrafficSplit(weights=(("v1", 90), ("v2", 10)), mirror_revision="v2", mirror_percent=20)
+    table = w.route_table_for(OWNER, s, split)
+    assert {(b.revision, b.environment, b.weight) for b in table.backends} == {
+        ("v1", "cpu", 90),
+        ("v2", "cpu", 10),
+        ("v1", "gpu", 90),
+        ("v2", "gpu", 10),
+    }
+    assert table.environments == {"cpu": 70, "gpu": 30}
+    assert table.mirror is not None and table.mirror.percent == 20
+    cm = w.router_configmap(OWNER, table)
+    assert "routes.json" in cm["data"]
+
+
+def test_router_is_restricted_and_reads_its_configmap() -> None:
+    d = w.router_deployment(OWNER, RUNTIME)
+    assert_restricted(d)
+    [c] = pod_spec(d)["containers"]
+    assert c["args"][:1] == ["route"]
+    [routes_volume] = [v for v in pod_spec(d)["volumes"] if "configMap" in v]
+    assert routes_volume["configMap"]["name"] == w.router_name(OWNER)
+    assert w.router_service(OWNER)["metadata"]["name"] == OWNER.name, (
+        "users call the deployment's name"
+    )
+
+
+@pytest.mark.parametrize("weights", [((("v1", 100),)), (("v1", 80), ("v2", 20))])
+def test_http_route_weights(weights: tuple[tuple[str, int], ...]) -> None:
+    s = two_envs()
+    route = w.http_route(OWNER, s, TrafficSplit(weights=weights))
+    assert route["spec"]["parentRefs"] == [{"name": "gw"}]
+    *by_header, default = route["spec"]["rules"]
+    assert [r["matches"][0]["headers"][0]["value"] for r in by_header] == [
+        "cpu",
+        "gpu-a100-pool-west",
+    ]
+    for rule in by_header:
+        assert [b["weight"] for b in rule["backendRefs"]] == [wt for _, wt in weights]
+    # without a header: environment share x revision share
+    got = {b["name"]: b["weight"] for b in default["backendRefs"]}
+    for rev, wt in weights:
+        assert got[w.workload_name(rev, "cpu")] == wt * 70
+        assert got[w.workload_name(rev, "gpu-a100-pool-west")] == wt * 30
+
+
+def test_config_hash_changes_only_with_content() -> None:
+    a = w.router_service(OWNER)
+    assert w.config_hash(a) == w.config_hash(dict(reversed(list(a.items()))))
+    b = {**a, "spec": {**a["spec"], "ports": []}}
+    assert w.config_hash(a) != w.config_hash(b)
