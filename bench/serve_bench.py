@@ -299,6 +299,7 @@ import sys, numpy as np, onnxruntime as ort, uvicorn
 from fastapi import FastAPI, Request
 model, port, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 so = ort.SessionOptions(); so.intra_op_num_threads = threads; so.inter_op_num_threads = 1
+so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as onnxship and the raw anchor
 session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 app = FastAPI()
 
@@ -326,6 +327,7 @@ from kserve import InferRequest, InferResponse, InferOutput
 class MiniLM(kserve.Model):
     def load(self):
         so = ort.SessionOptions(); so.intra_op_num_threads = threads; so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(model_path, so, providers=["CPUExecutionProvider"])
         self.ready = True
         return True
@@ -351,11 +353,14 @@ def main() -> None:
     )
     ap.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3, help="batch-1 latency rounds")
+    ap.add_argument("--tput-rounds", type=int, default=2, help="throughput rounds")
     ap.add_argument("--b1-requests", type=int, default=150, help="per protocol and round")
     ap.add_argument("--clients", type=int, default=32)
-    ap.add_argument("--seconds", type=float, default=20.0, help="per throughput measurement")
-    ap.add_argument("--max-batch-size", type=int, default=32)
+    ap.add_argument("--seconds", type=float, default=15.0, help="per throughput measurement")
+    ap.add_argument(
+        "--max-batch-size", type=int, default=0, help="0: the raw ceiling's best batch size"
+    )
     ap.add_argument("--max-batch-delay-ms", type=float, default=5.0)
     ap.add_argument(
         "--fastapi-python", help="python of a virtualenv with fastapi, uvicorn, onnxruntime"
@@ -371,7 +376,7 @@ def main() -> None:
     json_bodies = [(json_body(r), {"Content-Type": "application/json"}) for r in rows]
     bin_bodies = [binary_body(r) for r in rows]
     grpc_reqs = grpc_requests(rows)
-    infer_path = f"/v2/models/{NAME}/infer"
+    path = f"/v2/models/{NAME}/infer"
     tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     results: dict[str, Any] = {
         "threads": args.threads,
@@ -379,7 +384,7 @@ def main() -> None:
         "clients": args.clients,
     }
 
-    # The raw anchors, with the server's session options (and ORT's defaults, for reference).
+    # The raw anchors: the server's session options, and ORT's defaults (spinning) for reference.
     so = ort.SessionOptions()
     so.intra_op_num_threads = args.threads
     so.inter_op_num_threads = 1
@@ -392,145 +397,152 @@ def main() -> None:
     for s in (raw, raw_default):
         raw_latency(s, rows, 10)
 
-    def start_onnxship(batching: bool, tag: str) -> tuple[Proc, int, int]:
+    batch_sizes = (1, 2, 4, 8, 16, 32)
+    max_batch = args.max_batch_size
+    if not max_batch:
+        probe = {b: raw_throughput(raw, data, b, 3.0) for b in batch_sizes}
+        max_batch = max(probe, key=probe.__getitem__)
+        print(f"raw probe {probe}: batching on uses --max-batch-size {max_batch}", flush=True)
+    results["max_batch_size"] = max_batch
+
+    # Every server up at once (idle ones cost nothing: no spinning), so that rounds interleave.
+    servers: list[Proc] = []
+    ports: dict[str, tuple[int, int]] = {}
+
+    def onnxship(tag: str, *extra: str) -> None:
         http_port, grpc_port = free_port(), free_port()
         cmd = [sys.executable, "-c", "from onnxship.cli.main import main; main()", "--log-format", "json",
                "serve", "--model", str(model), "--name", NAME, "--http-port", str(http_port),
-               "--grpc-port", str(grpc_port), "--threads", str(args.threads), "--max-queue-size", "256"]  # fmt: skip
-        if batching:
-            cmd += [
-                "--max-batch-size",
-                str(args.max_batch_size),
-                "--max-batch-delay-ms",
-                str(args.max_batch_delay_ms),
-            ]
-        p = Proc(cmd, f"http://127.0.0.1:{http_port}/v2/health/ready", tmp / f"onnxship-{tag}.log")
-        return p, http_port, grpc_port
+               "--grpc-port", str(grpc_port), "--threads", str(args.threads), "--max-queue-size", "256", *extra]  # fmt: skip
+        servers.append(
+            Proc(cmd, f"http://127.0.0.1:{http_port}/v2/health/ready", tmp / f"{tag}.log")
+        )
+        ports[tag] = (http_port, grpc_port)
 
-    # ---- batch-1 latency: rounds interleave raw and served runs.
-    print(f"batch-1 latency, {args.rounds} rounds x {args.b1_requests} requests ...", flush=True)
-    server, http_port, grpc_port = start_onnxship(False, "b1")
-    http_latency(http_port, json_bodies, 10, infer_path, False)
-    http_latency(http_port, bin_bodies, 10, infer_path, True)
-    grpc_latency(grpc_port, grpc_reqs, 10)
-    b1: dict[str, list[dict[str, float]]] = {
-        k: [] for k in ("raw", "raw_ort_defaults", "json", "binary", "grpc")
-    }
-    measures: dict[str, Callable[[], list[float]]] = {
-        "raw": lambda: raw_latency(raw, rows, args.b1_requests),
-        "raw_ort_defaults": lambda: raw_latency(raw_default, rows, args.b1_requests),
-        "json": lambda: http_latency(http_port, json_bodies, args.b1_requests, infer_path, False),
-        "binary": lambda: http_latency(http_port, bin_bodies, args.b1_requests, infer_path, True),
-        "grpc": lambda: grpc_latency(grpc_port, grpc_reqs, args.b1_requests),
-    }
-    for r in range(args.rounds):
-        for key, measure in measures.items():
-            t = measure()
-            b1[key].append({"p50": pct(t, 50), "p99": pct(t, 99)})
+    batching = [
+        "--max-batch-size",
+        str(max_batch),
+        "--max-batch-delay-ms",
+        str(args.max_batch_delay_ms),
+    ]
+    try:
+        onnxship("off")
+        onnxship("on", *batching)
+        onnxship("on_x2", *batching, "--instances", "2")
+        if args.fastapi_python:
+            port = free_port()
+            script = tmp / "fastapi_peer.py"
+            script.write_text(textwrap.dedent(FASTAPI_PEER))
+            servers.append(Proc([args.fastapi_python, str(script), str(model), str(port), str(args.threads)],
+                                f"http://127.0.0.1:{port}/v2/health/ready", tmp / "fastapi.log"))  # fmt: skip
+            ports["fastapi"] = (port, 0)
+        if args.kserve_python:
+            port = free_port()
+            script = tmp / "kserve_peer.py"
+            script.write_text(textwrap.dedent(KSERVE_PEER))
+            servers.append(Proc([args.kserve_python, str(script), str(model), str(port), str(free_port()), str(args.threads)],
+                                f"http://127.0.0.1:{port}/v2/health/ready", tmp / "kserve.log"))  # fmt: skip
+            ports["kserve"] = (port, 0)
+        for hp, _ in ports.values():
+            http_latency(hp, json_bodies, 5, path, False)
+
+        off_http, off_grpc = ports["off"]
+        on_http, on_grpc = ports["on"]
+        b1_measures: dict[str, Callable[[], list[float]]] = {
+            "raw": lambda: raw_latency(raw, rows, args.b1_requests),
+            "raw_ort_defaults": lambda: raw_latency(raw_default, rows, args.b1_requests),
+            "onnxship_json": lambda: http_latency(
+                off_http, json_bodies, args.b1_requests, path, False
+            ),
+            "onnxship_binary": lambda: http_latency(
+                off_http, bin_bodies, args.b1_requests, path, True
+            ),
+            "onnxship_grpc": lambda: grpc_latency(off_grpc, grpc_reqs, args.b1_requests),
+        }
+        for peer in ("fastapi", "kserve"):
+            if peer in ports:
+                b1_measures[f"{peer}_json"] = lambda p=ports[peer][0]: http_latency(
+                    p, json_bodies, args.b1_requests, path, False
+                )
+        b1: dict[str, list[dict[str, float]]] = {k: [] for k in b1_measures}
         print(
-            f"  round {r + 1}: "
-            + ", ".join(f"{k} p50 {v[-1]['p50']:.2f} ms" for k, v in b1.items()),
+            f"batch-1 latency, {args.rounds} rounds x {args.b1_requests} requests each ...",
             flush=True,
         )
-    server.stop()
-
-    # ---- throughput: the raw ceiling at several batch sizes, then 32 clients on each server.
-    print("raw throughput by batch size ...", flush=True)
-    ceiling = {
-        b: raw_throughput(raw, data, b, max(4.0, args.seconds / 3)) for b in (1, 4, 8, 16, 32, 64)
-    }
-    for b, v in ceiling.items():
-        print(f"  batch {b}: {v:.1f} rows/s", flush=True)
-    results["raw_throughput_by_batch"] = ceiling
-
-    tput: dict[str, dict[str, float]] = {}
-
-    def load(tag: str, coro: Any) -> None:
-        rate, errors = asyncio.run(coro)
-        tput[tag] = {"rows_per_s": rate, "errors": errors}
-        print(f"  {tag}: {rate:.1f} req/s ({errors} errors)", flush=True)
-
-    print(f"throughput, {args.clients} clients x {args.seconds:.0f} s ...", flush=True)
-    for batching in (False, True):
-        server, http_port, grpc_port = start_onnxship(batching, "on" if batching else "off")
-        tag = "batching_on" if batching else "batching_off"
-        asyncio.run(http_load(http_port, bin_bodies, infer_path, args.clients, 3, True))  # warm
-        load(
-            f"onnxship_{tag}_binary",
-            http_load(http_port, bin_bodies, infer_path, args.clients, args.seconds, True),
-        )
-        if batching:
-            load(
-                f"onnxship_{tag}_json",
-                http_load(http_port, json_bodies, infer_path, args.clients, args.seconds, False),
+        for r in range(args.rounds):
+            for key, measure in b1_measures.items():
+                t = measure()
+                b1[key].append({"p50": pct(t, 50), "p99": pct(t, 99)})
+            print(
+                f"  round {r + 1}: "
+                + ", ".join(f"{k} {v[-1]['p50']:.1f}/{v[-1]['p99']:.1f}" for k, v in b1.items()),
+                flush=True,
             )
-            load(
-                f"onnxship_{tag}_grpc", grpc_load(grpc_port, grpc_reqs, args.clients, args.seconds)
-            )
-        server.stop()
 
-    # ---- peers
-    peers: dict[str, Any] = {}
-    if args.fastapi_python:
-        port = free_port()
-        script = tmp / "fastapi_peer.py"
-        script.write_text(textwrap.dedent(FASTAPI_PEER))
-        p = Proc([args.fastapi_python, str(script), str(model), str(port), str(args.threads)],
-                 f"http://127.0.0.1:{port}/v2/health/ready", tmp / "fastapi.log")  # fmt: skip
-        http_latency(port, json_bodies, 10, infer_path, False)
-        t = http_latency(port, json_bodies, args.b1_requests, infer_path, False)
-        peers["fastapi_b1"] = {"p50": pct(t, 50), "p99": pct(t, 99)}
-        print(f"  fastapi b1 p50 {peers['fastapi_b1']['p50']:.2f} ms", flush=True)
-        load(
-            "fastapi_json",
-            http_load(port, json_bodies, infer_path, args.clients, args.seconds, False),
+        loads: dict[str, Callable[[], Any]] = {
+            "onnxship_off_binary": lambda: http_load(
+                off_http, bin_bodies, path, args.clients, args.seconds, True
+            ),
+            "onnxship_on_binary": lambda: http_load(
+                on_http, bin_bodies, path, args.clients, args.seconds, True
+            ),
+            "onnxship_on_json": lambda: http_load(
+                on_http, json_bodies, path, args.clients, args.seconds, False
+            ),
+            "onnxship_on_grpc": lambda: grpc_load(on_grpc, grpc_reqs, args.clients, args.seconds),
+            "onnxship_on_x2_binary": lambda: http_load(
+                ports["on_x2"][0], bin_bodies, path, args.clients, args.seconds, True
+            ),
+        }
+        for peer in ("fastapi", "kserve"):
+            if peer in ports:
+                loads[f"{peer}_json"] = lambda p=ports[peer][0]: http_load(
+                    p, json_bodies, path, args.clients, args.seconds, False
+                )
+        tput: dict[str, list[float]] = {k: [] for k in loads}
+        errors: dict[str, int] = dict.fromkeys(loads, 0)
+        ceilings: list[dict[int, float]] = []
+        print(
+            f"throughput, {args.tput_rounds} rounds, {args.clients} clients x {args.seconds:.0f} s ...",
+            flush=True,
         )
-        p.stop()
-    if args.kserve_python:
-        port = free_port()
-        script = tmp / "kserve_peer.py"
-        script.write_text(textwrap.dedent(KSERVE_PEER))
-        p = Proc([args.kserve_python, str(script), str(model), str(port), str(free_port()), str(args.threads)],
-                 f"http://127.0.0.1:{port}/v2/health/ready", tmp / "kserve.log")  # fmt: skip
-        http_latency(port, json_bodies, 10, infer_path, False)
-        t = http_latency(port, json_bodies, args.b1_requests, infer_path, False)
-        peers["kserve_b1"] = {"p50": pct(t, 50), "p99": pct(t, 99)}
-        print(f"  kserve b1 p50 {peers['kserve_b1']['p50']:.2f} ms", flush=True)
-        load(
-            "kserve_json",
-            http_load(port, json_bodies, infer_path, args.clients, args.seconds, False),
-        )
-        p.stop()
+        for r in range(args.tput_rounds):
+            ceilings.append(
+                {b: raw_throughput(raw, data, b, max(3.0, args.seconds / 5)) for b in batch_sizes}
+            )
+            line = [
+                f"raw best {max(ceilings[-1].values()):.1f} rows/s (b{max(ceilings[-1], key=ceilings[-1].__getitem__)})"
+            ]
+            for tag, make in loads.items():
+                rate, errs = asyncio.run(make())
+                tput[tag].append(rate)
+                errors[tag] += errs
+                line.append(f"{tag} {rate:.1f}")
+            print(f"  round {r + 1}: " + ", ".join(line), flush=True)
+    finally:
+        for p in servers:
+            p.stop()
 
     # ---- report: ratios within each round, then their median.
-    best_raw = max(ceiling.values())
-    results["b1_rounds"] = b1
-    results["throughput"] = tput
-    results["peers"] = peers
-    ratios = {
-        k: statistics.median(b1[k][i]["p50"] / b1["raw"][i]["p50"] for i in range(args.rounds))
-        for k in ("json", "binary", "grpc", "raw_ort_defaults")
+    med = statistics.median
+    b1_ratio = {
+        k: med(b1[k][i]["p50"] / b1["raw"][i]["p50"] for i in range(args.rounds)) for k in b1
     }
-    results["b1_p50_ratio_vs_raw"] = ratios
-    results["throughput_ratio_vs_ceiling"] = {
-        k: v["rows_per_s"] / best_raw for k, v in tput.items()
-    }
-    print("\n== summary ==")
-    print(f"raw session.run b1 p50 (median of rounds): {statistics.median(x['p50'] for x in b1['raw']):.2f} ms, "
-          f"p99 {statistics.median(x['p99'] for x in b1['raw']):.2f} ms")  # fmt: skip
-    for k in ("json", "binary", "grpc"):
-        p50 = statistics.median(x["p50"] for x in b1[k])
-        p99 = statistics.median(x["p99"] for x in b1[k])
+    best = [max(c.values()) for c in ceilings]
+    t_ratio = {k: med(v[i] / best[i] for i in range(args.tput_rounds)) for k, v in tput.items()}
+    results.update(b1_rounds=b1, b1_p50_ratio_vs_raw=b1_ratio, raw_ceilings=ceilings, throughput_rounds=tput,
+                   throughput_ratio_vs_ceiling=t_ratio, errors=errors)  # fmt: skip
+    print("\n== summary (ratios are per round, then the median over rounds) ==")
+    print(f"{'batch 1':24s} {'p50 ms':>8s} {'p99 ms':>8s} {'p50 / raw':>10s}")
+    for k in b1:
         print(
-            f"onnxship {k:6s} b1 p50 {p50:.2f} ms p99 {p99:.2f} ms  ratio vs raw (per round, median) {ratios[k]:.3f}"
+            f"{k:24s} {med(x['p50'] for x in b1[k]):8.2f} {med(x['p99'] for x in b1[k]):8.2f} {b1_ratio[k]:10.3f}"
         )
-    print(f"raw ceiling: {best_raw:.1f} rows/s (batch {max(ceiling, key=ceiling.__getitem__)})")
+    print(
+        f"\n{'32 clients':24s} {'req/s':>8s} {'/ ceiling':>10s}  (ceiling: best raw session.run, median {med(best):.1f} rows/s)"
+    )
     for k, v in tput.items():
-        print(
-            f"{k:32s} {v['rows_per_s']:7.1f} req/s  {v['rows_per_s'] / best_raw:.3f}x ceiling  errors {v['errors']}"
-        )
-    for k, v in peers.items():
-        print(f"{k:32s} p50 {v['p50']:.2f} ms p99 {v['p99']:.2f} ms")
+        print(f"{k:24s} {med(v):8.1f} {t_ratio[k]:10.3f}  errors {errors[k]}")
     if args.out_json:
         args.out_json.parent.mkdir(parents=True, exist_ok=True)
         args.out_json.write_text(json.dumps(results, indent=2))
