@@ -1,0 +1,66 @@
+"""The operator's analysis input: every router pod's /metrics, summed, as interval deltas."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import generate_latest
+
+from onnxship.api import parse_spec
+from onnxship.controller.router_metrics import RouterPodsMetrics
+from onnxship.plan.analysis import AnalysisRequest
+from onnxship.plan.workloads import L_COMPONENT, L_DEPLOYMENT, Owner
+from onnxship.router.metrics import RouterMetrics
+
+OWNER = Owner("enc", "ml", "u")
+SPEC = parse_spec({"model": {"uri": "s3://m/m.onnx"}})
+REQ = AnalysisRequest("enc-v2", mirroring=False, interval_seconds=30)
+
+
+class Pods:
+    """Two ready router pods and one that is starting, as the API lists them."""
+
+    def list(self, kind: str, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
+        assert kind == "Pod" and selector == {L_DEPLOYMENT: "enc", L_COMPONENT: "router"}
+
+        def pod(ip: str, ready: str) -> dict[str, Any]:
+            return {"status": {"podIP": ip, "conditions": [{"type": "Ready", "status": ready}]}}
+
+        return [pod("10.0.0.1", "True"), pod("10.0.0.2", "True"), pod("10.0.0.3", "False")]
+
+
+def test_sums_router_replicas_and_takes_deltas() -> None:
+    routers = {"10.0.0.1": RouterMetrics(), "10.0.0.2": RouterMetrics()}
+    clock = iter([100.0, 130.0])
+
+    def fetch(url: str) -> str:
+        ip = url.split("//")[1].split(":")[0]
+        assert ip in routers, "only ready pods are scraped"
+        return generate_latest(routers[ip].registry).decode()
+
+    source = RouterPodsMetrics(Pods(), fetch=fetch, clock=lambda: next(clock))  # type: ignore[arg-type]
+    now = datetime(2026, 11, 23, tzinfo=UTC)
+    for _ in range(10):
+        routers["10.0.0.1"].observe("enc-v2", "", 200, "primary", 0.010)
+    assert source.measure(OWNER, SPEC, REQ, now) is None, "the first scrape is only a baseline"
+
+    for _ in range(30):
+        routers["10.0.0.1"].observe("enc-v2", "", 200, "primary", 0.010)
+    for _ in range(10):
+        routers["10.0.0.2"].observe("enc-v2", "", 503, "primary", 0.200)
+    routers["10.0.0.2"].observe("enc-v1", "", 500, "primary", 0.010)  # stable's errors don't count
+    m = source.measure(OWNER, SPEC, REQ, now)
+    assert m is not None
+    assert (m.requests, m.errors) == (40, 10)
+    assert m.error_rate == 0.25
+    assert m.interval_seconds == 30
+    assert m.latency_p99_ms is not None and m.latency_p99_ms > 100
+
+
+def test_an_unreachable_router_skips_the_interval() -> None:
+    def fetch(url: str) -> str:
+        raise OSError("connection refused")
+
+    source = RouterPodsMetrics(Pods(), fetch=fetch)  # type: ignore[arg-type]
+    assert source.measure(OWNER, SPEC, REQ, datetime.now(UTC)) is None
