@@ -93,7 +93,7 @@ class Up:
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, *args: str) -> Up:
+    def start(self, *args: str, env: dict[str, str] | None = None) -> Up:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [
@@ -110,7 +110,7 @@ class Up:
                 cwd=self.cwd,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "ONNXSHIP_LOG_FORMAT": "text", "COLUMNS": "200"},
+                env={**os.environ, "ONNXSHIP_LOG_FORMAT": "text", "COLUMNS": "200", **(env or {})},
             )
         return self
 

@@ -157,7 +157,14 @@ def up_command(
         highlight=False,
     )
     try:
-        driver.start()
+        try:
+            driver.start()
+        except SourceMissing as exc:
+            print_spec_error(exc)
+            raise typer.Exit(int(ExitCode.source_error)) from None
+        except SpecError as exc:
+            print_spec_error(exc)
+            raise typer.Exit(int(ExitCode.invalid_spec)) from None
         if not driver.router or not driver.router.wait_ready(30):
             tail = driver.router.log_tail() if driver.router else ""
             fail(f"the router did not start on port {port}:\n{tail}", ExitCode.failure)

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -130,7 +130,6 @@ class LocalDriver:
         self.problem = ""
         self.activity = ""
         self.events: deque[str] = deque(maxlen=8)
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compress")
         self.jobs: dict[str, CompressionJob] = {}
         self.desired: dict[str, DesiredRevision] = {}  # revision -> artifacts outcome
         self.served: dict[str, ServedRevision] = {}
@@ -186,7 +185,6 @@ class LocalDriver:
 
     def shutdown(self) -> None:
         """Stop every child (servers first, the router last); the store and status stay."""
-        self.executor.shutdown(wait=False, cancel_futures=True)
         children = [c for s in self.served.values() for c in s.children.values()]
         processes.stop_all(children + [c for c, _ in self.retiring])
         if self.router is not None:
@@ -328,7 +326,7 @@ class LocalDriver:
         self._event(
             "info", f"{name}: compressing {local.spec.model.version or local.spec.model.uri}"
         )
-        job = CompressionJob(name, self.executor.submit(run), time.time())
+        job = CompressionJob(name, _in_background(run, f"compress {name}"), time.time())
         holder["job"] = job
         self.jobs[name] = job
         return job
@@ -458,6 +456,10 @@ class LocalDriver:
             "--max-batch-delay-ms",
             str(spec.serving.batching.max_delay_ms),
         ]
+        if spec.artifacts.endpoint:
+            args += ["--store-endpoint", spec.artifacts.endpoint]
+        if spec.artifacts.region:
+            args += ["--store-region", spec.artifacts.region]
         threads = self.options.serve_threads or spec.serving.threads
         if threads:
             args += ["--threads", str(threads)]
@@ -760,6 +762,23 @@ class LocalDriver:
                 "events": list(self.events),
             }
         )
+
+
+def _in_background(fn: Callable[[], Any], name: str) -> Future[Any]:
+    """Run ``fn`` on a daemon thread: Ctrl-C never waits for a compression to finish (the
+    store publishes atomically, so an abandoned one leaves no manifest behind)."""
+    future: Future[Any] = Future()
+
+    def target() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # handed to the driver, which reports it
+            future.set_exception(exc)
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return future
 
 
 def _manifest_uri(store_uri: str, cache_key: str) -> str:
