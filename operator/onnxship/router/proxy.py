@@ -15,14 +15,15 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from onnxship.api.routes import Backend, RouteTable
 
 from .balance import ENVIRONMENT_HEADER, REVISION_HEADER, Routing
 from .compare import HEADER_LENGTH, compare_answers
 from .metrics import RouterMetrics
+from .upstream import UpstreamError, UpstreamPool, UpstreamTimeout
 
 log = logging.getLogger("onnxship.router")
 
@@ -78,7 +79,7 @@ class Router:
         self.metrics = metrics or RouterMetrics()
         self.routing = Routing(RouteTable())
         self.health = Health()
-        self.session: aiohttp.ClientSession | None = None
+        self.upstream = UpstreamPool()
         self.mirrors: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------ routes
@@ -113,16 +114,12 @@ class Router:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self, app: web.Application | None = None) -> None:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
-        self.session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
-        )
+        pass
 
     async def stop(self, app: web.Application | None = None) -> None:
         if self.mirrors:
             await asyncio.wait(list(self.mirrors), timeout=self.settings.timeout)
-        if self.session is not None:
-            await self.session.close()
+        self.upstream.close()
 
     # ------------------------------------------------------------ data path
 
@@ -146,7 +143,7 @@ class Router:
         call = _Call(
             request.method,
             request.path_qs,
-            {k: v for k, v in request.headers.items() if k.lower() not in _SKIP_REQUEST},
+            [(k, v) for k, v in request.headers.items() if k.lower() not in _SKIP_REQUEST],
             await request.read(),
         )
         answer = await self._send(backend, call, "primary")
@@ -157,26 +154,19 @@ class Router:
 
     async def _send(self, backend: Backend, call: _Call, role: str) -> _Answer:
         """One round trip to ``backend``, counted; transport failures become 502/504."""
-        assert self.session is not None
-        timeout = aiohttp.ClientTimeout(total=self.settings.timeout)
         started = time.perf_counter()
         try:
-            async with self.session.request(
-                call.method,
-                backend.url.rstrip("/") + call.path_qs,
-                data=call.body or None,
-                headers=call.headers,
-                timeout=timeout,
-                allow_redirects=False,
-            ) as resp:
-                body = await resp.read()
-                headers = {k: v for k, v in resp.headers.items() if k.lower() not in _SKIP_RESPONSE}
-                answer = _Answer(resp.status, headers, body)
+            status, raw, body = await self.upstream.request(
+                backend.url, call.method, call.path_qs, call.headers, call.body,
+                self.settings.timeout,
+            )  # fmt: skip
+            headers = CIMultiDict((k, v) for k, v in raw if k.lower() not in _SKIP_RESPONSE)
+            answer = _Answer(status, headers, body)
             self.health.ok(backend)
-        except TimeoutError:
+        except UpstreamTimeout:
             answer = _error(504, f"revision {backend.revision} timed out")
             self._failed(backend)
-        except aiohttp.ClientError as exc:
+        except UpstreamError as exc:
             answer = _error(502, f"revision {backend.revision} unreachable: {exc}")
             self._failed(backend)
         seconds = time.perf_counter() - started
@@ -225,30 +215,28 @@ class Router:
 class _Call:
     method: str
     path_qs: str
-    headers: dict[str, str]
+    headers: list[tuple[str, str]]
     body: bytes
 
 
 @dataclass(frozen=True)
 class _Answer:
     status: int
-    headers: dict[str, str]
+    headers: CIMultiDict[str]
     body: bytes
 
     @property
     def header_length(self) -> int | None:
-        for k, v in self.headers.items():
-            if k.lower() == HEADER_LENGTH.lower():
-                try:
-                    return int(v)
-                except ValueError:
-                    return None
-        return None
+        value = self.headers.get(HEADER_LENGTH)
+        try:
+            return int(value) if value is not None else None
+        except ValueError:
+            return None
 
 
 def _error(status: int, message: str) -> _Answer:
     body = json.dumps({"error": message}).encode()
-    return _Answer(status, {"Content-Type": "application/json"}, body)
+    return _Answer(status, CIMultiDict({"Content-Type": "application/json"}), body)
 
 
 def _has(table: RouteTable, backend: Backend) -> bool:
