@@ -1,0 +1,104 @@
+"""The router's upstream client against real aiohttp servers: framing, keep-alive, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from aiohttp import web
+
+from onnxship.router.upstream import UpstreamError, UpstreamPool, UpstreamTimeout
+
+from .conftest import free_port
+
+Serve = Callable[[web.Application, float], Awaitable[str]]
+
+
+@pytest.fixture
+async def serve_app() -> AsyncIterator[Serve]:
+    runners: list[web.AppRunner] = []
+
+    async def start(app: web.Application, keepalive: float = 75.0) -> str:
+        runner = web.AppRunner(app, access_log=None, keepalive_timeout=keepalive)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        runners.append(runner)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for r in runners:
+        await r.cleanup()
+
+
+async def chunked(request: web.Request) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Inference-Header-Content-Length": "2"})
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    for part in (b"{}", b"\x00\x01" * 1000, b"\xff"):
+        await resp.write(part)
+    await resp.write_eof()
+    return resp
+
+
+async def echo(request: web.Request) -> web.Response:
+    return web.Response(body=await request.read(), headers={"x-seen": request.headers["x-in"]})
+
+
+async def slow(request: web.Request) -> web.Response:
+    await asyncio.sleep(1.0)
+    return web.Response(text="late")
+
+
+def app_with(**routes: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.Application:
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_route("*", f"/{path}", handler)
+    return app
+
+
+async def test_bodies_pass_through_byte_for_byte(serve_app: Serve) -> None:
+    url = await serve_app(app_with(echo=echo, chunked=chunked), 75.0)
+    pool = UpstreamPool()
+    payload = bytes(range(256)) * 4096  # a binary tensor, 1 MiB
+    status, headers, body = await pool.request(url, "POST", "/echo", [("x-in", "1")], payload, 5)
+    assert (
+        status == 200
+        and body == payload
+        and ("x-seen", "1") in [(k.lower(), v) for k, v in headers]
+    )
+    status, headers, body = await pool.request(url, "GET", "/chunked", [], b"", 5)
+    assert body == b"{}" + b"\x00\x01" * 1000 + b"\xff"
+    assert dict(headers)["Inference-Header-Content-Length"] == "2"
+    assert sum(len(v) for v in pool.idle.values()) == 1  # one connection, kept alive
+    pool.close()
+
+
+async def test_connections_closed_by_the_backend_are_retried_fresh(serve_app: Serve) -> None:
+    url = await serve_app(app_with(echo=echo), 0.05)  # the backend drops idle connections fast
+    pool = UpstreamPool()
+    for i in range(5):
+        status, _, body = await pool.request(url, "POST", "/echo", [("x-in", "1")], b"%d" % i, 5)
+        assert (status, body) == (200, b"%d" % i)
+        await asyncio.sleep(0.15)
+    pool.close()
+
+
+async def test_timeouts_and_refused_connections(serve_app: Serve) -> None:
+    url = await serve_app(app_with(slow=slow), 75.0)
+    pool = UpstreamPool()
+    with pytest.raises(UpstreamTimeout):
+        await pool.request(url, "GET", "/slow", [], b"", 0.1)
+    with pytest.raises(UpstreamError):
+        await pool.request(f"http://127.0.0.1:{free_port()}", "GET", "/", [], b"", 1)
+    pool.close()
+
+
+async def test_a_slow_backend_is_a_504_through_the_router(backends, router) -> None:
+    slow_backend = await backends("slow", delay=1.0)
+    r = await router(timeout=0.2)
+    await r.put_routes({"backends": [{"revision": "r1", "url": slow_backend.url, "weight": 100}]})
+    code, _, body = await r.infer()
+    assert code == 504 and "timed out" in body["error"]
+    assert 'code="504",environment="",revision="r1",role="primary"' in await r.metrics()
