@@ -78,6 +78,8 @@ def status_command(
             "status": snap.status.to_wire(),
             "stats": {rev: st.to_json() for rev, st in snap.stats.items()},
             "processes": snap.processes,
+            "events": snap.events,
+            "cacheHits": (state.read_runtime() or {}).get("cacheHits", []),
         }
         print(json.dumps(doc, indent=2))
         return

@@ -681,6 +681,7 @@ class LocalDriver:
         self._event(
             "info", f"applied {source or 'a new spec'} (generation {self.applied.generation})"
         )
+        self._note_differences()
 
     def _reload(self, initial: bool = False) -> None:
         applied = self.applied
@@ -692,6 +693,25 @@ class LocalDriver:
         )
         if applied.source:
             self.source_mtime = mtime(Path(applied.source))
+        self._note_differences()
+
+    def _note_differences(self) -> None:
+        """Say once what local mode does differently from the cluster for this spec."""
+        if self.local is None:
+            return
+        spec = self.local.spec
+        notes = []
+        if spec.rollout.analysis.provider != "builtin":
+            notes.append("analysis reads the local router's metrics, not Prometheus")
+        if spec.rollout.traffic.router != "builtin":
+            notes.append("traffic goes through the local router, not Gateway API")
+        if any(
+            r > 1
+            for r in (spec.serving.replicas, *(e.replicas or 0 for e in spec.serving.environments))
+        ):
+            notes.append("one server process per environment, whatever serving.replicas says")
+        for note in notes:
+            self._event("info", f"local mode: {note}")
 
     # ================================================================ reporting
 
