@@ -97,6 +97,8 @@ class Router:
                     m.weight.remove(b.revision, b.environment)
         for b in table.backends:
             m.weight.labels(b.revision, b.environment).set(b.weight)
+            # A series that exists at 0 lets Prometheus' increase() count its first requests.
+            m.requests.labels(b.revision, b.environment, "200", "primary")
         if old.mirror:
             m.mirror_percent.labels(old.mirror.revision).set(0)
         if table.mirror:
