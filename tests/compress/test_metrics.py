@@ -64,3 +64,13 @@ def test_shrinkage_zeroes_the_same_values_and_moves_survivors_towards_zero() -> 
     a = np.abs(w[kept]) - np.abs(soft[kept])
     assert np.allclose(a, a[0], atol=1e-6) and a[0] > 0  # the same step a for every survivor
     assert np.all(np.sign(soft[kept]) == np.sign(w[kept]))
+
+
+def test_padding_positions_are_left_out_of_token_outputs() -> None:
+    rng = np.random.default_rng(3)
+    hidden = rng.standard_normal((2, 4, 8))
+    noisy = hidden.copy()
+    noisy[:, 2:, :] = rng.standard_normal((2, 2, 8))  # garbage where the mask is 0
+    mask = np.array([[1, 1, 0, 0], [1, 1, 0, 0]])
+    assert agreement([hidden], [noisy], mask).cosine_min == pytest.approx(1.0)
+    assert agreement([hidden], [noisy]).cosine_min < 0.9

@@ -220,3 +220,16 @@ def test_shrink_pruning(encoder: ModelOnDisk, file_store: ArtifactStore) -> None
         sample_inputs=str(encoder.samples),
     )
     assert "prune:shrink:0.5" in outcome.manifest.report.steps
+
+
+def test_per_channel_parameters_are_compacted_and_still_run(
+    encoder: ModelOnDisk, file_store: ArtifactStore, tmp_path: Path
+) -> None:
+    outcome = compress(encoder.uri, Compression(), file_store, sample_inputs=str(encoder.samples))
+    assert any("stored as float16" in note for note in outcome.manifest.report.notes)
+    model = onnx.load(str(file_store.fetch(outcome.manifest, tmp_path / "m")))
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMulInteger"]
+    assert matmuls and all(len(n.input) == 3 for n in matmuls)  # zero weight zero points dropped
+    halves = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+    assert len(halves) == len(matmuls)
+    assert outcome.manifest.report.accuracy is not None and outcome.manifest.report.accuracy.passed

@@ -48,10 +48,26 @@ class Agreement:
     max_abs_error: float
 
 
-def agreement(original: list[np.ndarray], compressed: list[np.ndarray]) -> Agreement:
-    """How closely outputs agree, the worst output deciding each figure."""
+def _masked(output: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Padding positions (mask 0) of a [batch, seq, ...] output set to zero: they are not part
+    of any answer, and quantization noise there would fail a gate for nothing."""
+    if mask is None or output.ndim < 3 or output.shape[:2] != mask.shape:
+        return output
+    keep = (mask != 0).reshape(mask.shape + (1,) * (output.ndim - 2))
+    return np.where(keep, output, 0).astype(output.dtype, copy=False)
+
+
+def agreement(
+    original: list[np.ndarray], compressed: list[np.ndarray], mask: np.ndarray | None = None
+) -> Agreement:
+    """How closely outputs agree, the worst output deciding each figure.
+
+    ``mask``: a [batch, seq] attention mask; outputs shaped [batch, seq, ...] are compared on
+    real tokens only.
+    """
     means, mins, tops, errors = [], [], [], []
-    for a, b in zip(original, compressed, strict=True):
+    for raw_a, raw_b in zip(original, compressed, strict=True):
+        a, b = _masked(raw_a, mask), _masked(raw_b, mask)
         if a.dtype.kind not in "fiub" or a.size == 0:
             continue
         cos = cosine_rows(a, b) if a.ndim else cosine_rows(a.reshape(1, 1), b.reshape(1, 1))

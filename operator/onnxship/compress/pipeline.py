@@ -141,6 +141,8 @@ def compress(
 
         samples = _samples(sample_inputs, info, work, source_access)
         notes = [samples.note] if samples.note else []
+        if samples.attention_mask() is not None:
+            notes.append("accuracy: outputs shaped [batch, seq, ...] compared on unmasked tokens")
         current = info.path
         applied: list[str] = []
 
@@ -271,7 +273,7 @@ def _accuracy(
             f"the compressed model does not run on {execution_provider} here ({exc}); "
             "choose other compression settings for this environment"
         ) from None
-    found = accuracy.agreement(before, after)
+    found = accuracy.agreement(before, after, samples.attention_mask())
     report = accuracy.judge(found, compression.accuracy_gate, samples.rows, samples.synthetic)
     return report, (before_ms, after_ms)
 

@@ -30,6 +30,15 @@ class Samples:
     def rows(self) -> int:
         return int(next(iter(self.feeds.values())).shape[0])
 
+    def attention_mask(self) -> np.ndarray | None:
+        """The [batch, seq] attention mask among the inputs, if there is exactly one."""
+        masks = [
+            v
+            for k, v in self.feeds.items()
+            if "mask" in k.lower() and v.ndim == 2 and v.dtype.kind in "iub"
+        ]
+        return masks[0] if len(masks) == 1 else None
+
     def batches(self, size: int) -> list[dict[str, np.ndarray]]:
         return [
             {k: v[i : i + size] for k, v in self.feeds.items()} for i in range(0, self.rows, size)
