@@ -1,0 +1,120 @@
+"""Fixtures of the e2e suite: one real control plane per session, a namespace per test.
+
+Run with ``make e2e`` (builds the binaries first); ``pytest e2e`` alone skips every test that
+needs the control plane, saying why, when ``.cache/e2e/bin`` lacks a binary.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from e2e.harness.api import Api, wait_for
+from e2e.harness.control_plane import (
+    BIN,
+    ControlPlane,
+    binary_version,
+    missing_binaries,
+    start_control_plane,
+)
+from e2e.harness.install import install_crd, install_operator_rbac, service_account_token
+from e2e.harness.kubelet import FakeKubelet
+from e2e.harness.operator import Operator, start_operator
+
+_names = itertools.count(1)
+
+
+def pytest_report_header() -> list[str]:
+    return [
+        f"e2e binaries ({BIN}): "
+        + ", ".join(
+            f"{c}={binary_version(c).rsplit('@', 1)[-1]}"
+            for c in ("kube-apiserver", "kube-controller-manager", "etcd")
+        )
+    ]
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[ControlPlane]:
+    missing = missing_binaries()
+    if missing:
+        pytest.skip(
+            f"control-plane binaries not built ({', '.join(missing)} missing in {BIN}): "
+            "run e2e/build.sh or make e2e"
+        )
+    cp = start_control_plane()
+    try:
+        yield cp
+    finally:
+        cp.stop()
+
+
+@pytest.fixture(scope="session")
+def admin(control_plane: ControlPlane) -> Api:
+    return control_plane.admin
+
+
+@pytest.fixture(scope="session")
+def crd_install(admin: Api) -> Any:
+    """The response to creating the committed CRD (its warnings included)."""
+    resp = install_crd(admin)
+    if not resp.ok:
+        pytest.fail(f"the API server refused the CRD ({resp.status}): {resp.message}")
+    return resp
+
+
+@pytest.fixture(scope="session")
+def kubelet(admin: Api) -> Iterator[FakeKubelet]:
+    k = FakeKubelet(admin)
+    k.start()
+    yield k
+    k.stop()
+
+
+@pytest.fixture
+def namespace(admin: Api, crd_install: Any, kubelet: FakeKubelet) -> Iterator[str]:
+    name = f"e2e-{next(_names)}"
+    admin.create("/api/v1/namespaces", {"metadata": {"name": name}})
+    wait_for(
+        lambda: admin.get(f"/api/v1/namespaces/{name}/serviceaccounts/default"),
+        what="the namespace's default ServiceAccount",
+    )
+    kubelet.namespaces.add(name)
+    yield name
+    admin.delete(f"/api/v1/namespaces/{name}")
+    kubelet.namespaces.discard(name)
+
+
+@pytest.fixture
+def operator(
+    control_plane: ControlPlane, admin: Api, namespace: str
+) -> Iterator[Callable[..., Operator]]:
+    """Start the operator in ``namespace`` as its ServiceAccount; call again to restart it.
+
+    Every operator started is stopped at the end, and none may have been refused by RBAC.
+    """
+    started: list[Operator] = []
+    install_operator_rbac(admin, namespace)
+    token = service_account_token(admin, namespace)
+
+    def run(**env: str) -> Operator:
+        op = start_operator(
+            control_plane.folder,
+            control_plane.server,
+            control_plane.pki.ca_cert,
+            token,
+            namespace,
+            env=env,
+            name=f"operator{len(started) + 1}",
+        )
+        started.append(op)
+        return op
+
+    yield run
+    for op in started:
+        op.stop()
+    refused = [line for op in started for line in op.forbidden()]
+    assert not refused, "the API server refused the operator:\n" + "\n".join(refused[:10])

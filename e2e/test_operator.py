@@ -1,0 +1,208 @@
+"""The operator, as its ServiceAccount, against the real API server and controllers.
+
+The harness plays the node (see harness/kubelet.py): Job Pods end with the termination
+message ``onnxship compress`` writes, every other Pod turns Ready. Jobs, ReplicaSets,
+Deployment status and garbage collection are the real kube-controller-manager's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes import client as k8s
+from tests.controller.conftest import compress_result
+
+from e2e.harness.api import Api, wait_for
+from e2e.harness.control_plane import ControlPlane
+from e2e.harness.kubelet import Exit, FakeKubelet
+from e2e.harness.operator import Operator
+from onnxship.controller.kube import Kube
+
+MDS = "/apis/onnxship.io/v1alpha1/namespaces/{ns}/modeldeployments"
+CHILDREN = {
+    "jobs": "/apis/batch/v1/namespaces/{ns}/jobs",
+    "deployments": "/apis/apps/v1/namespaces/{ns}/deployments",
+    "replicasets": "/apis/apps/v1/namespaces/{ns}/replicasets",
+    "services": "/api/v1/namespaces/{ns}/services",
+    "configmaps": "/api/v1/namespaces/{ns}/configmaps",
+    "pods": "/api/v1/namespaces/{ns}/pods",
+}
+
+
+def md(name: str = "enc", version: str = "v1") -> dict[str, Any]:
+    return {
+        "apiVersion": "onnxship.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"uri": f"s3://models/{name}/{version}/model.onnx", "version": version},
+            "artifacts": {"uri": "s3://onnxship-artifacts/e2e/", "credentialsSecret": "s3-creds"},
+            "serving": {"replicas": 2},
+        },
+    }
+
+
+def status(admin: Api, ns: str, name: str = "enc") -> dict[str, Any]:
+    obj = admin.get(f"{MDS.format(ns=ns)}/{name}") or {}
+    return obj.get("status") or {}
+
+
+def names(admin: Api, kind: str, ns: str, selector: str = "") -> set[str]:
+    return {o["metadata"]["name"] for o in admin.items(CHILDREN[kind].format(ns=ns), selector)}
+
+
+def serve_first_revision(
+    admin: Api, kubelet: FakeKubelet, ns: str, name: str = "enc", key: str = "key-v1"
+) -> str:
+    """Apply, let the compression Job's Pod finish, wait for phase Ready: the revision."""
+    admin.create(MDS.format(ns=ns), md(name), fieldValidation="Strict")
+    job = wait_for(lambda: next(iter(names(admin, "jobs", ns)), None), what="a compression Job")
+    kubelet.job_exits[job] = Exit(0, compress_result(key))
+    wait_for(lambda: status(admin, ns, name).get("phase") == "Ready", timeout=90, what="Ready")
+    return str(status(admin, ns, name)["stableRevision"])
+
+
+def test_model_deployment_becomes_job_then_serving(
+    admin: Api, namespace: str, kubelet: FakeKubelet, operator: Callable[..., Operator]
+) -> None:
+    ns = namespace
+    operator()
+    admin.create(MDS.format(ns=ns), md(), fieldValidation="Strict")
+
+    job_name = wait_for(lambda: next(iter(names(admin, "jobs", ns)), None), what="a Job")
+    revision = job_name.removesuffix("-default")
+    job = admin.get(f"{CHILDREN['jobs'].format(ns=ns)}/{job_name}")
+    owner = job["metadata"]["ownerReferences"][0]
+    live_md = admin.get(f"{MDS.format(ns=ns)}/enc")
+    assert (owner["kind"], owner["name"], owner["uid"]) == (
+        "ModelDeployment",
+        "enc",
+        live_md["metadata"]["uid"],
+    )
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:2] == ["compress", "s3://models/enc/v1/model.onnx"]
+    wait_for(lambda: status(admin, ns).get("phase") == "Compressing", what="phase Compressing")
+    assert not names(admin, "deployments", ns), "nothing is served before the artifact exists"
+    # The Job controller made a Pod; it is still running.
+    wait_for(lambda: names(admin, "pods", ns, f"job-name={job_name}"), what="the Job's Pod")
+
+    kubelet.job_exits[job_name] = Exit(0, compress_result("key-v1"))
+    wait_for(
+        lambda: any(
+            c["type"] == "Complete" and c["status"] == "True"
+            for c in (admin.get(f"{CHILDREN['jobs'].format(ns=ns)}/{job_name}") or {})
+            .get("status", {})
+            .get("conditions", [])
+        ),
+        what="the Job controller to mark the Job Complete",
+    )
+    workload = f"{revision}-default"
+    deploy = wait_for(
+        lambda: admin.get(f"{CHILDREN['deployments'].format(ns=ns)}/{workload}"),
+        what="the revision's Deployment",
+    )
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--cache-key") + 1] == "key-v1"
+    assert admin.get(f"{CHILDREN['services'].format(ns=ns)}/{workload}") is not None
+
+    wait_for(lambda: status(admin, ns).get("phase") == "Ready", timeout=90, what="phase Ready")
+    st = status(admin, ns)
+    live_md = admin.get(f"{MDS.format(ns=ns)}/enc")
+    assert st["observedGeneration"] == live_md["metadata"]["generation"]
+    assert st["stableRevision"] == revision
+    assert st["endpoint"] == f"http://enc.{ns}.svc"
+    [rec] = st["revisions"]
+    assert rec["environments"][0]["cacheKey"] == "key-v1"
+    assert {c["type"]: c["status"] for c in st["conditions"]}["Available"] == "True"
+    # Two ready replicas counted by the real ReplicaSet and Deployment controllers.
+    live = admin.get(f"{CHILDREN['deployments'].format(ns=ns)}/{workload}")
+    assert live["status"]["readyReplicas"] == 2
+
+    # The builtin router: its Deployment, the Service users call, its route table.
+    wait_for(
+        lambda: admin.get(f"{CHILDREN['deployments'].format(ns=ns)}/enc-router"),
+        what="the router Deployment",
+    )
+    assert admin.get(f"{CHILDREN['services'].format(ns=ns)}/enc") is not None
+    cm = wait_for(
+        lambda: admin.get(f"{CHILDREN['configmaps'].format(ns=ns)}/enc-router"),
+        what="the route table",
+    )
+    table = json.loads(cm["data"]["routes.json"])
+    assert {b["revision"]: b["weight"] for b in table["backends"]} == {revision: 100}
+
+
+def test_deleting_the_model_deployment_collects_its_children(
+    admin: Api, namespace: str, kubelet: FakeKubelet, operator: Callable[..., Operator]
+) -> None:
+    """ownerReferences alone clean up: the operator is stopped before the delete."""
+    ns = namespace
+    op = operator()
+    serve_first_revision(admin, kubelet, ns)
+    wait_for(
+        lambda: admin.get(f"{CHILDREN['configmaps'].format(ns=ns)}/enc-router"),
+        what="the route table",
+    )
+    selector = "onnxship.io/deployment=enc"
+    before = {
+        kind: names(admin, kind, ns, selector)
+        for kind in ("jobs", "deployments", "services", "configmaps")
+    }
+    assert all(before.values()), before
+    assert names(admin, "replicasets", ns) and names(admin, "pods", ns)
+    op.stop()
+
+    admin.delete(f"{MDS.format(ns=ns)}/enc")
+
+    def all_gone() -> bool:
+        left = {k: names(admin, k, ns) for k in CHILDREN}
+        left["configmaps"] -= {"kube-root-ca.crt"}
+        return not any(left.values())
+
+    try:
+        wait_for(all_gone, timeout=60, what="the garbage collector to remove every child")
+    except AssertionError:
+        left = {k: names(admin, k, ns) for k in CHILDREN}
+        raise AssertionError(f"left behind: {left}") from None
+
+
+def test_status_writes_and_create_conflicts_through_the_operators_client(
+    control_plane: ControlPlane, admin: Api, namespace: str
+) -> None:
+    """The operator's own Kube client: a create that loses a race (409) becomes a patch,
+    and its status patches go through the status subresource."""
+    ns = namespace
+    cfg = k8s.Configuration(host=control_plane.server)
+    cfg.ssl_ca_cert = str(control_plane.pki.ca_cert)
+    cfg.api_key = {"authorization": admin.token}
+    cfg.api_key_prefix = {"authorization": "Bearer"}
+    kube = Kube(k8s.ApiClient(cfg))
+
+    cm = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "raced", "namespace": ns},
+        "data": {"routes.json": "{}"},
+    }
+    # Another writer creates it between the operator's GET and its POST.
+    admin.create(f"/api/v1/namespaces/{ns}/configmaps", {**cm, "data": {"routes.json": "old"}})
+    real_get = kube.get
+    calls = {"n": 0}
+
+    def stale_get(kind: str, namespace: str, name: str) -> Any:
+        calls["n"] += 1
+        return None if calls["n"] == 1 else real_get(kind, namespace, name)
+
+    kube.get = stale_get  # type: ignore[method-assign]
+    obj, changed = kube.apply(cm)
+    assert changed and obj["data"] == {"routes.json": "{}"}
+    assert admin.get(f"/api/v1/namespaces/{ns}/configmaps/raced")["data"] == {"routes.json": "{}"}
+
+    admin.create(MDS.format(ns=ns), md("st"))
+    kube.patch(
+        "ModelDeployment", ns, "st", {"status": {"phase": "Compressing"}}, subresource="status"
+    )
+    live = admin.get(f"{MDS.format(ns=ns)}/st")
+    assert live["status"]["phase"] == "Compressing" and live["metadata"]["generation"] == 1
