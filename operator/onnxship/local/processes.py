@@ -84,7 +84,8 @@ class Child:
         log = self.log_path.open("ab")
         log.write(f"\n--- {time.strftime('%H:%M:%S')} {' '.join(self.args)}\n".encode())
         log.flush()
-        child_env = {**os.environ, "ONNXSHIP_LOG_FORMAT": "text", **(env or {})}
+        # JSON lines: cheap to write on every request error (rich tracebacks cost seconds).
+        child_env = {**os.environ, "ONNXSHIP_LOG_FORMAT": "json", **(env or {})}
         child_env.setdefault("PYTHONUNBUFFERED", "1")
         self.popen = subprocess.Popen(
             self.args,
