@@ -62,14 +62,28 @@ def wait_for(
     check: Callable[[ModelDeploymentStatus], bool],
     timeout: float,
     up: subprocess.Popen[bytes],
+    resume_when_inconclusive: bool = False,
 ) -> ModelDeploymentStatus:
     deadline = time.monotonic() + timeout
+    resumed = ""
     while time.monotonic() < deadline:
         if up.poll() is not None:
             raise DemoFailed(f"`onnxship up` exited with {up.returncode} while waiting for {what}")
         status = state.read_status()
         if status is not None and check(status):
             return status
+        if (
+            resume_when_inconclusive
+            and status is not None
+            and status.paused
+            and not status.aborted
+            and status.step_started_at != resumed
+        ):
+            # A busy machine can starve a step of requests: the analysis is inconclusive and
+            # the canary waits for a person, who looks at it and says go on.
+            say("the analysis was inconclusive (a busy machine?): onnxship resume")
+            resumed = status.step_started_at
+            cli("resume", "--state-dir", str(state.root), check=False)
         time.sleep(0.2)
     status = state.read_status()
     raise DemoFailed(
@@ -209,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
             lambda s: s.phase == "Ready" and version_of(s, s.stable_revision) == "v2",
             args.timeout,
             up,
+            resume_when_inconclusive=True,
         )
         say(f"v2 is stable ({status.stable_revision})")
         time.sleep(1)
