@@ -122,9 +122,19 @@ class Up:
         return CliRunner().invoke(app, [*args, "--state-dir", str(self.state.root)])
 
     def wait_for(
-        self, what: str, check: Callable[[ModelDeploymentStatus], bool], timeout: float = 45
+        self,
+        what: str,
+        check: Callable[[ModelDeploymentStatus], bool],
+        timeout: float = 60,
+        resume_when_inconclusive: bool = False,
     ) -> ModelDeploymentStatus:
+        """Poll the status file until ``check`` holds.
+
+        ``resume_when_inconclusive``: a machine busy with other work can starve a mirror step
+        of requests, and the canary then waits for a person; resume it, as a person would.
+        """
         deadline = time.monotonic() + timeout
+        resumed = ""
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
@@ -134,6 +144,15 @@ class Up:
             status = self.state.read_status()
             if status is not None and check(status):
                 return status
+            if (
+                resume_when_inconclusive
+                and status is not None
+                and status.paused
+                and not status.aborted
+                and status.step_started_at != resumed
+            ):
+                resumed = status.step_started_at
+                self.cli("resume")
             time.sleep(0.1)
         pytest.fail(f"timed out waiting for {what}: {self.state.read_status()}\n{self.output()}")
 
