@@ -189,13 +189,27 @@ def _loop(driver: Any, stop: threading.Event, live: bool) -> None:
     tick = driver.options.tick_seconds
     if not live:
         while not stop.is_set():
-            driver.tick()
+            _tick(driver)
             stop.wait(tick)
         return
     with Live(
         render(driver.snapshot()), console=console, refresh_per_second=4, transient=False
     ) as view:
         while not stop.is_set():
-            driver.tick()
+            _tick(driver)
             view.update(render(driver.snapshot()))
             stop.wait(tick)
+
+
+def _tick(driver: Any) -> None:
+    """One reconcile; a failure is shown and retried on the next tick, like a controller's."""
+    try:
+        driver.tick()
+        if driver.problem.startswith("internal error"):
+            driver.problem = ""
+    except Exception as exc:  # the children keep serving; the user sees what went wrong
+        message = f"internal error (retrying): {type(exc).__name__}: {exc}"
+        if driver.problem != message:
+            driver.problem = message
+            driver.report("warning", message)
+            logging.getLogger("onnxship.local.up").debug("tick failed", exc_info=True)

@@ -66,6 +66,7 @@ log = logging.getLogger("onnxship.local")
 LOCAL_IMAGE = "local"
 RESTART_LIMIT = 3
 RETIRE_GRACE = 10.0  # seconds a stopped server gets to finish its requests
+STORE_RETRY_SECONDS = 15.0  # an unreachable store is tried again after this long
 
 
 @dataclass
@@ -146,9 +147,9 @@ class LocalDriver:
         self.command_ids = itertools.count()
         self.stats: dict[str, RevisionStats] = {}
         self.cache_hits: list[str] = []
-        self._lock = threading.Lock()
         self.started_at = time.time()
-        self.next_tick_due = 0.0
+        self.last_name = ""
+        self.failed_at: dict[str, float] = {}
 
     # ================================================================ lifecycle
 
@@ -249,9 +250,24 @@ class LocalDriver:
         local = self.local
         assert local is not None
         spec = local.spec
-        sha = file_sha256(local.model_path) if local.model_path else spec.model.sha256
-        name = revision_name(local.name, spec, sha, spec.serving.image or LOCAL_IMAGE)
         envs = spec.serving.effective_environments()
+        try:
+            sha = file_sha256(local.model_path) if local.model_path else spec.model.sha256
+        except OSError as exc:
+            # The file went away under us: keep serving what we have and say why.
+            self.problem = f"spec.model.uri: cannot read {local.model_path}: {exc.strerror}"
+            if self.last_name in self.desired:
+                return self.desired[self.last_name]
+            return DesiredRevision(
+                self.last_name or local.name, {e.name: ArtifactState.pending for e in envs}
+            )
+        name = revision_name(local.name, spec, sha, spec.serving.image or LOCAL_IMAGE)
+        self.last_name = name
+        failed_at = self.failed_at.get(name)
+        if failed_at is not None and time.monotonic() - failed_at > STORE_RETRY_SECONDS:
+            # The store was unreachable: try again, like the operator's TemporaryError.
+            self.desired.pop(name, None)
+            del self.failed_at[name]
         if name in self.desired:
             return self.desired[name]
         job = self.jobs.get(name)
@@ -276,6 +292,8 @@ class LocalDriver:
                 failure_message=message,
             )
             self.desired[name] = result
+            if reason == str(Reason.store_unavailable):
+                self.failed_at[name] = time.monotonic()
             return result
         record = self._record(name, local, sha, outcomes, time.time() - job.started)
         reused = all(getattr(o, "cache_hit", False) for _, o in outcomes)
@@ -714,6 +732,10 @@ class LocalDriver:
             self._event("info", f"local mode: {note}")
 
     # ================================================================ reporting
+
+    def report(self, kind: str, text: str) -> None:
+        """An event for the user: the live view, the plain output, `onnxship status`."""
+        self._event(kind, text)
 
     def _event(self, kind: str, text: str) -> None:
         stamp = time.strftime("%H:%M:%S")
