@@ -108,7 +108,7 @@ def _send(state: Any, kind: str, wait: float, **args: Any) -> None:
             ExitCode.conflict,
         )
     before = state.read_status()
-    path = state.submit(kind, **args)  # type: ignore[arg-type]
+    path = state.submit(kind, **args)
     deadline = time.monotonic() + wait
     while path.exists() and time.monotonic() < deadline:
         time.sleep(0.1)

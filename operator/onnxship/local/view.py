@@ -209,6 +209,5 @@ def render(snap: Snapshot) -> RenderableType:
         parts.append(Text(snap.activity, style="magenta"))
     if snap.problem:
         parts.append(Text(snap.problem, style="bold red"))
-    for line in snap.events:
-        parts.append(Text(line, style="dim"))
+    parts.extend(Text(event, style="dim") for event in snap.events)
     return Group(*parts)
