@@ -28,6 +28,7 @@ from onnxship.controller.ports import Wiring
 from onnxship.controller.settings import OperatorSettings, StoreDefaults, Timing
 from onnxship.plan.analysis import AnalysisRequest, Measurements
 from onnxship.plan.workloads import Owner, StoreRef
+from tests.store.conftest import s3_server  # noqa: F401  (fixture re-export)
 
 MD = "onnxship.io/v1alpha1/modeldeployments"
 NS = "default"
@@ -84,16 +85,17 @@ class Cluster:
     metrics: ScriptedMetrics
     index: StoreIndex
     requests: list[tuple[str, str, str]] = field(default_factory=list)
+    finder: Any = None  # an ArtifactFinder to use instead of ``index`` (e.g. a real store)
 
-    def objects(self, resource: str) -> dict[str, dict[str, Any]]:
+    def objects(self, resource: str, namespace: str = NS) -> dict[str, dict[str, Any]]:
         out = {}
-        for (res, _ns, name), obj in list(self.server.objects.items()):
-            if _resource_str(res) == resource and not obj.deleted:
+        for (res, ns, name), obj in list(self.server.objects.items()):
+            if _resource_str(res) == resource and ns == namespace and not obj.deleted:
                 out[name] = obj.raw
         return out
 
-    def get(self, resource: str, name: str) -> dict[str, Any] | None:
-        return self.objects(resource).get(name)
+    def get(self, resource: str, name: str, namespace: str = NS) -> dict[str, Any] | None:
+        return self.objects(resource, namespace).get(name)
 
     async def wait_for(
         self, predicate: Callable[[], Any], timeout: float = 20.0, what: str = ""
@@ -107,10 +109,17 @@ class Cluster:
                 raise AssertionError(f"timed out waiting for {what or predicate}")
             await asyncio.sleep(0.05)
 
-    async def apply(self, doc: dict[str, Any]) -> None:
-        await self.server.post(
-            f"/apis/onnxship.io/v1alpha1/namespaces/{NS}/modeldeployments", json=doc
-        )
+    async def apply(self, doc: dict[str, Any], namespace: str = NS) -> None:
+        # The API server gives every object a uid; kopf keys its daemons by it.
+        uid = f"uid-{namespace}-{doc['metadata']['name']}"
+        doc = {**doc, "metadata": {"uid": uid, **doc["metadata"], "namespace": namespace}}
+        path = f"/apis/onnxship.io/v1alpha1/namespaces/{namespace}/modeldeployments"
+        resp = await self.server.post(path, json=doc)
+        assert resp.status < 300, await resp.text()
+
+    async def create(self, path: str, obj: dict[str, Any]) -> None:
+        resp = await self.server.post(path, json=obj)
+        assert resp.status < 300, await resp.text()
 
     async def patch(self, path: str, patch: dict[str, Any]) -> None:
         resp = await self.server.patch(path, json=patch)
@@ -121,11 +130,13 @@ class Cluster:
             f"/apis/onnxship.io/v1alpha1/namespaces/{NS}/modeldeployments/{name}", patch
         )
 
-    async def finish_job(self, name: str, exit_code: int = 0, message: str = "") -> None:
+    async def finish_job(
+        self, name: str, exit_code: int = 0, message: str = "", namespace: str = NS
+    ) -> None:
         """Play the Job controller and the kubelet: the Job's Pod ends with this code."""
         condition = "Complete" if exit_code == 0 else "Failed"
         await self.patch(
-            f"/apis/batch/v1/namespaces/{NS}/jobs/{name}",
+            f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}",
             {
                 "status": {
                     "conditions": [{"type": condition, "status": "True"}],
@@ -136,7 +147,11 @@ class Cluster:
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": f"{name}-x7k2p", "namespace": NS, "labels": {"job-name": name}},
+            "metadata": {
+                "name": f"{name}-x7k2p",
+                "namespace": namespace,
+                "labels": {"job-name": name},
+            },
             "status": {
                 "containerStatuses": [
                     {
@@ -152,15 +167,15 @@ class Cluster:
                 ]
             },
         }
-        await self.server.post(f"/api/v1/namespaces/{NS}/pods", json=pod)
+        await self.server.post(f"/api/v1/namespaces/{namespace}/pods", json=pod)
 
-    async def make_ready(self, deployment: str) -> None:
+    async def make_ready(self, deployment: str, namespace: str = NS) -> None:
         """Play the Deployment controller: every replica is ready."""
-        obj = self.get("apps/v1/deployments", deployment)
+        obj = self.get("apps/v1/deployments", deployment, namespace)
         assert obj is not None, deployment
         n = obj["spec"]["replicas"]
         await self.patch(
-            f"/apis/apps/v1/namespaces/{NS}/deployments/{deployment}",
+            f"/apis/apps/v1/namespaces/{namespace}/deployments/{deployment}",
             {
                 "status": {
                     "replicas": n,
@@ -236,7 +251,7 @@ def operator(cluster: Cluster) -> Callable[[], Any]:
                 ),
                 kube=Kube(Kube.for_url(str(cluster.server.url))._api, on_request=record),
                 metrics=cluster.metrics,
-                artifacts=cluster.index,
+                artifacts=cluster.finder or cluster.index,
             )
 
         shared = register(registry, make_wiring)

@@ -179,7 +179,16 @@ def _observe_artifacts(
     credentials: dict[str, str] | None = None
     for env in spec.serving.effective_environments():
         in_store = None
-        if env.name not in known and spec.model.sha256 and store.uri:
+        job = JobObservation(JobPhase.absent)
+        if env.name not in known:
+            # Our own Job first: once it ran, its result (not the store's copy) is the record.
+            job = _observe_job(wiring, owner, w.job_name(name, env.name))
+        if (
+            job.phase == JobPhase.absent
+            and env.name not in known
+            and spec.model.sha256
+            and store.uri
+        ):
             if credentials is None:
                 credentials = _secret_data(wiring, owner.namespace, store.credentials_secret)
             try:
@@ -192,9 +201,6 @@ def _observe_artifacts(
                 )
             except Exception as exc:  # the Job reports store problems precisely; go on
                 log.info("store lookup for %s/%s failed: %s", name, env.name, exc)
-        job = JobObservation(JobPhase.absent)
-        if env.name not in known and in_store is None:
-            job = _observe_job(wiring, owner, w.job_name(name, env.name))
         view = artifact_view(
             env.name, str(env.execution_provider), known.get(env.name), in_store, job
         )
