@@ -491,7 +491,10 @@ class LocalDriver:
             ports={"http": http_port, "grpc": grpc_port},
         )
         child.start()
-        self._event("info", f"{revision}: starting server on :{http_port} ({record.model_version})")
+        where = f" for {env.name}" if len(record.environments) > 1 else ""
+        self._event(
+            "info", f"{revision}: starting server{where} on :{http_port} ({record.model_version})"
+        )
         return child
 
     def _retire(self, child: Child) -> None:
@@ -536,6 +539,9 @@ class LocalDriver:
         copies) must have been ready once; until then the plan's request waits, and the
         plan asks again on the next tick because the observed traffic has not changed.
         """
+        envs = self.local.spec.serving.effective_environments() if self.local else []
+        named = len(envs) > 1  # one environment: backends carry none, as in the cluster
+        env_weights = {e.name: e.weight for e in envs if e.weight is not None} if named else {}
         urls = {}
         for revision, weight in split.weights:
             served = self.served.get(revision)
@@ -545,11 +551,11 @@ class LocalDriver:
             if takes_traffic and not all(c.ever_ready for c in served.children.values()):
                 return
             for env_name, child in served.children.items():
-                urls[(revision, env_name if len(served.children) > 1 else "")] = (
+                urls[(revision, env_name if named else "")] = (
                     f"http://{self.options.host}:{child.ports['http']}"
                 )
         try:
-            table = route_table(split, urls)
+            table = route_table(split, urls, env_weights)
         except (KeyError, ValueError) as exc:
             self._event("warning", f"cannot route {split.weights}: {exc}")
             return
