@@ -171,7 +171,7 @@ def up_command(
         _loop(driver, stop, live)
     finally:
         with contextlib.suppress(KeyboardInterrupt):
-            console.print("stopping: servers and router…", highlight=False)
+            console.print("stopping: router and servers…", highlight=False)
             driver.shutdown()
             for s, h in previous_handlers.items():
                 signal.signal(s, h)

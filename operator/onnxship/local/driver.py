@@ -185,11 +185,15 @@ class LocalDriver:
         self._write_runtime(running=True)
 
     def shutdown(self) -> None:
-        """Stop every child (servers first, the router last); the store and status stay."""
-        children = [c for s in self.served.values() for c in s.children.values()]
-        processes.stop_all(children + [c for c, _ in self.retiring])
+        """Stop every child; the store and the status stay.
+
+        The router goes first: it stops taking requests and finishes those in flight while
+        the servers behind it still answer; then the servers stop with nothing to drain.
+        """
         if self.router is not None:
             processes.stop_all([self.router])
+        children = [c for s in self.served.values() for c in s.children.values()]
+        processes.stop_all(children + [c for c, _ in self.retiring])
         self.state.write_status(self.status)
         self._write_runtime(running=False)
 

@@ -1,7 +1,7 @@
 """Child processes of `onnxship up`: `onnxship serve` per revision and `onnxship route`.
 
 Children run in their own session, so a Ctrl-C in the terminal reaches `up` alone and `up`
-stops them in order (router last, so no request is left without a backend). On Linux each
+stops them in order (the router first, so no request reaches a stopped server). On Linux each
 child also asks the kernel for SIGTERM should `up` die without cleaning up (PDEATHSIG), so
 no server outlives it even after a SIGKILL.
 """
