@@ -94,14 +94,15 @@ def to_raw(datatype: str, arr: np.ndarray) -> bytes | memoryview:
             parts.append(b)
         return b"".join(parts)
     arr = np.ascontiguousarray(arr, dtype=WIRE_DTYPE[datatype])
-    return memoryview(arr).cast("B")
+    return arr.data.cast("B")
 
 
 def to_data(datatype: str, arr: np.ndarray) -> list[Any]:
     """A flat, row-major list for a JSON response."""
     if datatype == "BYTES":
         return [x if isinstance(x, str) else bytes(x).decode("utf-8", "replace") for x in arr.flat]
-    return arr.ravel().tolist()  # type: ignore[no-any-return]
+    data: list[Any] = arr.ravel().tolist()
+    return data
 
 
 def _size_error(
