@@ -738,6 +738,11 @@ class LocalDriver:
             for r in (spec.serving.replicas, *(e.replicas or 0 for e in spec.serving.environments))
         ):
             notes.append("one server process per environment, whatever serving.replicas says")
+        if spec.artifacts.credentials_secret or spec.model.credentials_secret:
+            notes.append(
+                "credentialsSecret is a cluster Secret: credentials come from this shell's "
+                "environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE)"
+            )
         for note in notes:
             self._event("info", f"local mode: {note}")
 
