@@ -50,3 +50,23 @@ clean:
 e2e: venv
 	e2e/build.sh etcd kube-apiserver kube-controller-manager
 	$(BIN)/pytest -q e2e -p no:cacheprovider
+
+## make helm: build helm from its Go module into .cache/bin/helm (cached; minutes when cold)
+.PHONY: helm chart-sync chart-lint images-lint
+helm:
+	scripts/build-helm.sh
+
+## make chart-sync: copy the generated CRD and the operator's RBAC rules into the chart
+chart-sync: venv
+	cp crds/modeldeployments.onnxship.io.yaml charts/onnxship/crds/
+	$(BIN)/onnxship rbac > charts/onnxship/files/rbac/namespaced.json
+	$(BIN)/onnxship rbac --cluster > charts/onnxship/files/rbac/cluster.json
+
+## make chart-lint: helm lint --strict, then the chart tests (render, schemas, checkov, promtool)
+chart-lint: venv helm
+	.cache/bin/helm lint --strict charts/onnxship
+	$(BIN)/pytest -q tests/chart
+
+## make images-lint: hadolint both Dockerfiles
+images-lint: venv
+	$(BIN)/hadolint --no-color operator/Dockerfile runtime-image/Dockerfile
