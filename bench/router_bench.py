@@ -75,6 +75,25 @@ class Proc:
                 self.p.wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children (nginx workers), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [pid]
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            pids += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 # ---------------------------------------------------------------------------- backends
 
 TRIVIAL_BACKEND = """
@@ -288,15 +307,24 @@ def load(tmp: Path, url: str, body: Path, concurrency: int, seconds: float) -> d
 
 
 def scenario(
-    tmp: Path, name: str, targets: dict[str, str], body: Path, args: argparse.Namespace
+    tmp: Path,
+    name: str,
+    targets: dict[str, str],
+    body: Path,
+    args: argparse.Namespace,
+    pids: dict[str, int],
 ) -> dict[str, Any]:
     rounds: list[dict[str, dict[str, Any]]] = []
     for i in range(args.rounds):
         row: dict[str, dict[str, Any]] = {}
         for path, url in targets.items():
             lat = load(tmp, url, body, 1, args.seconds)
+            cpu0 = cpu_seconds(pids[path]) if path in pids else 0.0
             tput = load(tmp, url, body, args.concurrency, args.seconds)
+            cpu = cpu_seconds(pids[path]) - cpu0 if path in pids else 0.0
             row[path] = {
+                # CPU the proxy itself spent per request: robust to a busy shared machine
+                "cpu_us_per_request": cpu / max(1, tput["requests"]) * 1e6,
                 "p50_ms": lat["p50_ms"],
                 "p99_ms": lat["p99_ms"],
                 "rps": tput["rps"],
@@ -305,14 +333,18 @@ def scenario(
             }
         rounds.append(row)
         print(f"[{name}] round {i + 1}: " + ", ".join(
-            f"{p} p50 {r['p50_ms']:.3f} ms, {r['rps']:.0f} req/s" for p, r in row.items()
+            f"{p} p50 {r['p50_ms']:.3f} ms, {r['rps']:.0f} req/s, "
+            f"{r['cpu_us_per_request']:.0f} us CPU/req" for p, r in row.items()
         ), flush=True)  # fmt: skip
 
     def med(path: str, key: str) -> float:
         return statistics.median(r[path][key] for r in rounds)
 
     summary: dict[str, Any] = {
-        p: {k: med(p, k) for k in ("p50_ms", "p99_ms", "rps", "p99_ms_loaded", "errors")}
+        p: {
+            k: med(p, k)
+            for k in ("p50_ms", "p99_ms", "rps", "p99_ms_loaded", "errors", "cpu_us_per_request")
+        }
         for p in targets
     }
     added = [r["router"]["p50_ms"] - r["direct"]["p50_ms"] for r in rounds]
@@ -326,6 +358,10 @@ def scenario(
         )
         summary["router_vs_nginx_rps"] = statistics.median(
             r["router"]["rps"] / r["nginx"]["rps"] for r in rounds
+        )
+        summary["router_vs_nginx_cpu_per_request"] = statistics.median(
+            r["router"]["cpu_us_per_request"] / max(1e-9, r["nginx"]["cpu_us_per_request"])
+            for r in rounds
         )
     return summary
 
@@ -361,7 +397,8 @@ def main() -> None:
                 pn, nginx_url = start_nginx(nginx, tmp, backends)
                 procs.append(pn)
                 targets["nginx"] = nginx_url
-            results[kind] = scenario(tmp, kind, targets, body, args)
+            pids = {"router": pr.p.pid, **({"nginx": pn.p.pid} if nginx else {})}
+            results[kind] = scenario(tmp, kind, targets, body, args, pids)
             for p in procs:
                 p.stop(signal.SIGQUIT if p.p.args[0] == nginx else signal.SIGTERM)
             procs.clear()

@@ -7,6 +7,8 @@ turns two scrapes into ``plan.analysis.Measurements``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REQUESTS = "onnxship_router_requests_total"
@@ -101,13 +103,23 @@ class RouterMetrics:
             ["revision", "url"],
             registry=r,
         )
+        self._children: dict[tuple[str, str, int, str], tuple[Any, Any]] = {}
         self._agreement_sums: dict[tuple[str, str], tuple[float, int]] = {}
 
     def observe(
         self, revision: str, environment: str, code: int, role: str, seconds: float
     ) -> None:
-        self.requests.labels(revision, environment, str(code), role).inc()
-        self.duration.labels(revision, role).observe(seconds)
+        # labels() hashes and locks on every call; the children never change, so keep them.
+        key = (revision, environment, code, role)
+        pair = self._children.get(key)
+        if pair is None:
+            pair = (
+                self.requests.labels(revision, environment, str(code), role),
+                self.duration.labels(revision, role),
+            )
+            self._children[key] = pair
+        pair[0].inc()
+        pair[1].observe(seconds)
 
     def compared(
         self, revision: str, baseline: str, cosine: float, top1: float, diff: float

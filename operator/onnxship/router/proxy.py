@@ -115,17 +115,17 @@ class Router:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def start(self, app: web.Application | None = None) -> None:
+    async def start(self) -> None:
         pass
 
-    async def stop(self, app: web.Application | None = None) -> None:
+    async def stop(self) -> None:
         if self.mirrors:
             await asyncio.wait(list(self.mirrors), timeout=self.settings.timeout)
         self.upstream.close()
 
     # ------------------------------------------------------------ data path
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         routing = self.routing  # one table per request, even if it changes meanwhile
         environment = request.headers.get(ENVIRONMENT_HEADER, "")
         sticky_header = self.settings.sticky_header

@@ -18,6 +18,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -89,22 +90,35 @@ class RoutesFile:
             self.check()
 
 
-def inference_app(router: Router) -> web.Application:
-    app = web.Application(client_max_size=router.settings.max_body_bytes)
+def inference_server(router: Router) -> web.Server:
+    """The inference port: aiohttp's low-level server, without the application router.
 
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=router.metrics.exposition(), content_type="text/plain")
+    A proxy has three paths; skipping URL dispatch and middleware chains saves tens of
+    microseconds per request, a fair share of the router's budget.
+    """
 
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"live": True, "backends": len(router.routing.table.backends)})
+    async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
+        path = request.path
+        if path == "/v2" or path.startswith("/v2/"):
+            return await router.handle(request)
+        if path == "/metrics" and request.method == "GET":
+            return web.Response(body=router.metrics.exposition(), content_type="text/plain")
+        if path == "/healthz" and request.method == "GET":
+            backends = len(router.routing.table.backends)
+            return web.json_response({"live": True, "backends": backends})
+        return web.json_response({"error": f"not found: {path}"}, status=404)
 
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_route("*", "/v2", router.handle)
-    app.router.add_route("*", "/v2/{tail:.*}", router.handle)
-    app.on_startup.append(router.start)
-    app.on_cleanup.append(router.stop)
-    return app
+    max_body = router.settings.max_body_bytes
+
+    def make_request(
+        message: Any, payload: Any, protocol: Any, writer: Any, task: Any, _cls: Any = None
+    ) -> web.BaseRequest:
+        loop = asyncio.get_running_loop()
+        return web.BaseRequest(
+            message, payload, protocol, writer, task, loop, client_max_size=max_body
+        )
+
+    return web.Server(dispatch, request_factory=make_request)
 
 
 def admin_app(router: Router, token: str, routes_file: Path | None) -> web.Application:
@@ -154,9 +168,10 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> 
     watcher = RoutesFile(settings.routes_file, router) if settings.routes_file else None
     if watcher is not None:
         watcher.check()
-    runners = []
-    main = web.AppRunner(
-        inference_app(router), access_log=None, shutdown_timeout=settings.shutdown_grace
+    runners: list[web.BaseRunner] = []
+    await router.start()
+    main = web.ServerRunner(
+        inference_server(router), access_log=None, shutdown_timeout=settings.shutdown_grace
     )
     await main.setup()
     await web.TCPSite(main, settings.host, settings.port, backlog=1024).start()
@@ -188,6 +203,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> 
             watch.cancel()
         for runner in reversed(runners):
             await runner.cleanup()
+        await router.stop()
 
 
 def run(settings: RouterSettings) -> None:

@@ -172,6 +172,7 @@ class UpstreamPool:
     def __init__(self, max_idle_per_backend: int = 256) -> None:
         self.idle: dict[tuple[str, int], list[_Connection]] = defaultdict(list)
         self.max_idle = max_idle_per_backend
+        self.addresses: dict[str, tuple[str, int, str]] = {}
 
     async def _connect(self, host: str, port: int) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -190,9 +191,7 @@ class UpstreamPool:
         body: bytes,
         timeout: float,
     ) -> tuple[int, Headers, bytes]:
-        parts = urlsplit(url)
-        host, port = parts.hostname or "127.0.0.1", parts.port or 80
-        prefix = parts.path.rstrip("/")
+        host, port, prefix = self._address(url)
         head = [f"{method} {prefix}{path_qs} HTTP/1.1\r\nHost: {host}:{port}\r\n"]
         for name, value in headers:
             head.append(f"{name}: {value}\r\n")
@@ -229,6 +228,14 @@ class UpstreamPool:
                 conn.close()
             return status, out_headers, out_body
         raise UpstreamError("unreachable")  # pragma: no cover
+
+    def _address(self, url: str) -> tuple[str, int, str]:
+        found = self.addresses.get(url)
+        if found is None:
+            parts = urlsplit(url)
+            found = (parts.hostname or "127.0.0.1", parts.port or 80, parts.path.rstrip("/"))
+            self.addresses[url] = found
+        return found
 
     def _idle(self, key: tuple[str, int]) -> _Connection | None:
         stack = self.idle.get(key)
