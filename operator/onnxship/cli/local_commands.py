@@ -88,7 +88,7 @@ def status_command(
         return
     from rich.live import Live
 
-    with Live(render(_snapshot(state)), console=out, refresh_per_second=2) as live:
+    with Live(render(_snapshot(state)), console=_screen(), refresh_per_second=2) as live:
         try:
             while True:
                 time.sleep(0.5)
