@@ -1,0 +1,56 @@
+"""Output agreement of two v2 answers, JSON or binary."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from onnxship.router.compare import compare_answers, decode_outputs
+
+
+def json_answer(y: np.ndarray) -> bytes:
+    out = {"name": "y", "datatype": "FP32", "shape": list(y.shape), "data": y.ravel().tolist()}
+    return json.dumps({"outputs": [out]}).encode()
+
+
+def binary_answer(y: np.ndarray) -> tuple[bytes, int]:
+    raw = y.astype("<f4").tobytes()
+    out = {"name": "y", "datatype": "FP32", "shape": list(y.shape),
+           "parameters": {"binary_data_size": len(raw)}}  # fmt: skip
+    head = json.dumps({"outputs": [out]}).encode()
+    return head + raw, len(head)
+
+
+Y = np.array([[0.1, 0.9, 0.0], [0.7, 0.2, 0.1]], dtype=np.float32)
+
+
+def test_json_and_binary_decode_alike() -> None:
+    body, n = binary_answer(Y)
+    assert np.allclose(decode_outputs(body, n)["y"], Y)
+    assert np.allclose(decode_outputs(json_answer(Y))["y"], Y)
+
+
+@pytest.mark.parametrize(
+    ("other", "cosine", "top1"),
+    [
+        (Y, 1.0, 1.0),
+        (Y * 2, 1.0, 1.0),
+        (-Y, -1.0, 0.0),
+        (Y[:, ::-1].copy(), None, 0.0),
+    ],
+)
+def test_agreement(other: np.ndarray, cosine: float | None, top1: float) -> None:
+    body, n = binary_answer(other)
+    c = compare_answers(json_answer(Y), None, body, n)
+    assert c is not None
+    if cosine is not None:
+        assert c.cosine == pytest.approx(cosine, abs=1e-6)
+    assert c.top1 == top1
+
+
+def test_different_shapes_disagree_and_garbage_is_not_comparable() -> None:
+    c = compare_answers(json_answer(Y), None, json_answer(Y[:1]), None)
+    assert c is not None and c.cosine == 0.0 and c.top1 == 0.0
+    assert compare_answers(b"not json", None, json_answer(Y), None) is None
