@@ -8,10 +8,11 @@ format into ``InferRequest``, call ``infer``, and encode the ``InferResult``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,14 @@ class InferResult:
     model_version: str
     id: str | None
     outputs: list[tuple[str, str, np.ndarray]]  # name, OIP datatype, array
+
+
+@dataclass
+class Outcome:
+    """How one request ended, for the metrics: the HTTP status (gRPC codes mapped to it)."""
+
+    code: int = 500
+    started: float = field(default_factory=time.perf_counter)
 
 
 class DataPlane:
@@ -185,16 +194,7 @@ class DataPlane:
         assert self.scheduler is not None
         feeds = self._decode_inputs(model, request.inputs)
         outputs = self._select_outputs(model, request.outputs)
-        self.in_flight += 1
-        self._idle.clear()
-        self.metrics.in_flight(1)
-        try:
-            values = await self.scheduler.submit(feeds, outputs)
-        finally:
-            self.in_flight -= 1
-            self.metrics.in_flight(-1)
-            if self.in_flight == 0:
-                self._idle.set()
+        values = await self.scheduler.submit(feeds, outputs)
         sig = model.signature.outputs
         return InferResult(
             self.name,
@@ -203,9 +203,25 @@ class DataPlane:
             [(n, sig[n].datatype, values[n]) for n in outputs],
         )
 
-    def record(self, code: int, started: float) -> None:
-        """Count one inference request; the front ends call this once per request."""
-        self.metrics.request(code, time.perf_counter() - started)
+    @contextlib.contextmanager
+    def tracking(self) -> Iterator[Outcome]:
+        """Around one whole inference request in a front end, from the first byte read.
+
+        It counts the request in flight (SIGTERM waits for these, including ones still
+        uploading their body) and, at the end, records it with the code the front end set.
+        """
+        outcome = Outcome()
+        self.in_flight += 1
+        self._idle.clear()
+        self.metrics.in_flight(1)
+        try:
+            yield outcome
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight(-1)
+            if self.in_flight == 0:
+                self._idle.set()
+            self.metrics.request(outcome.code, time.perf_counter() - outcome.started)
 
     def check_model(self, name: str, version: str | None) -> None:
         if name != self.name:

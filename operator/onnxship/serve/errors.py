@@ -67,19 +67,6 @@ class InferenceFailed(ServeError):
     grpc_code = grpc.StatusCode.INTERNAL
 
 
-# gRPC results are counted with the HTTP status they correspond to, so that one metric
-# label (``code``) means the same thing whichever transport a request came in on.
-GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-}
-
-
 class StartupError(Exception):
     """The server cannot start: a missing model, an unavailable execution provider, ..."""
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 import grpc
@@ -79,29 +78,28 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started = time.perf_counter()
-        code = 500
-        try:
-            result = await self.dp.infer(_decode(request))
-            response = pb.ModelInferResponse(
-                model_name=result.model_name, model_version=result.model_version, id=result.id or ""
-            )
-            for name, datatype, arr in result.outputs:
-                response.outputs.add(name=name, datatype=datatype, shape=arr.shape)
-                response.raw_output_contents.append(bytes(tensors.to_raw(datatype, arr)))
-            code = 200
-            return response
-        except ServeError as exc:
-            code = exc.http_status
-            await _abort(context, exc)
-        except asyncio.CancelledError:
-            code = 499
-            raise
-        except Exception:
-            log.exception("unexpected error in an inference request")
-            await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
-        finally:
-            self.dp.record(code, started)
+        with self.dp.tracking() as outcome:
+            try:
+                result = await self.dp.infer(_decode(request))
+                response = pb.ModelInferResponse(
+                    model_name=result.model_name,
+                    model_version=result.model_version,
+                    id=result.id or "",
+                )
+                for name, datatype, arr in result.outputs:
+                    response.outputs.add(name=name, datatype=datatype, shape=arr.shape)
+                    response.raw_output_contents.append(bytes(tensors.to_raw(datatype, arr)))
+                outcome.code = 200
+                return response
+            except ServeError as exc:
+                outcome.code = exc.http_status
+                await _abort(context, exc)
+            except asyncio.CancelledError:
+                outcome.code = 499
+                raise
+            except Exception:
+                log.exception("unexpected error in an inference request")
+                await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
 
 
 def _decode(request: Any) -> InferRequest:

@@ -38,6 +38,8 @@ class ServeMetrics:
         labels = ["model", "version"]
         self._requests = Counter(
             "onnxship_inference_requests",
+            # One label for both transports: a gRPC request is counted with the HTTP status its
+            # error maps to (errors.py), so an error rate reads the same whichever came in.
             "Inference requests by result; code is the HTTP status (gRPC codes mapped to it).",
             [*labels, "code"],
             registry=self.registry,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -108,25 +107,22 @@ class RestFrontEnd:
     # ------------------------------------------------------------------ inference
 
     async def infer(self, request: web.Request) -> web.Response:
-        started = time.perf_counter()
-        code = 500
-        try:
-            infer_request, binary_outputs = await self._parse(request)
-            result = await self.dp.infer(infer_request)
-            response = _encode(result, binary_outputs)
-            code = 200
-            return response
-        except ServeError as exc:
-            code = exc.http_status
-            return error_response(exc)
-        except asyncio.CancelledError:
-            code = 499  # the client went away
-            raise
-        except Exception:
-            log.exception("unexpected error in an inference request")
-            return web.json_response({"error": "internal server error"}, status=500)
-        finally:
-            self.dp.record(code, started)
+        with self.dp.tracking() as outcome:
+            try:
+                infer_request, binary_outputs = await self._parse(request)
+                result = await self.dp.infer(infer_request)
+                response = _encode(result, binary_outputs)
+                outcome.code = 200
+                return response
+            except ServeError as exc:
+                outcome.code = exc.http_status
+                return error_response(exc)
+            except asyncio.CancelledError:
+                outcome.code = 499  # the client went away
+                raise
+            except Exception:
+                log.exception("unexpected error in an inference request")
+                return web.json_response({"error": "internal server error"}, status=500)
 
     async def _parse(self, request: web.Request) -> tuple[InferRequest, dict[str, bool]]:
         # An unknown model or version is a 404 whatever the body holds.
