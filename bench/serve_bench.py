@@ -382,6 +382,8 @@ def main() -> None:
         "threads": args.threads,
         "seq": int(data[INPUTS[0]].shape[1]),
         "clients": args.clients,
+        "cpus": os.cpu_count(),
+        "loadavg_start": os.getloadavg(),
     }
 
     # The raw anchors: the server's session options, and ORT's defaults (spinning) for reference.
@@ -524,6 +526,7 @@ def main() -> None:
             p.stop()
 
     # ---- report: ratios within each round, then their median.
+    results["loadavg_end"] = os.getloadavg()
     med = statistics.median
     b1_ratio = {
         k: med(b1[k][i]["p50"] / b1["raw"][i]["p50"] for i in range(args.rounds)) for k in b1
@@ -533,6 +536,9 @@ def main() -> None:
     results.update(b1_rounds=b1, b1_p50_ratio_vs_raw=b1_ratio, raw_ceilings=ceilings, throughput_rounds=tput,
                    throughput_ratio_vs_ceiling=t_ratio, errors=errors)  # fmt: skip
     print("\n== summary (ratios are per round, then the median over rounds) ==")
+    print(
+        f"load average at start {results['loadavg_start'][0]:.1f}, at end {results['loadavg_end'][0]:.1f} on {os.cpu_count()} CPUs"
+    )
     print(f"{'batch 1':24s} {'p50 ms':>8s} {'p99 ms':>8s} {'p50 / raw':>10s}")
     for k in b1:
         print(
