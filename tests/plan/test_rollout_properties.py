@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from onnxship.api import Phase
+from onnxship.api import ModelDeploymentStatus, Phase
 from onnxship.plan.actions import DeleteRevision, ScaleRevision
 from onnxship.plan.analysis import Result
 from onnxship.plan.observed import ArtifactState, CommandKind
@@ -55,6 +55,8 @@ def check_invariants(w: World) -> None:
         assert sum(wt for _, wt in split.weights) == 100
     status = w.status
     assert 0 <= status.canary_weight <= 100
+    # all state is in status, and status survives the API server
+    assert ModelDeploymentStatus.model_validate(status.to_wire()) == status
     for d in w.decisions[-1:]:
         weighted = {r for r, wt in split_for(d.status).weights if wt > 0}
         for a in d.actions:
