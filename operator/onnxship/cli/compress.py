@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from pydantic import ValidationError
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -33,6 +34,7 @@ from onnxship.api import (
     SpecError,
     parse_model_deployment,
 )
+from onnxship.api.resource import describe
 from onnxship.compress import (
     AccuracyGateError,
     CompressionOutcome,
@@ -137,8 +139,9 @@ def _override(base: Compression, **flags: Any) -> Compression:
             quantize=Quantize.model_validate(q),
             accuracy_gate=AccuracyGate.model_validate(gate),
         )
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    except ValidationError as exc:
+        # "mode: Input should be 'none', 'dynamic', ..." rather than pydantic's full dump.
+        raise typer.BadParameter("; ".join(describe(exc))) from None
 
 
 _output_mode = {"value": "text"}
@@ -168,7 +171,9 @@ def compress_command(
     sha256: str = typer.Option("", "--sha256", help="Pin: expected SHA-256 of the model file."),
     samples: str = typer.Option("", "--samples", help=".npz of sample inputs (URI or path)."),
     optimize: str | None = typer.Option(None, "--optimize", help="none | basic | extended | all"),
-    sparsity: float | None = typer.Option(None, "--sparsity", help="Magnitude pruning, 0 to <1."),
+    sparsity: float | None = typer.Option(
+        None, "--sparsity", help="Pruning: fraction of weights set to 0 (0 to <1)."
+    ),
     prune_method: str | None = typer.Option(None, "--prune-method", help="magnitude | shrink"),
     quantize: str | None = typer.Option(None, "--quantize", help="none | dynamic | static | fp16"),
     calibration: str | None = typer.Option(

@@ -24,6 +24,7 @@ from onnxship.api import (
     ArtifactManifest,
     Compression,
     CompressionReport,
+    ExecutionProvider,
     QuantizeMode,
     SourceInfo,
     ToolVersions,
@@ -115,6 +116,11 @@ def compress(
     """
     progress = progress or no_progress
     started = time.perf_counter()
+    known = [e.value for e in ExecutionProvider]
+    if execution_provider not in known:
+        raise InvalidSettingsError(
+            f"execution provider {execution_provider!r} is not one of {', '.join(known)}"
+        )
     with tempfile.TemporaryDirectory(prefix="onnxship-compress-", dir=work_dir) as tmp:
         work = Path(tmp)
         steps = _Steps(progress)
