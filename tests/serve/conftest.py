@@ -22,6 +22,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     helper_models.save(models.echo_all_dtypes(), folder / "echo.onnx")
     helper_models.save(models.tokens(), folder / "tokens.onnx")
     helper_models.save(models.fixed_shape(), folder / "fixed.onnx")
+    helper_models.save(models.lookup(), folder / "lookup.onnx")
+    helper_models.save(models.add_three(), folder / "add3.onnx")
     return folder
 
 

@@ -69,3 +69,22 @@ def fixed_shape() -> onnx.ModelProto:
     return _model(
         helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "fixed", [x], [y])
     )
+
+
+def lookup() -> onnx.ModelProto:
+    """``ids: INT64 [batch] -> table[ids]``: an id past the table is the caller's mistake (400)."""
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch"])
+    table = helper.make_tensor("table", TensorProto.FLOAT, [5], [0.0, 1.0, 2.0, 3.0, 4.0])
+    node = helper.make_node("Gather", ["table", "ids"], ["y"])
+    return _model(helper.make_graph([node], "lookup", [ids], [y], [table]))
+
+
+def add_three() -> onnx.ModelProto:
+    """``x: FP32 [batch, n] + [1, 2, 3]``: warms up at n = 1, fails inside ORT at n = 2 (500)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])
+    c = helper.make_tensor("c", TensorProto.FLOAT, [3], [1.0, 2.0, 3.0])
+    return _model(
+        helper.make_graph([helper.make_node("Add", ["x", "c"], ["y"])], "add3", [x], [y], [c])
+    )

@@ -186,3 +186,25 @@ def test_grpc_errors_have_matching_codes(server: Server) -> None:
         client.infer("mlp", [good], model_version="7")
     assert err.value.status() == str(grpc.StatusCode.NOT_FOUND)
     assert client.infer("mlp", [good]).as_numpy("y").shape == (1, 16)
+
+
+def test_errors_raised_inside_onnxruntime(start_server: StartServer, model_dir: Path) -> None:
+    """ORT's INVALID_ARGUMENT (an id past the vocabulary) is a 400; any other failure is a 500."""
+    lookup = start_server("--model", str(model_dir / "lookup.onnx"), "--name", "lookup")
+    body = {"inputs": [{"name": "ids", "datatype": "INT64", "shape": [2], "data": [1, 10]}]}
+    r = httpx.post(f"{lookup.url}/v2/models/lookup/infer", json=body)
+    assert r.status_code == 400
+    assert "the model rejected the inputs" in r.json()["error"]
+    assert "out of data bounds" in r.json()["error"]
+
+    add3 = start_server("--model", str(model_dir / "add3.onnx"), "--name", "add3")
+    url = f"{add3.url}/v2/models/add3/infer"
+    bad = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]}
+    r = httpx.post(url, json=bad)
+    assert r.status_code == 500
+    assert r.json()["error"].startswith("inference failed:")
+    good = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1, 1, 1]}]}
+    assert httpx.post(url, json=good).json()["outputs"][0]["data"] == [2, 3, 4]
+    metrics = httpx.get(f"{add3.url}/metrics").text
+    assert 'onnxship_inference_requests_total{code="500",model="add3",version="1"} 1.0' in metrics
+    assert "[E:onnxruntime" not in add3.output()  # reported once, in our log format

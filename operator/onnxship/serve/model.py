@@ -47,8 +47,11 @@ class LoadedModel:
             # ties to another, a value out of range): still the caller's to fix.
             raise InvalidInput(f"the model rejected the inputs: {_ort_message(exc)}") from None
         except Exception as exc:
-            log.exception("inference failed")
-            raise InferenceFailed(f"inference failed: {_ort_message(exc)}") from None
+            # A model that fails at run time after passing warm-up is a 500: the canary
+            # analysis must see a broken model as errors, not as its users' mistakes.
+            message = _ort_message(exc)
+            log.warning("inference failed", extra={"error": message})
+            raise InferenceFailed(f"inference failed: {message}") from None
         return dict(zip(outputs, values, strict=True))
 
     def warm_up(self) -> None:

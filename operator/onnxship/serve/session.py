@@ -69,6 +69,9 @@ def create_session(model_file: Path, config: ServeConfig) -> ort.InferenceSessio
     # Requests are serialised onto one run at a time; with spinning on, idle ORT workers burn
     # the CPU the event loop needs to parse the next request.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # ORT would print each failed run to stderr in its own format; the server reports the
+    # failure to the client and logs it once, as JSON in the cluster.
+    options.log_severity_level = 4
     providers = (
         [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
     )
