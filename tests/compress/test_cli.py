@@ -155,3 +155,35 @@ def test_an_invalid_spec_file_is_exit_code_3(tmp_path: Path) -> None:
     result = invoke("--spec", str(path))
     assert result.exit_code == ExitCode.invalid_spec
     assert "spec.model" in result.stderr
+
+
+def test_result_file_for_the_operators_job(mlp: ModelOnDisk, tmp_path: Path) -> None:
+    result = tmp_path / "termination-log"
+    ok = invoke(
+        str(mlp.path),
+        "--store",
+        str(tmp_path / "s"),
+        "--prune-method",
+        "shrink",
+        "--sparsity",
+        "0.2",
+        "--gate-min",
+        "0.5",
+        "--progress",
+        "none",
+        "--result-file",
+        str(result),
+        "-o",
+        "json",
+    )
+    assert ok.exit_code == 0, ok.output
+    doc = json.loads(result.read_text())
+    assert len(result.read_text()) <= 4000
+    assert doc["cacheKey"] and doc["artifactUri"] and doc["cacheHit"] is False
+    assert doc["report"]["ratio"] > 0 and "prune:shrink:0.2" in doc["report"]["steps"]
+
+    failed = invoke(
+        str(tmp_path / "gone.onnx"), "--store", str(tmp_path / "s"), "--result-file", str(result)
+    )
+    assert failed.exit_code == ExitCode.source_error
+    assert json.loads(result.read_text())["exitCode"] == ExitCode.source_error

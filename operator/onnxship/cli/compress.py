@@ -9,8 +9,9 @@ line per step otherwise). Exit codes tell failures apart (see ``ExitCode``).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -40,10 +41,11 @@ from onnxship.compress import (
     CompressionOutcome,
     InvalidModelError,
     InvalidSettingsError,
+    SourceAccess,
     SourceError,
     compress,
 )
-from onnxship.store import StoreError, open_store
+from onnxship.store import S3Credentials, StoreError, open_store
 
 from .app import ExitCode, app, console, load_yaml_file, out
 
@@ -87,7 +89,7 @@ class BarProgress:
 
 
 def _settings(
-    spec_file: Path | None, environment: str | None
+    spec_file: Path | None, environment: str | None, reporter: _Reporter
 ) -> tuple[ModelDeploymentSpec | None, Compression, str]:
     if spec_file is None:
         if environment:
@@ -96,8 +98,7 @@ def _settings(
     try:
         md = parse_model_deployment(load_yaml_file(spec_file), source=str(spec_file))
     except SpecError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(int(ExitCode.invalid_spec)) from None
+        reporter.fail(str(exc), ExitCode.invalid_spec)
     envs = md.spec.serving.effective_environments()
     if environment is None:
         env = envs[0]
@@ -105,10 +106,9 @@ def _settings(
         matches = [e for e in envs if e.name == environment]
         if not matches:
             names = ", ".join(e.name for e in envs)
-            _fail(
+            reporter.fail(
                 f"{spec_file}: no environment {environment!r} (it has: {names})",
                 ExitCode.invalid_spec,
-                "json",
             )
         env = matches[0]
     return md.spec, md.spec.compression_for(env), str(env.execution_provider)
@@ -133,9 +133,12 @@ def _override(base: Compression, **flags: Any) -> Compression:
     try:
         return Compression(
             optimize=flags["optimize"] if flags["optimize"] is not None else base.optimize,
-            prune=Prune(sparsity=flags["sparsity"])
-            if flags["sparsity"] is not None
-            else base.prune,
+            prune=Prune(
+                sparsity=flags["sparsity"]
+                if flags["sparsity"] is not None
+                else base.prune.sparsity,
+                method=flags["prune_method"] or base.prune.method,
+            ),
             quantize=Quantize.model_validate(q),
             accuracy_gate=AccuracyGate.model_validate(gate),
         )
@@ -144,14 +147,55 @@ def _override(base: Compression, **flags: Any) -> Compression:
         raise typer.BadParameter("; ".join(describe(exc))) from None
 
 
-_output_mode = {"value": "text"}
+# A Pod's termination message holds at most 4096 bytes; the result must stay parseable.
+RESULT_LIMIT = 4000
 
 
-def _fail(message: str, code: ExitCode, output: str | None = None, **extra: Any) -> None:
-    if (output or _output_mode["value"]) == "json":
-        print(json.dumps({"ok": False, "exitCode": int(code), "error": message, **extra}))
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(int(code))
+class _Reporter:
+    """Where results and failures go: stdout (text or JSON), and the --result-file."""
+
+    def __init__(self, output: str = "text", result_file: Path | None = None) -> None:
+        self.output = output
+        self.result_file = result_file
+
+    def fail(self, message: str, code: ExitCode, **extra: Any) -> NoReturn:
+        doc = {"ok": False, "exitCode": int(code), "error": message, **extra}
+        if self.output == "json":
+            print(json.dumps(doc))
+        self._write({"ok": False, "exitCode": int(code), "error": message[: RESULT_LIMIT - 100]})
+        console.print(f"[bold red]error:[/] {message}", highlight=False)
+        raise typer.Exit(int(code))
+
+    def succeed(self, outcome: CompressionOutcome) -> None:
+        self._write(result_json(outcome))
+        if self.output == "json":
+            print(json.dumps(as_json(outcome)))
+            return
+        out.print(report_table(outcome))
+        for note in outcome.notes + [
+            n for n in outcome.manifest.report.notes if n not in outcome.notes
+        ]:
+            out.print(f"[dim]note:[/] {note}", highlight=False)
+
+    def _write(self, doc: dict[str, Any]) -> None:
+        if self.result_file is None:
+            return
+        try:
+            self.result_file.write_text(json.dumps(doc, separators=(",", ":")))
+        except OSError as exc:
+            console.print(f"[yellow]warning:[/] cannot write {self.result_file}: {exc.strerror}")
+
+
+def _source_access(endpoint: str) -> SourceAccess:
+    """Source credentials from the environment the operator's Job sets (ONNXSHIP_SOURCE_*);
+    without them, boto3's usual chain and no token."""
+    key = os.environ.get("ONNXSHIP_SOURCE_AWS_ACCESS_KEY_ID", "")
+    secret = os.environ.get("ONNXSHIP_SOURCE_AWS_SECRET_ACCESS_KEY", "")
+    return SourceAccess(
+        endpoint=endpoint,
+        credentials=S3Credentials(key, secret) if key and secret else None,
+        http_token=os.environ.get("ONNXSHIP_SOURCE_TOKEN", ""),
+    )
 
 
 @app.command("compress")
@@ -190,12 +234,20 @@ def compress_command(
     ),
     output: str = typer.Option("text", "--output", "-o", help="text | json"),
     progress_mode: str = typer.Option("auto", "--progress", help="auto | bars | none"),
+    result_file: Path | None = typer.Option(
+        None,
+        "--result-file",
+        help="Also write a compact JSON result here (a Job's termination log).",
+    ),
+    source_endpoint: str = typer.Option(
+        "", "--source-endpoint", envvar="ONNXSHIP_SOURCE_ENDPOINT", help="S3 endpoint of the model."
+    ),
 ) -> None:
     """Compress a model, check it against the original, and publish it to an artifact store."""
     if output not in ("text", "json"):
         raise typer.BadParameter("--output is text or json")
-    _output_mode["value"] = output
-    spec, base, env_provider = _settings(spec_file, environment)
+    reporter = _Reporter(output, result_file)
+    spec, base, env_provider = _settings(spec_file, environment, reporter)
     compression = _override(
         base,
         optimize=optimize,
@@ -211,7 +263,7 @@ def compress_command(
     provider = execution_provider or env_provider
     model_uri = model or (spec.model.uri if spec else "")
     if not model_uri:
-        _fail("give a model URI, or --spec FILE with spec.model.uri", ExitCode.usage)
+        reporter.fail("give a model URI, or --spec FILE with spec.model.uri", ExitCode.usage)
     if "://" not in model_uri:
         model_uri = Path(model_uri).resolve().as_uri()
     if spec is not None:
@@ -221,7 +273,7 @@ def compress_command(
         sha256 = sha256 or spec.model.sha256
         samples = samples or spec.model.sample_inputs
     if not store_uri:
-        _fail(
+        reporter.fail(
             "give --store s3://bucket/prefix/ or file:///dir (or spec.artifacts.uri)",
             ExitCode.usage,
         )
@@ -229,6 +281,7 @@ def compress_command(
         store_uri = Path(store_uri).resolve().as_uri()
 
     bars = progress_mode == "bars" or (progress_mode == "auto" and console.is_terminal)
+    access = _source_access(source_endpoint)
     try:
         store = open_store(store_uri, endpoint=endpoint, region=region)
         if bars:
@@ -242,6 +295,7 @@ def compress_command(
                     expected_sha256=sha256,
                     progress=listener,
                     model_version=spec.model.version if spec else "",
+                    source_access=access,
                 )
         else:
             outcome = compress(
@@ -252,36 +306,43 @@ def compress_command(
                 execution_provider=provider,
                 expected_sha256=sha256,
                 model_version=spec.model.version if spec else "",
+                source_access=access,
             )
     except AccuracyGateError as exc:
-        _fail(str(exc), ExitCode.accuracy_gate, report=exc.report.to_wire())
+        reporter.fail(str(exc), ExitCode.accuracy_gate, report=exc.report.to_wire())
     except InvalidModelError as exc:
-        _fail(str(exc), ExitCode.invalid_model)
+        reporter.fail(str(exc), ExitCode.invalid_model)
     except SourceError as exc:
-        _fail(str(exc), ExitCode.source_error)
+        reporter.fail(str(exc), ExitCode.source_error)
     except InvalidSettingsError as exc:
-        _fail(str(exc), ExitCode.invalid_spec)
+        reporter.fail(str(exc), ExitCode.invalid_spec)
     except StoreError as exc:
-        _fail(f"artifact store: {exc}", ExitCode.store_error)
-    if output == "json":
-        print(json.dumps(as_json(outcome)))
-    else:
-        out.print(report_table(outcome))
-        for note in outcome.notes + [
-            n for n in outcome.manifest.report.notes if n not in outcome.notes
-        ]:
-            out.print(f"[dim]note:[/] {note}", highlight=False)
+        reporter.fail(f"artifact store: {exc}", ExitCode.store_error)
+    reporter.succeed(outcome)
 
 
 def as_json(outcome: CompressionOutcome) -> dict[str, Any]:
-    """What machines read: the manifest as stored, where it is, whether it was a cache hit."""
+    """What machines read on stdout: where the artifact is, whether it was a cache hit, its
+    report, and the whole manifest as stored."""
     return {
         "ok": True,
         "cacheHit": outcome.cache_hit,
         "artifactUri": outcome.artifact_uri,
         "cacheKey": outcome.manifest.cache_key,
+        "report": outcome.manifest.report.to_wire(),
         "manifest": outcome.manifest.to_wire(),
     }
+
+
+def result_json(outcome: CompressionOutcome) -> dict[str, Any]:
+    """The --result-file document: as_json without the manifest, small enough for a Pod's
+    termination message (notes and step times are dropped first when it is not)."""
+    doc = {k: v for k, v in as_json(outcome).items() if k != "manifest"}
+    for extra in ("notes", "stepSeconds", "steps"):
+        if len(json.dumps(doc, separators=(",", ":"))) <= RESULT_LIMIT:
+            break
+        doc["report"].pop(extra, None)
+    return doc
 
 
 def _mb(n: int) -> str:
