@@ -20,7 +20,13 @@ from e2e.harness.control_plane import (
     missing_binaries,
     start_control_plane,
 )
-from e2e.harness.install import install_crd, install_operator_rbac, service_account_token
+from e2e.harness.install import (
+    helm_available,
+    helm_install,
+    install_crd,
+    install_operator_rbac,
+    service_account_token,
+)
 from e2e.harness.kubelet import FakeKubelet
 from e2e.harness.operator import Operator, start_operator
 
@@ -97,7 +103,10 @@ def operator(
     Every operator started is stopped at the end, and none may have been refused by RBAC.
     """
     started: list[Operator] = []
-    install_operator_rbac(admin, namespace)
+    if helm_available():
+        helm_install(control_plane.admin_kubeconfig, namespace, control_plane.folder)
+    else:
+        install_operator_rbac(admin, namespace)
     token = service_account_token(admin, namespace)
 
     def run(**env: str) -> Operator:

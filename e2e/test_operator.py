@@ -16,9 +16,11 @@ from tests.controller.conftest import compress_result
 
 from e2e.harness.api import Api, wait_for
 from e2e.harness.control_plane import ControlPlane
+from e2e.harness.install import install_operator_rbac, service_account_token
 from e2e.harness.kubelet import Exit, FakeKubelet
-from e2e.harness.operator import Operator
+from e2e.harness.operator import Operator, start_operator
 from onnxship.controller.kube import Kube
+from onnxship.controller.rbac import RULES
 
 MDS = "/apis/onnxship.io/v1alpha1/namespaces/{ns}/modeldeployments"
 CHILDREN = {
@@ -151,21 +153,18 @@ def test_deleting_the_model_deployment_collects_its_children(
         for kind in ("jobs", "deployments", "services", "configmaps")
     }
     assert all(before.values()), before
-    assert names(admin, "replicasets", ns) and names(admin, "pods", ns)
+    assert names(admin, "replicasets", ns, selector) and names(admin, "pods", ns, selector)
     op.stop()
 
     admin.delete(f"{MDS.format(ns=ns)}/enc")
 
-    def all_gone() -> bool:
-        left = {k: names(admin, k, ns) for k in CHILDREN}
-        left["configmaps"] -= {"kube-root-ca.crt"}
-        return not any(left.values())
+    def left() -> dict[str, set[str]]:
+        return {k: v for k in CHILDREN if (v := names(admin, k, ns, selector))}
 
     try:
-        wait_for(all_gone, timeout=60, what="the garbage collector to remove every child")
+        wait_for(lambda: not left(), timeout=60, what="the garbage collector")
     except AssertionError:
-        left = {k: names(admin, k, ns) for k in CHILDREN}
-        raise AssertionError(f"left behind: {left}") from None
+        raise AssertionError(f"left behind: {left()}") from None
 
 
 def test_status_writes_and_create_conflicts_through_the_operators_client(
@@ -206,3 +205,56 @@ def test_status_writes_and_create_conflicts_through_the_operators_client(
     )
     live = admin.get(f"{MDS.format(ns=ns)}/st")
     assert live["status"]["phase"] == "Compressing" and live["metadata"]["generation"] == 1
+
+
+def test_operator_killed_mid_compression_converges_after_restart(
+    admin: Api, namespace: str, kubelet: FakeKubelet, operator: Callable[..., Operator]
+) -> None:
+    """SIGKILL while the Job runs; the Job ends while no operator runs; a new one finishes."""
+    ns = namespace
+    first = operator()
+    admin.create(MDS.format(ns=ns), md(), fieldValidation="Strict")
+    job = wait_for(lambda: next(iter(names(admin, "jobs", ns)), None), what="a Job")
+    wait_for(lambda: status(admin, ns).get("phase") == "Compressing", what="Compressing")
+    first.kill()
+    kubelet.job_exits[job] = Exit(0, compress_result("key-v1"))
+    wait_for(
+        lambda: (
+            (admin.get(f"{CHILDREN['jobs'].format(ns=ns)}/{job}") or {})
+            .get("status", {})
+            .get("succeeded")
+        ),
+        what="the Job to succeed with no operator running",
+    )
+    operator()
+    wait_for(lambda: status(admin, ns).get("phase") == "Ready", timeout=90, what="Ready")
+    assert names(admin, "jobs", ns) == {job}, "the restarted operator compressed again"
+    assert names(admin, "deployments", ns, "onnxship.io/component=model") == {
+        f"{job.removesuffix('-default')}-default"
+    }
+
+
+def test_a_missing_rbac_rule_is_refused_by_the_api_server(
+    control_plane: ControlPlane, admin: Api, namespace: str
+) -> None:
+    """The harness's RBAC is real: without the Jobs rule the operator is refused (403)."""
+    ns = namespace
+    install_operator_rbac(admin, ns, [r for r in RULES if "jobs" not in r["resources"]])
+    op = start_operator(
+        control_plane.folder,
+        control_plane.server,
+        control_plane.pki.ca_cert,
+        service_account_token(admin, ns),
+        ns,
+        name="operator-no-jobs",
+    )
+    try:
+        admin.create(MDS.format(ns=ns), md(), fieldValidation="Strict")
+        refused = wait_for(
+            lambda: [line for line in op.forbidden() if '"jobs"' in line],
+            what="a 403 on jobs in the operator's log",
+        )
+        assert f"system:serviceaccount:{ns}:onnxship-operator" in refused[0]
+        assert not names(admin, "jobs", ns)
+    finally:
+        op.stop()

@@ -161,7 +161,12 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def start_control_plane(controllers: str = "*") -> ControlPlane:
+# The fake node sends no heartbeats: without this, the node lifecycle controller would mark
+# it unreachable after a minute and evict every pod five minutes later.
+CONTROLLERS = "*,-node-lifecycle-controller"
+
+
+def start_control_plane(controllers: str = CONTROLLERS) -> ControlPlane:
     """Start etcd, kube-apiserver and kube-controller-manager; return once all three work."""
     folder = _new_run_folder()
     pki = make_pki(folder / "pki")

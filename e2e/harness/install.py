@@ -89,3 +89,53 @@ def service_account_token(admin: Api, namespace: str, name: str = OPERATOR_SA) -
         },
     )
     return str(body["status"]["token"])
+
+
+HELM = REPO / ".cache" / "bin" / "helm"
+CHART = REPO / "charts" / "onnxship"
+
+
+def helm_available() -> bool:
+    """The chart and a helm binary (scripts/build-helm.sh) are there, and not refused by
+    E2E_INSTALL=rules (which installs a Role built from RULES instead)."""
+    import os
+
+    if os.environ.get("E2E_INSTALL", "") == "rules":
+        return False
+    return os.access(HELM, os.X_OK) and (CHART / "Chart.yaml").exists()
+
+
+def helm_install(kubeconfig: Path, namespace: str, folder: Path) -> str:
+    """`helm install` the chart into ``namespace``, watching only it; returns its log.
+
+    The chart's operator Deployment is created too, but nothing runs its image: the tests
+    run the operator as a process with the chart's ServiceAccount token instead.
+    """
+    import subprocess
+
+    argv = [
+        str(HELM),
+        "upgrade",
+        "--install",
+        "onnxship",
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--kubeconfig",
+        str(kubeconfig),
+        "--set",
+        f"watchNamespaces={{{namespace}}}",
+        "--set",
+        f"serviceAccount.name={OPERATOR_SA}",
+    ]
+    env = {
+        "HOME": str(folder),
+        "PATH": "/usr/bin:/bin",
+        "HELM_CACHE_HOME": str(folder / "helm"),
+        "HELM_CONFIG_HOME": str(folder / "helm"),
+        "HELM_DATA_HOME": str(folder / "helm"),
+    }
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    if done.returncode != 0:
+        raise AssertionError(f"helm install failed ({done.returncode}):\n{done.stderr}")
+    return done.stdout
