@@ -42,6 +42,9 @@ def serve_command(
     optimization: str = typer.Option(
         "all", "--graph-optimization-level", help="none | basic | extended | all"
     ),
+    spin: bool = typer.Option(
+        False, "--spin/--no-spin", help="Let idle ONNX Runtime workers spin (dedicated cores only)."
+    ),
     execution_provider: str = typer.Option(
         "CPU", "--execution-provider", help="CPU, CUDA, TensorRT, ..."
     ),
@@ -91,6 +94,7 @@ def serve_command(
             inter_op_threads=inter_op_threads,
             graph_optimization_level=optimization,
             execution_provider=execution_provider,
+            spin=spin,
             max_batch_size=max_batch_size,
             max_batch_delay_ms=max_batch_delay_ms,
             max_queue_size=max_queue_size,

@@ -34,6 +34,7 @@ class ServeConfig(BaseModel):
     threads: int = Field(0, ge=0, le=256, description="Intra-op threads; 0 = from the CPU limit.")
     inter_op_threads: int = Field(1, ge=1, le=64)
     graph_optimization_level: Literal["none", "basic", "extended", "all"] = "all"
+    spin: bool = Field(False, description="Let idle ORT workers spin (dedicated cores only).")
 
     # --- scheduling
     max_batch_size: int = Field(1, ge=1, le=4096, description="1 turns dynamic batching off.")
