@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -162,7 +163,7 @@ def test_the_operator_reads_the_settings_the_chart_passes(helm: Helm) -> None:
 
 def test_every_onnxship_variable_the_chart_sets_is_read_by_the_operator(helm: Helm) -> None:
     docs = helm.render(
-        {"replicas": 2, "store": {"uri": "s3://b/", "endpoint": "http://s3:9000",
+        {"replicas": 2, "store": {"uri": "s3://bucket/", "endpoint": "http://s3:9000",
                                   "region": "r", "credentialsSecret": "s"},
          "workloads": {"serviceAccountName": "sa"}}
     )
@@ -355,19 +356,32 @@ def test_the_pod_monitor_selects_the_pods_the_operator_creates(helm: Helm) -> No
     assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "http"
 
 
-def test_notes_tell_the_user_what_to_apply_next(helm: Helm) -> None:
+def test_notes_tell_the_user_what_to_apply_next(helm: Helm, tmp_path: Path) -> None:
+    # `helm install --dry-run` wants a cluster and `helm template` skips NOTES.txt: render it
+    # with `tpl` from a copy of the chart that exposes it as an object.
+    chart = tmp_path / "onnxship"
+    shutil.copytree(CHART, chart)
+    shutil.copy(chart / "templates" / "NOTES.txt", chart / "notes-under-test.txt")
+    (chart / "templates" / "zz-notes.yaml").write_text(
+        'kind: Notes\ntext: {{ tpl (.Files.Get "notes-under-test.txt") . | toJson }}\n'
+    )
+
     def notes(*sets: str) -> str:
-        proc = helm.run("install", "onnxship", str(CHART), "--dry-run=client",
-                        "--namespace", NAMESPACE, *[a for s in sets for a in ("--set", s)])
-        return proc.stdout.split("NOTES:", 1)[1]
+        out = helm.run("template", "onnxship", str(chart), "--namespace", NAMESPACE,
+                       "--show-only", "templates/zz-notes.yaml",
+                       *[a for s in sets for a in ("--set", s)]).stdout
+        return str(yaml.safe_load(out)["text"])
 
     bare = notes()
+    assert "watches every namespace" in bare
     assert "kubectl -n default apply -f examples/minimal.yaml" in bare
     assert "--set store.uri=s3://" in bare
     with_store = notes("store.uri=s3://models/x/", "store.credentialsSecret=s3-creds",
-                       "watchNamespaces={ml}")
+                       "watchNamespaces={ml}", "replicas=2")
     assert "kubectl -n ml create secret generic s3-creds" in with_store
     assert "kubectl -n ml apply -f examples/minimal.yaml" in with_store
+    assert "2 replicas electing one active operator" in with_store
+    assert "--set store.uri" not in with_store
 
 
 def test_rendered_files_do_not_depend_on_this_checkout(tmp_path: Path, helm: Helm) -> None:

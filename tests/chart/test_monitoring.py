@@ -138,6 +138,17 @@ def series(labels: dict[str, str], name: str, values: str) -> dict[str, Any]:
 MD = {"namespace": "ml", "onnxship_io_deployment": "encoder", "job": "ml/onnxship-workloads"}
 
 
+def fired(rules: Path, alert: str, labels: dict[str, str], summary: str) -> dict[str, Any]:
+    """An expected alert: its labels and summary as given, its fixed description as written."""
+    groups = yaml.safe_load(rules.read_text())["groups"]
+    rule = next(r for g in groups for r in g["rules"] if r.get("alert") == alert)
+    return {
+        "exp_labels": {**rule["labels"], **labels},
+        "exp_annotations": {"summary": summary,
+                            "description": rule["annotations"]["description"]},
+    }
+
+
 def alert_tests(rules: Path) -> dict[str, Any]:
     ok = {**MD, "revision": "encoder-a1", "environment": "cpu", "role": "primary"}
     return {
@@ -152,14 +163,10 @@ def alert_tests(rules: Path) -> dict[str, Any]:
                 ],
                 "alert_rule_test": [
                     {"eval_time": "15m", "alertname": "OnnxshipHighErrorRate",
-                     "exp_alerts": [{"exp_labels": {"severity": "critical", "namespace": "ml",
-                                                    "onnxship_io_deployment": "encoder"},
-                                     "exp_annotations": {
-                                         "summary": "ModelDeployment ml/encoder answers 10% "
-                                                    "of requests with 5xx",
-                                         "description": "Users get server errors from the "
-                                         "router. Check `kubectl -n <namespace> describe mdep "
-                                         "<name>` and the model pods' logs."}}]},
+                     "exp_alerts": [fired(rules, "OnnxshipHighErrorRate",
+                                          {"namespace": "ml", "onnxship_io_deployment": "encoder"},
+                                          "ModelDeployment ml/encoder answers 10% of requests "
+                                          "with 5xx")]},
                 ],
             },
             {   # 1% of errors stays under the 5% threshold
@@ -183,8 +190,10 @@ def alert_tests(rules: Path) -> dict[str, Any]:
                 "alert_rule_test": [
                     {"eval_time": "20m", "alertname": "OnnxshipRolloutStuck", "exp_alerts": []},
                     {"eval_time": "40m", "alertname": "OnnxshipRolloutStuck",
-                     "exp_alerts": [{"exp_labels": {"severity": "warning", "namespace": "ml",
-                                                    "onnxship_io_deployment": "encoder"}}]},
+                     "exp_alerts": [fired(rules, "OnnxshipRolloutStuck",
+                                          {"namespace": "ml", "onnxship_io_deployment": "encoder"},
+                                          "ModelDeployment ml/encoder has been canarying for "
+                                          "more than 30 minutes")]},
                 ],
             },
             {   # one revision at 100%: a finished rollout is not stuck
@@ -211,13 +220,17 @@ def alert_tests(rules: Path) -> dict[str, Any]:
                 ],
                 "alert_rule_test": [
                     {"eval_time": "6m", "alertname": "OnnxshipRolloutFailed",
-                     "exp_alerts": [{"exp_labels": {"severity": "warning",
-                                                    "namespace": "onnxship-system",
-                                                    "outcome": "rolled_back"}}]},
+                     "exp_alerts": [fired(rules, "OnnxshipRolloutFailed",
+                                          {"namespace": "onnxship-system",
+                                           "outcome": "rolled_back"},
+                                          "A rollout ended with rolled_back in the last "
+                                          "15 minutes")]},
                     {"eval_time": "6m", "alertname": "OnnxshipDegraded",
-                     "exp_alerts": [{"exp_labels": {"severity": "warning",
-                                                    "namespace": "onnxship-system",
-                                                    "reason": "AccuracyGateFailed"}}]},
+                     "exp_alerts": [fired(rules, "OnnxshipDegraded",
+                                          {"namespace": "onnxship-system",
+                                           "reason": "AccuracyGateFailed"},
+                                          "onnxship posted AccuracyGateFailed warnings in the "
+                                          "last 15 minutes")]},
                 ],
             },
             {   # nothing scrapes the operator for 15 minutes
@@ -227,8 +240,17 @@ def alert_tests(rules: Path) -> dict[str, Any]:
                 ],
                 "alert_rule_test": [
                     {"eval_time": "15m", "alertname": "OnnxshipOperatorDown",
-                     "exp_alerts": [{"exp_labels": {
-                         "severity": "critical", "job": "onnxship-metrics"}}]},
+                     "exp_alerts": [fired(rules, "OnnxshipOperatorDown", {},
+                                          "No onnxship operator is up; ModelDeployments are "
+                                          "not reconciled")]},
+                    {"eval_time": "5m", "alertname": "OnnxshipOperatorDown", "exp_alerts": []},
+                ],
+            },
+            {   # the operator is scraped: nothing fires
+                "interval": "1m",
+                "input_series": [series({"job": "onnxship-metrics"}, "up", "1x20")],
+                "alert_rule_test": [
+                    {"eval_time": "15m", "alertname": "OnnxshipOperatorDown", "exp_alerts": []},
                 ],
             },
         ],

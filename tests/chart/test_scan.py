@@ -52,13 +52,13 @@ def findings(helm: Helm, checkov_bin: Path, tmp_path_factory: pytest.TempPathFac
     report = json.loads(proc.stdout)
     reports = report if isinstance(report, list) else [report]
     failed = [c for r in reports for c in r.get("results", {}).get("failed_checks", [])]
-    passed = [c for r in reports for c in r.get("results", {}).get("passed_checks", [])]
+    passed = sum(r.get("summary", {}).get("passed", 0) for r in reports)
     return failed, passed
 
 
 def test_every_finding_is_fixed_or_justified(findings: Any) -> None:
     failed, passed = findings
-    assert passed, "checkov scanned nothing"
+    assert passed > 100, f"checkov passed only {passed} checks: did it scan the manifests?"
     skips = skipped_checks()
     unjustified = sorted(
         {f"{c['check_id']} {c['check_name']} ({c['resource']})" for c in failed
