@@ -15,6 +15,11 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="$root/.cache/bin"
 out="$bin/helm"
 
+# One build at a time: test runs in parallel sessions may all find the binary missing.
+mkdir -p "$root/.cache"
+exec 9>"$root/.cache/.build-helm.lock"
+flock 9
+
 if [[ "${1:-}" != "--force" && -x "$out" ]] && "$out" version --short 2>/dev/null | grep -q "^${HELM_VERSION}+"; then
   exit 0
 fi

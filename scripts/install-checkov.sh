@@ -12,6 +12,11 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="$root/.cache/checkov"
 python="${PYTHON:-python3}"
 
+# One install at a time: test runs in parallel sessions may all find it missing.
+mkdir -p "$root/.cache"
+exec 9>"$root/.cache/.install-checkov.lock"
+flock 9
+
 if [[ "${1:-}" != "--force" && -x "$venv/bin/checkov" ]] \
    && [[ "$("$venv/bin/checkov" --version 2>/dev/null)" == "$CHECKOV_VERSION" ]]; then
   exit 0
