@@ -359,7 +359,10 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=15.0, help="per throughput measurement")
     ap.add_argument(
-        "--max-batch-size", type=int, default=0, help="0: the raw ceiling's best batch size"
+        "--max-batch-size",
+        type=int,
+        default=8,
+        help="batching on; 0: the best batch size of a raw probe",
     )
     ap.add_argument("--max-batch-delay-ms", type=float, default=5.0)
     ap.add_argument(
@@ -431,6 +434,7 @@ def main() -> None:
         onnxship("off")
         onnxship("on", *batching)
         onnxship("on_x2", *batching, "--instances", "2")
+        onnxship("spin", "--spin")  # ORT's default spinning, against raw_ort_defaults
         if args.fastapi_python:
             port = free_port()
             script = tmp / "fastapi_peer.py"
@@ -460,6 +464,9 @@ def main() -> None:
                 off_http, bin_bodies, args.b1_requests, path, True
             ),
             "onnxship_grpc": lambda: grpc_latency(off_grpc, grpc_reqs, args.b1_requests),
+            "onnxship_binary_spin": lambda: http_latency(
+                ports["spin"][0], bin_bodies, args.b1_requests, path, True
+            ),
         }
         for peer in ("fastapi", "kserve"):
             if peer in ports:
@@ -528,8 +535,10 @@ def main() -> None:
     # ---- report: ratios within each round, then their median.
     results["loadavg_end"] = os.getloadavg()
     med = statistics.median
+    # Each served figure against the raw run with the same session options.
+    anchor = {k: "raw_ort_defaults" if k.endswith("_spin") else "raw" for k in b1}
     b1_ratio = {
-        k: med(b1[k][i]["p50"] / b1["raw"][i]["p50"] for i in range(args.rounds)) for k in b1
+        k: med(b1[k][i]["p50"] / b1[anchor[k]][i]["p50"] for i in range(args.rounds)) for k in b1
     }
     best = [max(c.values()) for c in ceilings]
     t_ratio = {k: med(v[i] / best[i] for i in range(args.tput_rounds)) for k, v in tput.items()}
@@ -539,7 +548,9 @@ def main() -> None:
     print(
         f"load average at start {results['loadavg_start'][0]:.1f}, at end {results['loadavg_end'][0]:.1f} on {os.cpu_count()} CPUs"
     )
-    print(f"{'batch 1':24s} {'p50 ms':>8s} {'p99 ms':>8s} {'p50 / raw':>10s}")
+    print(
+        f"{'batch 1':24s} {'p50 ms':>8s} {'p99 ms':>8s} {'p50 / raw':>10s}  (_spin: / raw_ort_defaults)"
+    )
     for k in b1:
         print(
             f"{k:24s} {med(x['p50'] for x in b1[k]):8.2f} {med(x['p99'] for x in b1[k]):8.2f} {b1_ratio[k]:10.3f}"
