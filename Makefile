@@ -34,8 +34,18 @@ crd-check: venv
 	$(BIN)/onnxship crd | diff -u crds/modeldeployments.onnxship.io.yaml - \
 	  || (echo "crds/ is stale: run 'make crd' and commit"; exit 1)
 
-## make demo: build the demo models, `onnxship up` v1, canary v2 to 100%, roll back broken v3
-demo: venv
+## make demo: build the demo models, `onnxship up` v1, canary v2 to 100%, roll back broken v3.
+## It needs only the runtime dependencies: on a fresh clone it installs those (not the test
+## and lint tools of `venv`), so the whole demo fits in a few minutes on two cores.
+DEMO_STAMP := $(VENV)/.installed-runtime
+
+$(DEMO_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	if [ ! $(STAMP) -nt pyproject.toml ]; then \
+	  $(BIN)/pip install --quiet --upgrade pip && $(BIN)/pip install --quiet -e . ; fi
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(BIN)/python examples/demo/run_demo.py
 
 bench: venv
