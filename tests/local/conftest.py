@@ -93,7 +93,7 @@ class Up:
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, *args: str, env: dict[str, str] | None = None) -> Up:
+    def start(self, *args: str, env: dict[str, str] | None = None, ui: str = "plain") -> Up:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [
@@ -103,7 +103,7 @@ class Up:
                     "--port",
                     str(self.port),
                     "--ui",
-                    "plain",
+                    ui,
                     "--serve-threads",
                     "1",
                 ],

@@ -78,7 +78,7 @@ def test_a_failed_accuracy_gate_is_reported_and_nothing_is_served(
             "accuracyGate": {"metric": "cosine", "min": 0.999},
         },
     )
-    up = up_factory().start(str(spec))
+    up = up_factory().start(str(spec), ui="live")  # the live view's code path, without a TTY
     status = up.wait_for("the gate to fail", lambda s: s.phase == "Degraded")
     compressed = next(c for c in status.conditions if c.type == "Compressed")
     assert compressed.status == "False" and compressed.reason == "AccuracyGateFailed"
@@ -86,3 +86,4 @@ def test_a_failed_accuracy_gate_is_reported_and_nothing_is_served(
     assert status.stable_revision == "" and status.revisions == []
     assert (up.state.read_runtime() or {}).get("processes") == {}
     assert up.interrupt() == 0
+    assert "AccuracyGateFailed" in up.output() or "accuracy" in up.output().lower()

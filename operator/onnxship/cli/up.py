@@ -199,6 +199,8 @@ def _loop(driver: Any, stop: threading.Event, live: bool) -> None:
             _tick(driver)
             view.update(render(driver.snapshot()))
             stop.wait(tick)
+    if not console.is_terminal:
+        console.line()  # the last frame does not end its line when it is not a terminal
 
 
 def _tick(driver: Any) -> None:
