@@ -254,7 +254,7 @@ def operator(cluster: Cluster) -> Callable[[], Any]:
                 artifacts=cluster.finder or cluster.index,
             )
 
-        shared = register(registry, make_wiring)
+        shared = register(registry, make_wiring, login=False)
         settings = kopf.OperatorSettings()
         settings.scanning.disabled = True
         with KopfRunner(

@@ -32,9 +32,21 @@ def register(
     registry: kopf.OperatorRegistry,
     make_wiring: Callable[[OperatorMetrics], Wiring],
     metrics: OperatorMetrics | None = None,
+    login: bool = True,
 ) -> dict[str, Any]:
-    """Register the operator's handlers on ``registry``; returns its shared state (for tests)."""
+    """Register the operator's handlers on ``registry``; returns its shared state (for tests).
+
+    ``login``: authenticate the kopf way (in-cluster ServiceAccount or kubeconfig, through the
+    kubernetes client). A registry of our own does not get kopf's default login handlers, so
+    we add it; tests that log in to a mock server pass False and bring their own.
+    """
     shared: dict[str, Any] = {"metrics": metrics or OperatorMetrics(), "wakers": {}}
+
+    if login:
+
+        @kopf.on.login(registry=registry)
+        def credentials(**kwargs: Any) -> kopf.ConnectionInfo | None:
+            return kopf.login_via_client(**kwargs)
 
     def wiring() -> Wiring:
         if "wiring" not in shared:
@@ -57,7 +69,7 @@ def register(
     def waker(namespace: str, name: str) -> asyncio.Event:
         return shared["wakers"].setdefault((namespace, name), asyncio.Event())  # type: ignore[no-any-return]
 
-    @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=5.0)
+    @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, id="rollout", cancellation_timeout=5.0)
     async def rollout(
         stopped: kopf.DaemonStopped,
         namespace: str,
@@ -107,10 +119,15 @@ def register(
                 await asyncio.wait_for(wake.wait(), timeout=delay)
         shared["wakers"].pop((namespace, name), None)
 
-    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
-    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, field="spec")
+    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="wake-on-create")
+    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, id="wake-on-spec", field="spec")
     @kopf.on.field(
-        GROUP, VERSION, PLURAL, registry=registry, field=["metadata", "annotations", ANNOTATION]
+        GROUP,
+        VERSION,
+        PLURAL,
+        registry=registry,
+        id="wake-on-command",
+        field=["metadata", "annotations", ANNOTATION],
     )
     async def nudge(namespace: str, name: str, **_: Any) -> None:
         """A spec change or a command: reconcile now rather than at the next deadline."""
@@ -118,7 +135,7 @@ def register(
         if event is not None:
             event.set()
 
-    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, optional=True)
+    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, id="cleanup", optional=True)
     async def cleanup(namespace: str, name: str, uid: str, logger: Any, **_: Any) -> None:
         owner = w.Owner(name=name, namespace=namespace, uid=uid)
         removed = await asyncio.to_thread(delete_children, wiring(), owner)
