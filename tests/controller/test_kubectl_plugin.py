@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from onnxship.cli.kubectl import plugin
 
-from .conftest import Cluster, compress_result
-from .test_lifecycle import DEPLOYS, JOBS, SHA2, md, routes, serve_first_revision, status
+from .conftest import Cluster
+from .test_lifecycle import routes, start_canary, status
 
 
 def kubeconfig(tmp_path: Path, url: str) -> str:
@@ -43,16 +43,7 @@ async def test_promote_from_kubectl(cluster: Cluster, operator: Any, tmp_path: P
     config = kubeconfig(tmp_path, str(cluster.server.url))
     steps = {"rollout": {"steps": [{"setWeight": 10}, {"pause": {}}]}}
     with operator():
-        v1 = await serve_first_revision(cluster, md(**steps))
-        await cluster.patch_md("enc", {"spec": md(version="v2", sha=SHA2, **steps)["spec"]})
-        job = await cluster.wait_for(
-            lambda: next((j for j in cluster.objects(JOBS) if not j.startswith(v1)), None),
-            what="v2 Job",
-        )
-        await cluster.finish_job(job, 0, compress_result("key-v2"))
-        v2 = job.removesuffix("-default")
-        await cluster.wait_for(lambda: cluster.get(DEPLOYS, f"{v2}-default"), what="canary")
-        await cluster.make_ready(f"{v2}-default")
+        _v1, v2 = await start_canary(cluster, steps)
         await cluster.wait_for(lambda: status(cluster).get("phase") == "Paused", what="paused")
 
         shown = await kubectl(config, "status", "enc")

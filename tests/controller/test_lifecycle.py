@@ -60,6 +60,25 @@ async def serve_first_revision(cluster: Cluster, doc: dict[str, Any], key: str =
     return str(status(cluster)["stableRevision"])
 
 
+async def start_canary(cluster: Cluster, steps: dict[str, Any]) -> tuple[str, str]:
+    """Serve v1, apply v2, finish its Job and make its pods ready; returns (v1, v2)."""
+    v1 = await serve_first_revision(cluster, md(**steps))
+    await cluster.patch_md("enc", {"spec": md(version="v2", sha=SHA2, **steps)["spec"]})
+    job = await cluster.wait_for(
+        lambda: next((j for j in cluster.objects(JOBS) if not j.startswith(v1)), None),
+        what="v2 Job",
+    )
+    await cluster.finish_job(job, 0, compress_result("key-v2"))
+    v2 = job.removesuffix("-default")
+    await cluster.wait_for(lambda: cluster.get(DEPLOYS, f"{v2}-default"), what="canary Deployment")
+    await cluster.wait_for(
+        lambda: status(cluster).get("canaryRevision") == v2, what="canary in status"
+    )
+    assert routes(cluster) == {v1: 100}, "no traffic to a canary that is not ready"
+    await cluster.make_ready(f"{v2}-default")
+    return v1, v2
+
+
 async def test_apply_compresses_then_serves(cluster: Cluster, operator: Any) -> None:
     with operator():
         await cluster.apply(md())
@@ -153,22 +172,7 @@ async def test_canary_walks_its_steps_and_replaces_stable(cluster: Cluster, oper
         }
     }
     with operator():
-        v1 = await serve_first_revision(cluster, md(**steps))
-        await cluster.patch_md("enc", {"spec": md(version="v2", sha=SHA2, **steps)["spec"]})
-        job = await cluster.wait_for(
-            lambda: next((j for j in cluster.objects(JOBS) if not j.startswith(v1)), None),
-            what="v2 Job",
-        )
-        v2 = job.removesuffix("-default")
-        await cluster.finish_job(job, 0, compress_result("key-v2"))
-        await cluster.wait_for(
-            lambda: cluster.get(DEPLOYS, f"{v2}-default"), what="canary Deployment"
-        )
-        await cluster.wait_for(
-            lambda: status(cluster).get("canaryRevision") == v2, what="canary in status"
-        )
-        assert routes(cluster) == {v1: 100}, "no traffic to a canary that is not ready"
-        await cluster.make_ready(f"{v2}-default")
+        v1, v2 = await start_canary(cluster, steps)
         await cluster.wait_for(
             lambda: routes(cluster) == {v1: 70, v2: 30}, what="30% to the canary"
         )
@@ -196,18 +200,9 @@ async def test_failing_analysis_rolls_back(cluster: Cluster, operator: Any) -> N
             "analysis": {"interval": "200ms", "failureLimit": 1, "minRequests": 10},
         }
     }
+    cluster.metrics.healthy = False  # the canary answers half its requests with 503
     with operator():
-        v1 = await serve_first_revision(cluster, md(**steps))
-        cluster.metrics.healthy = False
-        await cluster.patch_md("enc", {"spec": md(version="v2", sha=SHA2, **steps)["spec"]})
-        job = await cluster.wait_for(
-            lambda: next((j for j in cluster.objects(JOBS) if not j.startswith(v1)), None),
-            what="v2 Job",
-        )
-        await cluster.finish_job(job, 0, compress_result("key-v2"))
-        v2 = job.removesuffix("-default")
-        await cluster.wait_for(lambda: cluster.get(DEPLOYS, f"{v2}-default"), what="canary")
-        await cluster.make_ready(f"{v2}-default")
+        v1, _v2 = await start_canary(cluster, steps)
         await cluster.wait_for(lambda: status(cluster).get("phase") == "Degraded", what="rollback")
         assert condition(cluster, "Degraded")["reason"] == "AnalysisFailed"
         assert "error rate" in condition(cluster, "Degraded")["message"]
@@ -227,16 +222,7 @@ async def test_restart_mid_canary_resumes_and_promote_finishes(
         }
     }
     with operator():
-        v1 = await serve_first_revision(cluster, md(**steps))
-        await cluster.patch_md("enc", {"spec": md(version="v2", sha=SHA2, **steps)["spec"]})
-        job = await cluster.wait_for(
-            lambda: next((j for j in cluster.objects(JOBS) if not j.startswith(v1)), None),
-            what="v2 Job",
-        )
-        await cluster.finish_job(job, 0, compress_result("key-v2"))
-        v2 = job.removesuffix("-default")
-        await cluster.wait_for(lambda: cluster.get(DEPLOYS, f"{v2}-default"), what="canary")
-        await cluster.make_ready(f"{v2}-default")
+        v1, v2 = await start_canary(cluster, steps)
         await cluster.wait_for(
             lambda: status(cluster).get("phase") == "Paused", what="indefinite pause"
         )
@@ -254,16 +240,7 @@ async def test_restart_mid_canary_resumes_and_promote_finishes(
 async def test_abort_returns_traffic_to_stable(cluster: Cluster, operator: Any) -> None:
     steps = {"rollout": {"steps": [{"setWeight": 40}, {"pause": {}}]}}
     with operator():
-        v1 = await serve_first_revision(cluster, md(**steps))
-        await cluster.patch_md("enc", {"spec": md(version="v2", sha=SHA2, **steps)["spec"]})
-        job = await cluster.wait_for(
-            lambda: next((j for j in cluster.objects(JOBS) if not j.startswith(v1)), None),
-            what="v2 Job",
-        )
-        await cluster.finish_job(job, 0, compress_result("key-v2"))
-        v2 = job.removesuffix("-default")
-        await cluster.wait_for(lambda: cluster.get(DEPLOYS, f"{v2}-default"), what="canary")
-        await cluster.make_ready(f"{v2}-default")
+        v1, v2 = await start_canary(cluster, steps)
         await cluster.wait_for(lambda: routes(cluster) == {v1: 60, v2: 40}, what="40% canary")
         await cluster.patch_md("enc", annotation_patch(new_command(CommandKind.abort)))
         await cluster.wait_for(lambda: status(cluster).get("aborted"), what="aborted", timeout=5)
