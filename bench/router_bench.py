@@ -376,6 +376,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--no-install", action="store_true", help="never apt-get install nginx")
     ap.add_argument("--skip-serve", action="store_true", help="trivial backend only")
+    ap.add_argument("--only", choices=["trivial", "minilm"], help="one backend kind only")
     ap.add_argument("--out-json", type=Path)
     args = ap.parse_args()
     nginx = ensure_nginx(not args.no_install)
@@ -386,6 +387,7 @@ def main() -> None:
         kinds = [("trivial", start_trivial, TRIVIAL_BODY)]
         if not args.skip_serve and (MODEL_DIR / "model.onnx").exists():
             kinds.append(("minilm", start_serve, b""))
+        kinds = [k for k in kinds if args.only in (None, k[0])]
         for kind, starter, raw in kinds:
             body = tmp / f"{kind}.json"
             body.write_bytes(raw or minilm_body())
