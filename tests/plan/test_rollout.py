@@ -308,3 +308,54 @@ def test_status_round_trips_through_the_wire() -> None:
     w.status = ModelDeploymentStatus.model_validate(w.status.to_wire())
     d = step(w.spec, w.status, w.observed(), w.now)
     assert d.actions == () and d.status == w.status
+
+
+@pytest.mark.parametrize(
+    ("kind", "why"),
+    [
+        (CommandKind.promote, "there is no canary"),
+        (CommandKind.abort, "there is no canary"),
+        (CommandKind.resume, "there is no canary"),
+        (CommandKind.retry, "there is no canary"),
+    ],
+)
+def test_commands_without_a_canary_are_rejected(kind: CommandKind, why: str) -> None:
+    w = stable_world()
+    w.send(kind)
+    assert w.events[-1].reason == Reason.command_rejected and why in w.events[-1].message
+    assert w.status.phase == Phase.ready and w.status.last_command == "c1"
+
+
+def test_a_command_is_handled_once() -> None:
+    w = stable_world()
+    w.desired = desired("app-r2")
+    w.settle()
+    w.send(CommandKind.abort)
+    w.send(CommandKind.retry)
+    assert not w.status.aborted
+    w.advance(10)  # the retry command is still observed: it must not restart again
+    assert w.reasons().count(Reason.new_revision) == 3  # r1, r2, retry of r2
+
+
+def test_every_environment_gets_its_replicas() -> None:
+    spec = make_spec([{"setWeight": 50}]).model_copy(
+        update={
+            "serving": make_spec().serving.model_validate(
+                {"replicas": 2, "environments": [{"name": "cpu"}, {"name": "gpu", "replicas": 1}]}
+            )
+        }
+    )
+    w = World(spec, desired("app-r1"))
+    w.settle()
+    assert w.revisions["app-r1"].replicas == {"cpu": 2, "gpu": 1}
+
+
+def test_requeue_after_points_at_the_end_of_a_pause() -> None:
+    w = stable_world()
+    w.desired = desired("app-r2")
+    w.settle()
+    d = step(w.spec, w.status, w.observed(), w.now)
+    assert d.requeue_after == pytest.approx(30)  # the analysis interval comes before 60s
+    w.advance(45)
+    d = step(w.spec, w.status, w.observed(), w.now)
+    assert d.requeue_after == pytest.approx(15)
