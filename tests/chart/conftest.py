@@ -24,7 +24,6 @@ NAMESPACE = "onnxship-system"
 RELEASE = "onnxship"
 
 
-
 def _run_script(script: str, what: str, missing_tool: str) -> None:
     if shutil.which(missing_tool) is None:
         pytest.skip(f"{what}: '{missing_tool}' is not on PATH, so {script} cannot run")
@@ -106,9 +105,7 @@ def helm(helm_bin: Path) -> Helm:
 
 def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
     return [
-        d
-        for d in docs
-        if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+        d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
     ]
 
 

@@ -68,64 +68,117 @@ CASES: dict[str, tuple[dict[str, Any], str, str]] = {
     ),
     Phase.pending.value: (mdep(status(Phase.pending)), "Progressing", ""),
     Phase.compressing.value: (
-        mdep(status(Phase.compressing, message="compressing encoder-b2",
-                    conditions=[cond(ConditionType.compressed, "False",
-                                     Reason.compression_started)])),
+        mdep(
+            status(
+                Phase.compressing,
+                message="compressing encoder-b2",
+                conditions=[cond(ConditionType.compressed, "False", Reason.compression_started)],
+            )
+        ),
         "Progressing",
         "compressing encoder-b2",
     ),
     Phase.progressing.value: (
-        mdep(status(Phase.progressing, stable_revision="encoder-a1",
-                    canary_revision="encoder-b2", canary_weight=10, current_step=2,
-                    message="canary encoder-b2 at 10% (step 2/5)")),
+        mdep(
+            status(
+                Phase.progressing,
+                stable_revision="encoder-a1",
+                canary_revision="encoder-b2",
+                canary_weight=10,
+                current_step=2,
+                message="canary encoder-b2 at 10% (step 2/5)",
+            )
+        ),
         "Progressing",
         "canary encoder-b2 at 10%",
     ),
     Phase.paused.value: (
-        mdep(status(Phase.paused, stable_revision="encoder-a1", canary_revision="encoder-b2",
-                    canary_weight=50, paused=True,
-                    message="canary encoder-b2 at 50% (step 5/5, paused)")),
+        mdep(
+            status(
+                Phase.paused,
+                stable_revision="encoder-a1",
+                canary_revision="encoder-b2",
+                canary_weight=50,
+                paused=True,
+                message="canary encoder-b2 at 50% (step 5/5, paused)",
+            )
+        ),
         "Suspended",
         "paused",
     ),
     "paused without a message": (
-        mdep(status(Phase.paused, stable_revision="encoder-a1", canary_revision="encoder-b2",
-                    canary_weight=50, paused=True)),
+        mdep(
+            status(
+                Phase.paused,
+                stable_revision="encoder-a1",
+                canary_revision="encoder-b2",
+                canary_weight=50,
+                paused=True,
+            )
+        ),
         "Suspended",
         "stable encoder-a1, canary encoder-b2 at 50% (paused)",
     ),
     Phase.ready.value: (
-        mdep(status(Phase.ready, stable_revision="encoder-a1", message="encoder-a1 is stable",
-                    conditions=[cond(ConditionType.available, "True", Reason.stable_serving)])),
+        mdep(
+            status(
+                Phase.ready,
+                stable_revision="encoder-a1",
+                message="encoder-a1 is stable",
+                conditions=[cond(ConditionType.available, "True", Reason.stable_serving)],
+            )
+        ),
         "Healthy",
         "encoder-a1 is stable",
     ),
     Phase.degraded.value: (
-        mdep(status(Phase.degraded, stable_revision="encoder-a1",
-                    message="accuracy 0.91 < 0.99",
-                    conditions=[cond(ConditionType.degraded, "True",
-                                     Reason.accuracy_gate_failed)])),
+        mdep(
+            status(
+                Phase.degraded,
+                stable_revision="encoder-a1",
+                message="accuracy 0.91 < 0.99",
+                conditions=[cond(ConditionType.degraded, "True", Reason.accuracy_gate_failed)],
+            )
+        ),
         "Degraded",
         "AccuracyGateFailed: accuracy 0.91 < 0.99",
     ),
     "rolled back by the analysis": (
-        mdep(status(Phase.degraded, stable_revision="encoder-a1", canary_revision="encoder-c3",
-                    aborted=True, message="error rate 0.2 > 0.01; encoder-a1 keeps serving",
-                    analysis=AnalysisStatus(verdict="fail", failures=2),
-                    conditions=[cond(ConditionType.degraded, "True", Reason.analysis_failed)])),
+        mdep(
+            status(
+                Phase.degraded,
+                stable_revision="encoder-a1",
+                canary_revision="encoder-c3",
+                aborted=True,
+                message="error rate 0.2 > 0.01; encoder-a1 keeps serving",
+                analysis=AnalysisStatus(verdict="fail", failures=2),
+                conditions=[cond(ConditionType.degraded, "True", Reason.analysis_failed)],
+            )
+        ),
         "Degraded",
         "AnalysisFailed: error rate 0.2 > 0.01",
     ),
     "degraded condition while serving": (
-        mdep(status(Phase.ready, stable_revision="encoder-a1",
-                    conditions=[cond(ConditionType.degraded, "True", Reason.store_unavailable,
-                                     "store down")])),
+        mdep(
+            status(
+                Phase.ready,
+                stable_revision="encoder-a1",
+                conditions=[
+                    cond(ConditionType.degraded, "True", Reason.store_unavailable, "store down")
+                ],
+            )
+        ),
         "Degraded",
         "StoreUnavailable",
     ),
     "degraded condition false": (
-        mdep(status(Phase.ready, stable_revision="encoder-a1",
-                    conditions=[cond(ConditionType.degraded, "False", Reason.healthy)])),
+        mdep(
+            status(
+                Phase.ready,
+                stable_revision="encoder-a1",
+                conditions=[cond(ConditionType.degraded, "False", Reason.healthy)],
+            )
+        ),
         "Healthy",
         "stable encoder-a1",
     ),

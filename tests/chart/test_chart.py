@@ -163,9 +163,16 @@ def test_the_operator_reads_the_settings_the_chart_passes(helm: Helm) -> None:
 
 def test_every_onnxship_variable_the_chart_sets_is_read_by_the_operator(helm: Helm) -> None:
     docs = helm.render(
-        {"replicas": 2, "store": {"uri": "s3://bucket/", "endpoint": "http://s3:9000",
-                                  "region": "r", "credentialsSecret": "s"},
-         "workloads": {"serviceAccountName": "sa"}}
+        {
+            "replicas": 2,
+            "store": {
+                "uri": "s3://bucket/",
+                "endpoint": "http://s3:9000",
+                "region": "r",
+                "credentialsSecret": "s",
+            },
+            "workloads": {"serviceAccountName": "sa"},
+        }
     )
     set_by_chart = {e["name"] for e in operator_container(docs)["env"]}
     source = "\n".join(p.read_text() for p in (ROOT / "operator" / "onnxship").rglob("*.py"))
@@ -180,8 +187,11 @@ def test_default_runtime_image_is_the_operators_default(helm: Helm) -> None:
 
 def test_image_digest_wins_over_the_tag(helm: Helm) -> None:
     digest = "sha256:" + "b" * 64
-    c = operator_container(helm.render({"image": {"tag": "9.9.9", "digest": digest},
-                                        "runtimeImage": {"digest": digest}}))
+    c = operator_container(
+        helm.render(
+            {"image": {"tag": "9.9.9", "digest": digest}, "runtimeImage": {"digest": digest}}
+        )
+    )
     assert c["image"] == f"ghcr.io/onnxship/operator@{digest}"
     assert env_of(c)["ONNXSHIP_RUNTIME_IMAGE"] == f"ghcr.io/onnxship/runtime@{digest}"
 
@@ -221,8 +231,13 @@ def test_namespaced_install_gets_a_role_per_watched_namespace_and_no_cluster_rol
 
 
 def test_rbac_can_be_left_to_the_cluster_admin(helm: Helm) -> None:
-    docs = helm.render(sets=["rbac.create=false", "serviceAccount.create=false",
-                             "serviceAccount.name=onnxship-operator"])
+    docs = helm.render(
+        sets=[
+            "rbac.create=false",
+            "serviceAccount.create=false",
+            "serviceAccount.name=onnxship-operator",
+        ]
+    )
     assert not {"ClusterRole", "ClusterRoleBinding", "Role", "ServiceAccount"} & {
         d["kind"] for d in docs
     }
@@ -262,8 +277,11 @@ def test_namespaced_peering_objects_live_in_the_watched_namespaces(helm: Helm) -
 
 def test_peering_crds_ship_with_the_chart(helm: Helm) -> None:
     out = helm.template(extra=["--include-crds"]).stdout
-    crds = {d["metadata"]["name"] for d in yaml.safe_load_all(out)
-            if d and d["kind"] == "CustomResourceDefinition"}
+    crds = {
+        d["metadata"]["name"]
+        for d in yaml.safe_load_all(out)
+        if d and d["kind"] == "CustomResourceDefinition"
+    }
     assert crds == {
         "modeldeployments.onnxship.io",
         "kopfpeerings.kopf.dev",
@@ -367,17 +385,28 @@ def test_notes_tell_the_user_what_to_apply_next(helm: Helm, tmp_path: Path) -> N
     )
 
     def notes(*sets: str) -> str:
-        out = helm.run("template", "onnxship", str(chart), "--namespace", NAMESPACE,
-                       "--show-only", "templates/zz-notes.yaml",
-                       *[a for s in sets for a in ("--set", s)]).stdout
+        out = helm.run(
+            "template",
+            "onnxship",
+            str(chart),
+            "--namespace",
+            NAMESPACE,
+            "--show-only",
+            "templates/zz-notes.yaml",
+            *[a for s in sets for a in ("--set", s)],
+        ).stdout
         return str(yaml.safe_load(out)["text"])
 
     bare = notes()
     assert "watches every namespace" in bare
     assert "kubectl -n default apply -f examples/minimal.yaml" in bare
     assert "--set store.uri=s3://" in bare
-    with_store = notes("store.uri=s3://models/x/", "store.credentialsSecret=s3-creds",
-                       "watchNamespaces={ml}", "replicas=2")
+    with_store = notes(
+        "store.uri=s3://models/x/",
+        "store.credentialsSecret=s3-creds",
+        "watchNamespaces={ml}",
+        "replicas=2",
+    )
     assert "kubectl -n ml create secret generic s3-creds" in with_store
     assert "kubectl -n ml apply -f examples/minimal.yaml" in with_store
     assert "2 replicas electing one active operator" in with_store
@@ -388,6 +417,11 @@ def test_rendered_files_do_not_depend_on_this_checkout(tmp_path: Path, helm: Hel
     """`helm package` keeps every file the templates read (the .helmignore drops none)."""
     helm.run("package", str(CHART), "--destination", str(tmp_path))
     (archive,) = tmp_path.glob("onnxship-*.tgz")
-    docs = [d for d in yaml.safe_load_all(
-        helm.run("template", "onnxship", str(archive), "--namespace", NAMESPACE).stdout) if d]
+    docs = [
+        d
+        for d in yaml.safe_load_all(
+            helm.run("template", "onnxship", str(archive), "--namespace", NAMESPACE).stdout
+        )
+        if d
+    ]
     assert one(docs, "ClusterRole")["rules"] == RULES + CLUSTER_RULES

@@ -112,8 +112,9 @@ def promtool() -> str:
 
 @pytest.fixture
 def rules_file(helm: Helm, tmp_path: Path) -> Path:
-    docs = helm.render({"monitoring": {"prometheusRule": {"enabled": True,
-                                                          "stuckRolloutMinutes": 30}}})
+    docs = helm.render(
+        {"monitoring": {"prometheusRule": {"enabled": True, "stuckRolloutMinutes": 30}}}
+    )
     rule = one(docs, "PrometheusRule")
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump(rule["spec"]))
@@ -144,8 +145,7 @@ def fired(rules: Path, alert: str, labels: dict[str, str], summary: str) -> dict
     rule = next(r for g in groups for r in g["rules"] if r.get("alert") == alert)
     return {
         "exp_labels": {**rule["labels"], **labels},
-        "exp_annotations": {"summary": summary,
-                            "description": rule["annotations"]["description"]},
+        "exp_annotations": {"summary": summary, "description": rule["annotations"]["description"]},
     }
 
 
@@ -155,21 +155,28 @@ def alert_tests(rules: Path) -> dict[str, Any]:
         "rule_files": [str(rules)],
         "evaluation_interval": "1m",
         "tests": [
-            {   # 10% of answers are 5xx for 15 minutes: the error-rate alert fires
+            {  # 10% of answers are 5xx for 15 minutes: the error-rate alert fires
                 "interval": "1m",
                 "input_series": [
                     series({**ok, "code": "200"}, "onnxship_router_requests_total", "0+90x20"),
                     series({**ok, "code": "503"}, "onnxship_router_requests_total", "0+10x20"),
                 ],
                 "alert_rule_test": [
-                    {"eval_time": "15m", "alertname": "OnnxshipHighErrorRate",
-                     "exp_alerts": [fired(rules, "OnnxshipHighErrorRate",
-                                          {"namespace": "ml", "onnxship_io_deployment": "encoder"},
-                                          "ModelDeployment ml/encoder answers 10% of requests "
-                                          "with 5xx")]},
+                    {
+                        "eval_time": "15m",
+                        "alertname": "OnnxshipHighErrorRate",
+                        "exp_alerts": [
+                            fired(
+                                rules,
+                                "OnnxshipHighErrorRate",
+                                {"namespace": "ml", "onnxship_io_deployment": "encoder"},
+                                "ModelDeployment ml/encoder answers 10% of requests with 5xx",
+                            )
+                        ],
+                    },
                 ],
             },
-            {   # 1% of errors stays under the 5% threshold
+            {  # 1% of errors stays under the 5% threshold
                 "interval": "1m",
                 "input_series": [
                     series({**ok, "code": "200"}, "onnxship_router_requests_total", "0+99x20"),
@@ -179,74 +186,124 @@ def alert_tests(rules: Path) -> dict[str, Any]:
                     {"eval_time": "15m", "alertname": "OnnxshipHighErrorRate", "exp_alerts": []},
                 ],
             },
-            {   # two revisions take traffic for 40 minutes: stuck (threshold 30)
+            {  # two revisions take traffic for 40 minutes: stuck (threshold 30)
                 "interval": "1m",
                 "input_series": [
-                    series({**MD, "revision": "encoder-a1", "environment": "cpu"},
-                           "onnxship_router_backend_weight", "90x45"),
-                    series({**MD, "revision": "encoder-b2", "environment": "cpu"},
-                           "onnxship_router_backend_weight", "10x45"),
+                    series(
+                        {**MD, "revision": "encoder-a1", "environment": "cpu"},
+                        "onnxship_router_backend_weight",
+                        "90x45",
+                    ),
+                    series(
+                        {**MD, "revision": "encoder-b2", "environment": "cpu"},
+                        "onnxship_router_backend_weight",
+                        "10x45",
+                    ),
                 ],
                 "alert_rule_test": [
                     {"eval_time": "20m", "alertname": "OnnxshipRolloutStuck", "exp_alerts": []},
-                    {"eval_time": "40m", "alertname": "OnnxshipRolloutStuck",
-                     "exp_alerts": [fired(rules, "OnnxshipRolloutStuck",
-                                          {"namespace": "ml", "onnxship_io_deployment": "encoder"},
-                                          "ModelDeployment ml/encoder has been canarying for "
-                                          "more than 30 minutes")]},
+                    {
+                        "eval_time": "40m",
+                        "alertname": "OnnxshipRolloutStuck",
+                        "exp_alerts": [
+                            fired(
+                                rules,
+                                "OnnxshipRolloutStuck",
+                                {"namespace": "ml", "onnxship_io_deployment": "encoder"},
+                                "ModelDeployment ml/encoder has been canarying for "
+                                "more than 30 minutes",
+                            )
+                        ],
+                    },
                 ],
             },
-            {   # one revision at 100%: a finished rollout is not stuck
+            {  # one revision at 100%: a finished rollout is not stuck
                 "interval": "1m",
                 "input_series": [
-                    series({**MD, "revision": "encoder-b2", "environment": "cpu"},
-                           "onnxship_router_backend_weight", "100x45"),
-                    series({**MD, "revision": "encoder-a1", "environment": "cpu"},
-                           "onnxship_router_backend_weight", "0x45"),
+                    series(
+                        {**MD, "revision": "encoder-b2", "environment": "cpu"},
+                        "onnxship_router_backend_weight",
+                        "100x45",
+                    ),
+                    series(
+                        {**MD, "revision": "encoder-a1", "environment": "cpu"},
+                        "onnxship_router_backend_weight",
+                        "0x45",
+                    ),
                     series(MD, "onnxship_router_mirror_percent", "0x45"),
                 ],
                 "alert_rule_test": [
                     {"eval_time": "40m", "alertname": "OnnxshipRolloutStuck", "exp_alerts": []},
                 ],
             },
-            {   # the analysis rolled a canary back: the operator's counter moves
+            {  # the analysis rolled a canary back: the operator's counter moves
                 "interval": "1m",
                 "input_series": [
-                    series({"namespace": "onnxship-system", "outcome": "rolled_back"},
-                           "onnxship_operator_rollouts_total", "0 0 0 1 1 1 1 1"),
-                    series({"namespace": "onnxship-system", "type": "Warning",
-                            "reason": "AccuracyGateFailed"},
-                           "onnxship_operator_events_total", "0 0 0 0 0 2 2 2"),
+                    series(
+                        {"namespace": "onnxship-system", "outcome": "rolled_back"},
+                        "onnxship_operator_rollouts_total",
+                        "0 0 0 1 1 1 1 1",
+                    ),
+                    series(
+                        {
+                            "namespace": "onnxship-system",
+                            "type": "Warning",
+                            "reason": "AccuracyGateFailed",
+                        },
+                        "onnxship_operator_events_total",
+                        "0 0 0 0 0 2 2 2",
+                    ),
                 ],
                 "alert_rule_test": [
-                    {"eval_time": "6m", "alertname": "OnnxshipRolloutFailed",
-                     "exp_alerts": [fired(rules, "OnnxshipRolloutFailed",
-                                          {"namespace": "onnxship-system",
-                                           "outcome": "rolled_back"},
-                                          "A rollout ended with rolled_back in the last "
-                                          "15 minutes")]},
-                    {"eval_time": "6m", "alertname": "OnnxshipDegraded",
-                     "exp_alerts": [fired(rules, "OnnxshipDegraded",
-                                          {"namespace": "onnxship-system",
-                                           "reason": "AccuracyGateFailed"},
-                                          "onnxship posted AccuracyGateFailed warnings in the "
-                                          "last 15 minutes")]},
+                    {
+                        "eval_time": "6m",
+                        "alertname": "OnnxshipRolloutFailed",
+                        "exp_alerts": [
+                            fired(
+                                rules,
+                                "OnnxshipRolloutFailed",
+                                {"namespace": "onnxship-system", "outcome": "rolled_back"},
+                                "A rollout ended with rolled_back in the last 15 minutes",
+                            )
+                        ],
+                    },
+                    {
+                        "eval_time": "6m",
+                        "alertname": "OnnxshipDegraded",
+                        "exp_alerts": [
+                            fired(
+                                rules,
+                                "OnnxshipDegraded",
+                                {"namespace": "onnxship-system", "reason": "AccuracyGateFailed"},
+                                "onnxship posted AccuracyGateFailed warnings in the "
+                                "last 15 minutes",
+                            )
+                        ],
+                    },
                 ],
             },
-            {   # nothing scrapes the operator for 15 minutes
+            {  # nothing scrapes the operator for 15 minutes
                 "interval": "1m",
                 "input_series": [
                     series({"job": "other"}, "up", "1x20"),
                 ],
                 "alert_rule_test": [
-                    {"eval_time": "15m", "alertname": "OnnxshipOperatorDown",
-                     "exp_alerts": [fired(rules, "OnnxshipOperatorDown", {},
-                                          "No onnxship operator is up; ModelDeployments are "
-                                          "not reconciled")]},
+                    {
+                        "eval_time": "15m",
+                        "alertname": "OnnxshipOperatorDown",
+                        "exp_alerts": [
+                            fired(
+                                rules,
+                                "OnnxshipOperatorDown",
+                                {},
+                                "No onnxship operator is up; ModelDeployments are not reconciled",
+                            )
+                        ],
+                    },
                     {"eval_time": "5m", "alertname": "OnnxshipOperatorDown", "exp_alerts": []},
                 ],
             },
-            {   # the operator is scraped: nothing fires
+            {  # the operator is scraped: nothing fires
                 "interval": "1m",
                 "input_series": [series({"job": "onnxship-metrics"}, "up", "1x20")],
                 "alert_rule_test": [

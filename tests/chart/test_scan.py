@@ -44,9 +44,21 @@ def findings(helm: Helm, checkov_bin: Path, tmp_path_factory: pytest.TempPathFac
         helm.template(VALUE_SETS["ha-namespaced-monitoring"]).stdout
     )
     proc = subprocess.run(
-        [str(checkov_bin), "--quiet", "--compact", "--framework", "kubernetes",
-         "--output", "json", "--skip-download", "-d", str(folder)],
-        capture_output=True, text=True, timeout=600,
+        [
+            str(checkov_bin),
+            "--quiet",
+            "--compact",
+            "--framework",
+            "kubernetes",
+            "--output",
+            "json",
+            "--skip-download",
+            "-d",
+            str(folder),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
     report = json.loads(proc.stdout)
@@ -61,8 +73,11 @@ def test_every_finding_is_fixed_or_justified(findings: Any) -> None:
     assert passed > 100, f"checkov passed only {passed} checks: did it scan the manifests?"
     skips = skipped_checks()
     unjustified = sorted(
-        {f"{c['check_id']} {c['check_name']} ({c['resource']})" for c in failed
-         if c["check_id"] not in skips}
+        {
+            f"{c['check_id']} {c['check_name']} ({c['resource']})"
+            for c in failed
+            if c["check_id"] not in skips
+        }
     )
     assert not unjustified, "fix, or justify in tests/chart/checkov-skips.yaml:\n" + "\n".join(
         unjustified

@@ -58,8 +58,9 @@ def test_manifests_match_the_kubernetes_schemas(
             try:
                 kubernetes_validate.validate(doc, version, strict=True)
             except kubernetes_validate.ValidationError as exc:
-                pytest.fail(f"{what} is not a valid {version} object: {exc.message} at "
-                            f"{list(exc.path)}")
+                pytest.fail(
+                    f"{what} is not a valid {version} object: {exc.message} at {list(exc.path)}"
+                )
 
 
 def test_the_validator_catches_a_misspelt_field(helm: Helm) -> None:
