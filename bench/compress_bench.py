@@ -209,8 +209,7 @@ def build_big(path: Path, gigabytes: float, dim: int = 4096) -> int:
             )
             offset = f.tell()
             w.tofile(f)
-            t = helper.make_tensor(f"w{i}", TensorProto.FLOAT, [dim, dim], vals=[])
-            t.ClearField("float_data")
+            t = TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=[dim, dim])
             t.data_location = TensorProto.EXTERNAL
             for k, v in (
                 ("location", data.name),
