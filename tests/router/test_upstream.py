@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -52,7 +53,7 @@ async def slow(request: web.Request) -> web.Response:
 
 
 def app_with(**routes: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.Application:
-    app = web.Application()
+    app = web.Application(client_max_size=64 << 20)
     for path, handler in routes.items():
         app.router.add_route("*", f"/{path}", handler)
     return app
@@ -102,3 +103,37 @@ async def test_a_slow_backend_is_a_504_through_the_router(backends, router) -> N
     code, _, body = await r.infer()
     assert code == 504 and "timed out" in body["error"]
     assert 'code="504",environment="",revision="r1",role="primary"' in await r.metrics()
+
+
+async def test_expect_100_continue_is_answered_and_not_forwarded(serve_app: Serve, router) -> None:
+    seen: list[str] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Expect", ""))
+        return web.Response(body=await request.read())
+
+    url = await serve_app(app_with(**{"v2/models/m/infer": record}), 75.0)
+    r = await router()
+    await r.put_routes({"backends": [{"revision": "r1", "url": url, "weight": 100}]})
+    big = b"\x01" * (2 << 20)
+    async with r.session.post(
+        f"{r.url}/v2/models/m/infer", data=big, expect100=True, timeout=aiohttp.ClientTimeout(5)
+    ) as resp:
+        assert resp.status == 200 and await resp.read() == big
+    assert seen == [""]
+
+
+async def test_interim_answers_are_skipped(serve_app: Serve) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    port = free_port()
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    pool = UpstreamPool()
+    status, _, body = await pool.request(f"http://127.0.0.1:{port}", "GET", "/", [], b"", 5)
+    assert (status, body) == (200, b"ok")
+    server.close()
+    pool.close()

@@ -30,7 +30,7 @@ log = logging.getLogger("onnxship.router")
 # Hop-by-hop headers (RFC 9110 7.6.1) and those aiohttp recomputes.
 _SKIP_REQUEST = {
     "host", "connection", "keep-alive", "proxy-connection", "te", "trailer",
-    "transfer-encoding", "upgrade", "content-length",
+    "transfer-encoding", "upgrade", "content-length", "expect",
 }  # fmt: skip
 _SKIP_RESPONSE = _SKIP_REQUEST | {"date", "server"}
 
@@ -146,7 +146,7 @@ class Router:
             request.method,
             request.path_qs,
             [(k, v) for k, v in request.headers.items() if k.lower() not in _SKIP_REQUEST],
-            await request.read(),
+            await _read_body(request),
         )
         answer = await self._send(backend, call, "primary")
         copy_to = routing.mirror_for(backend)
@@ -234,6 +234,14 @@ class _Answer:
             return int(value) if value is not None else None
         except ValueError:
             return None
+
+
+async def _read_body(request: web.BaseRequest) -> bytes:
+    # The low-level server does not answer `Expect: 100-continue` (curl sends it for bodies
+    # over 1 MiB and would otherwise wait a second); the backend never sees the header.
+    if request.headers.get("Expect", "").lower() == "100-continue" and request.body_exists:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    return await request.read()
 
 
 def _error(status: int, message: str) -> _Answer:

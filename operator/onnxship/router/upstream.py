@@ -37,14 +37,17 @@ class _Connection(asyncio.Protocol):
         self._reset()
 
     def _reset(self) -> None:
+        self.no_body = False
+        self.received = False
+        self._reset_head()
+
+    def _reset_head(self) -> None:
         self.head_done = False
         self.status = 0
         self.headers: Headers = []
         self.length: int | None = None
         self.chunked = False
         self.keep_alive = True
-        self.no_body = False
-        self.received = False
 
     # -------------------------------------------------------------- asyncio.Protocol
 
@@ -114,10 +117,15 @@ class _Connection(asyncio.Protocol):
                 elif low == "connection":
                     self.keep_alive = "close" not in value.lower()
                 self.headers.append((name, value))
+            if 100 <= self.status < 200:
+                # An interim answer (100 Continue): the real one follows on the same stream.
+                self._reset_head()
+                self._parse()
+                return
             if lines[0].startswith("HTTP/1.0"):
                 self.keep_alive = False
             self.head_done = True
-            if self.no_body or self.status in (204, 304) or 100 <= self.status < 200:
+            if self.no_body or self.status in (204, 304):
                 self.length = 0
             if self.chunked:
                 self.length = None
