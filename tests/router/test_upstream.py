@@ -137,3 +137,22 @@ async def test_interim_answers_are_skipped(serve_app: Serve) -> None:
     assert (status, body) == (200, b"ok")
     server.close()
     pool.close()
+
+
+async def test_a_long_chunked_answer_arrives_whole(serve_app: Serve) -> None:
+    part = bytes(range(256)) * 64  # 16 KiB
+
+    async def many_chunks(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for _ in range(1024):  # 16 MiB
+            await resp.write(part)
+        await resp.write_eof()
+        return resp
+
+    url = await serve_app(app_with(big=many_chunks), 75.0)
+    pool = UpstreamPool()
+    status, _, body = await pool.request(url, "GET", "/big", [], b"", 30)
+    assert status == 200 and len(body) == 1024 * len(part) and body[: len(part)] == part
+    pool.close()

@@ -47,6 +47,7 @@ class _Connection(asyncio.Protocol):
         self.headers: Headers = []
         self.length: int | None = None
         self.chunked = False
+        self.chunks = bytearray()
         self.keep_alive = True
 
     # -------------------------------------------------------------- asyncio.Protocol
@@ -130,10 +131,8 @@ class _Connection(asyncio.Protocol):
             if self.chunked:
                 self.length = None
         if self.chunked:
-            body = _dechunk(buf)
-            if body is None:
-                return
-            self._done(body)
+            if _dechunk(buf, self.chunks):
+                self._done(bytes(self.chunks))
         elif self.length is not None and len(buf) >= self.length:
             body = bytes(buf[: self.length])
             del buf[: self.length]
@@ -144,29 +143,30 @@ class _Connection(asyncio.Protocol):
         self.waiter.set_result((self.status, self.headers, body, self.keep_alive))
 
 
-def _dechunk(buf: bytearray) -> bytes | None:
-    """The body of a complete chunked message in ``buf`` (consumed), or None if incomplete."""
-    out = bytearray()
-    pos = 0
+def _dechunk(buf: bytearray, out: bytearray) -> bool:
+    """Move the complete chunks at the start of ``buf`` into ``out``; True at the last one.
+
+    Consumes as it goes, so a long chunked answer costs linear time, not quadratic.
+    """
     while True:
-        eol = buf.find(b"\r\n", pos)
+        eol = buf.find(b"\r\n")
         if eol < 0:
-            return None
-        size = int(bytes(buf[pos:eol]).split(b";", 1)[0], 16)
+            return False
+        size = int(bytes(buf[:eol]).split(b";", 1)[0], 16)
         start = eol + 2
         if size == 0:
-            end = buf.find(b"\r\n\r\n", eol)  # optional trailers end with an empty line
+            if buf[start : start + 2] == b"\r\n":  # no trailers
+                del buf[: start + 2]
+                return True
+            end = buf.find(b"\r\n\r\n", eol)  # trailers end with an empty line
             if end < 0:
-                if buf[start : start + 2] == b"\r\n":
-                    end = eol
-                else:
-                    return None
+                return False
             del buf[: end + 4]
-            return bytes(out)
+            return True
         if len(buf) < start + size + 2:
-            return None
+            return False
         out += buf[start : start + size]
-        pos = start + size + 2
+        del buf[: start + size + 2]
 
 
 def _expire(future: asyncio.Future[Reply], url: str, timeout: float) -> None:
