@@ -71,10 +71,9 @@ def evaluate(
 ) -> Verdict:
     """Judge one interval. Too few requests is inconclusive, never a pass.
 
-    Failing checks are reported even when traffic is thin: one 500 in three requests is
-    still worth a failure only when the sample is big enough, so thin samples are
-    inconclusive whatever they contain. With ``mirroring`` and an agreement threshold, the
-    interval also needs ``min_requests`` comparisons.
+    A thin sample is inconclusive whatever it contains (one 500 in three requests says
+    little), so neither a pass nor a failure is counted from it. With ``mirroring`` and an
+    agreement threshold, a pass also needs ``min_requests`` compared outputs.
     """
 
     def verdict(result: Result, message: str) -> Verdict:
