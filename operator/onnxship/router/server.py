@@ -177,6 +177,13 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> 
     await web.TCPSite(main, settings.host, settings.port, backlog=1024).start()
     runners.append(main)
     if settings.admin_port:
+        loopback = settings.admin_host in ("127.0.0.1", "::1", "localhost")
+        if not settings.admin_token and not loopback:
+            log.warning(
+                "the admin port on %s takes route changes from anyone who reaches it: "
+                "set --admin-token (ONNXSHIP_ROUTER_TOKEN)",
+                settings.admin_host,
+            )
         admin = web.AppRunner(
             admin_app(router, settings.admin_token, settings.routes_file), access_log=None
         )
