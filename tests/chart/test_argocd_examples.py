@@ -20,7 +20,6 @@ def test_application_installs_the_chart_with_values_it_accepts() -> None:
     assert (ROOT / source["path"] / "Chart.yaml").exists()
     schema = json.loads((CHART / "values.schema.json").read_text())
     jsonschema.validate(source["helm"]["valuesObject"], schema)
-    assert "ServerSideApply=true" in app["spec"]["syncPolicy"]["syncOptions"]
 
 
 def test_the_values_schema_rejects_what_helm_would() -> None:
