@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import shutil
 import subprocess
@@ -156,3 +157,58 @@ def test_the_operator_builds_runtime_pods_for_that_entrypoint() -> None:
     (container,) = router["spec"]["template"]["spec"]["containers"]
     assert "command" not in container
     assert container["args"][0] == "route"
+
+
+def test_the_build_context_is_enough_to_install_and_run(tmp_path: Path) -> None:
+    """What the images' `pip install .` does, from the files the .dockerignore lets in only:
+    the wheel has the package data (the gRPC .proto) and its commands start."""
+    context = tmp_path / "context"
+    context.mkdir()
+    for word, args in instructions(DOCKERFILES["runtime"]):
+        if word == "COPY" and "--from=" not in args:
+            *sources, _ = args.split()
+            for src in sources:
+                if (ROOT / src).is_dir():
+                    shutil.copytree(
+                        ROOT / src,
+                        context / src,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+                    )
+                else:
+                    shutil.copy(ROOT / src, context / src)
+    site = tmp_path / "site"
+    pip = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(context),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    assert list(site.glob("onnxship/serve/proto/*.proto")), "the .proto is not in the wheel"
+    probe = (
+        "import onnxship, sys; from typer.testing import CliRunner; "
+        "from onnxship.cli.main import app; "
+        f"assert onnxship.__file__.startswith({str(site)!r}), onnxship.__file__; "
+        "codes = [CliRunner().invoke(app, [c, '--help']).exit_code "
+        "for c in ('operator', 'serve', 'compress', 'route')]; "
+        "sys.exit(max(codes))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(site)},
+    )
+    assert run.returncode == 0, run.stdout + run.stderr

@@ -112,6 +112,7 @@ async def test_mirror_answers_from_stable_and_records_agreement(backends, router
     assert m.requests == 50 and m.errors == 0 and m.comparisons == 50
     assert m.cosine is not None and m.cosine < -0.99  # y = -x: opposite direction
     assert m.top1 == 0.0
+    assert m.max_abs_diff is not None and 1.0 < m.max_abs_diff <= 10.0  # |x - (-x)| up to 8
     assert (
         'onnxship_router_requests_total{code="200",environment="",revision="r2",role="mirror"} 50.0'
         in text

@@ -17,6 +17,7 @@ COMPARISONS = "onnxship_router_mirror_comparisons_total"
 COSINE = "onnxship_router_mirror_cosine"
 TOP1 = "onnxship_router_mirror_top1_agreements_total"
 AGREEMENT = "onnxship_router_mirror_agreement"
+MAX_ABS_DIFF = "onnxship_router_mirror_max_abs_diff"
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
@@ -62,7 +63,7 @@ class RouterMetrics:
             registry=r,
         )
         self.max_abs_diff = Histogram(
-            "onnxship_router_mirror_max_abs_diff",
+            MAX_ABS_DIFF,
             "Largest absolute output difference, canary vs stable, per mirrored request.",
             ["revision", "baseline"],
             buckets=DIFF_BUCKETS,

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from onnxship.plan.analysis import AnalysisRequest, Measurements
 
-from .metrics import COMPARISONS, COSINE, DURATION, REQUESTS, TOP1
+from .metrics import COMPARISONS, COSINE, DURATION, MAX_ABS_DIFF, REQUESTS, TOP1
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class Counters:
     comparisons: float = 0.0
     cosine_sum: float = 0.0
     top1: float = 0.0
+    diff_buckets: tuple[tuple[float, float], ...] = ()  # max-abs-diff histogram, cumulative
 
 
 @dataclass
@@ -43,6 +44,7 @@ class _Acc:
     comparisons: float = 0.0
     cosine_sum: float = 0.0
     top1: float = 0.0
+    diff_buckets: dict[float, float] = field(default_factory=lambda: defaultdict(float))
 
 
 def _samples(text: str) -> Iterable[tuple[str, dict[str, str], float]]:
@@ -73,6 +75,8 @@ def parse_counters(text: str) -> dict[str, Counters]:
             a.cosine_sum += value
         elif name == TOP1:
             a.top1 += value
+        elif name == MAX_ABS_DIFF + "_bucket":
+            a.diff_buckets[float(labels["le"])] += value
     return {
         rev: Counters(
             rev,
@@ -83,6 +87,7 @@ def parse_counters(text: str) -> dict[str, Counters]:
             a.comparisons,
             a.cosine_sum,
             a.top1,
+            tuple(sorted(a.diff_buckets.items())),
         )
         for rev, a in acc.items()
     }
@@ -117,10 +122,11 @@ def quantile(q: float, buckets: tuple[tuple[float, float], ...]) -> float | None
     return lower_bound
 
 
-def _bucket_delta(after: Counters, before: Counters) -> tuple[tuple[float, float], ...]:
-    old = dict(before.buckets)
-    reset = after.requests < before.requests
-    return tuple((le, c if reset else _delta(c, old.get(le, 0.0))) for le, c in after.buckets)
+def _bucket_delta(
+    after: tuple[tuple[float, float], ...], before: tuple[tuple[float, float], ...]
+) -> tuple[tuple[float, float], ...]:
+    old = dict(before)
+    return tuple((le, _delta(c, old.get(le, 0.0))) for le, c in after)
 
 
 def measurements_between(
@@ -129,8 +135,9 @@ def measurements_between(
     """What ``revision`` did between two scrapes."""
     reset = after.requests < before.requests
     base = Counters(revision) if reset else before
-    buckets = _bucket_delta(after, base)
-    p99 = quantile(0.99, buckets)
+    p99 = quantile(0.99, _bucket_delta(after.buckets, base.buckets))
+    # the histogram bounds the largest difference from above; p99 keeps one outlier out
+    diff = quantile(0.99, _bucket_delta(after.diff_buckets, base.diff_buckets))
     comparisons = round(_delta(after.comparisons, base.comparisons))
     cosine_sum = _delta(after.cosine_sum, base.cosine_sum)
     top1 = _delta(after.top1, base.top1)
@@ -142,6 +149,7 @@ def measurements_between(
         comparisons=comparisons,
         cosine=cosine_sum / comparisons if comparisons else None,
         top1=top1 / comparisons if comparisons else None,
+        max_abs_diff=diff if comparisons else None,
         interval_seconds=seconds,
     )
 
