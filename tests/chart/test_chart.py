@@ -425,3 +425,11 @@ def test_rendered_files_do_not_depend_on_this_checkout(tmp_path: Path, helm: Hel
         if d
     ]
     assert one(docs, "ClusterRole")["rules"] == RULES + CLUSTER_RULES
+
+
+def test_a_cluster_older_than_1_28_is_refused(helm: Helm) -> None:
+    """StatefulSet pods get the pod-index label (their kopf priority) from 1.28 on."""
+    old = helm.template(extra=["--kube-version", "1.27.9"], check=False)
+    assert old.returncode != 0
+    assert "kubeVersion: >=1.28.0-0" in old.stderr
+    assert helm.template(extra=["--kube-version", "1.28.0"]).returncode == 0
