@@ -26,7 +26,9 @@ def serve_command(
     ),
     store_region: str | None = typer.Option(None, "--store-region", envvar="AWS_REGION"),
     cache_dir: Path | None = typer.Option(
-        None, "--cache-dir", help="Where fetched artifacts are written."
+        None,
+        "--cache-dir",
+        help="Cache root for fetched artifacts (a folder per cache key inside; default: temp).",
     ),
     name: str = typer.Option("model", "--name", help="Model name in /v2/models/{name}."),
     model_version: str = typer.Option("1", "--model-version", help="Model version label."),

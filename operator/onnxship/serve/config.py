@@ -20,8 +20,10 @@ class ServeConfig(BaseModel):
     store_endpoint: str | None = None
     store_region: str | None = None
     cache_dir: Path | None = Field(None, description="Where store artifacts are fetched to.")
-    name: str = Field("model", min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    version: str = Field("1", min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    # Both are URL path segments (/v2/models/{name}/versions/{version}); otherwise free text,
+    # since spec.model.version is a human label.
+    name: str = Field("model", min_length=1, max_length=253, pattern=r"^[^/\s]+$")
+    version: str = Field("1", min_length=1, max_length=128, pattern=r"^[^/]+$")
 
     # --- listening
     host: str = "127.0.0.1"
