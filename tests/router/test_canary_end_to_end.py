@@ -170,3 +170,26 @@ async def test_serve_canary_with_different_outputs_fails_the_mirror_step(served,
     assert pushed[-1].mirror_percent == 0
     # users only ever got stable's answers
     assert all(np.allclose(a, stable_answers[i], atol=1e-5) for i, a in user_answers)
+
+
+async def test_gateway_mode_reads_the_revisions_own_metrics(served, router) -> None:
+    from aiohttp import ClientSession
+
+    from onnxship.plan.analysis import AnalysisRequest
+    from onnxship.router.metrics_source import ServeMetricsSource
+
+    url = served["r2"].url
+    async with ClientSession() as session:
+        source = ServeMetricsSource(
+            lambda rev: [f"{served[rev].url}/metrics"], session, time.monotonic
+        )
+        request = AnalysisRequest("r2", mirroring=False, interval_seconds=30)
+        assert await source.measure(request) is None
+        for i in range(25):
+            async with session.post(f"{url}/v2/models/m/infer", json=body(i)) as resp:
+                assert resp.status == 200
+        async with session.post(f"{url}/v2/models/m/infer", json={"inputs": []}) as resp:
+            assert resp.status == 400
+        m = await source.measure(request)
+    assert m is not None and m.requests == 26 and m.errors == 0
+    assert m.latency_p99_ms is not None and m.latency_p99_ms > 0

@@ -197,3 +197,61 @@ class RouterMetricsSource:
             return None
         at, before = previous
         return measurements_between(request.revision, before, counters, now - at)
+
+
+# ---------------------------------------------------------------- gatewayAPI mode
+
+SERVE_REQUESTS = "onnxship_inference_requests_total"
+SERVE_DURATION = "onnxship_inference_request_duration_seconds"
+
+
+def serve_counters(texts: Iterable[str], revision: str) -> Counters:
+    """Counters of one revision summed over its pods' own /metrics (``onnxship serve``).
+
+    With ``router: gatewayAPI`` no onnxship router sees the traffic, so analysis reads the
+    revisions' servers. Their latency histogram holds successful requests only, and there
+    are no mirror comparisons.
+    """
+    requests = errors = 0.0
+    buckets: dict[float, float] = defaultdict(float)
+    for text in texts:
+        for name, labels, value in _samples(text):
+            if name == SERVE_REQUESTS:
+                requests += value
+                if labels.get("code", "").startswith("5"):
+                    errors += value
+            elif name == SERVE_DURATION + "_bucket":
+                buckets[float(labels["le"])] += value
+    return Counters(revision, requests, errors, 0.0, tuple(sorted(buckets.items())))
+
+
+class ServeMetricsSource:
+    """``plan.analysis.MetricsSource`` over the canary's own pods (gatewayAPI mode).
+
+    ``endpoints(revision)`` names the /metrics URLs of the revision's ready pods (from
+    EndpointSlices in the cluster, from the processes in local mode).
+    """
+
+    def __init__(self, endpoints: Any, session: Any, clock: Any) -> None:
+        self.endpoints = endpoints
+        self.session = session
+        self.clock = clock
+        self.last: dict[str, tuple[float, Counters]] = {}
+
+    async def _text(self, url: str) -> str:
+        async with self.session.get(url) as resp:
+            resp.raise_for_status()
+            text: str = await resp.text()
+            return text
+
+    async def measure(self, request: AnalysisRequest) -> Measurements | None:
+        urls = list(self.endpoints(request.revision))
+        texts = [await self._text(u) for u in urls]
+        counters = serve_counters(texts, request.revision)
+        now = float(self.clock())
+        previous = self.last.get(request.revision)
+        self.last = {request.revision: (now, counters)}
+        if previous is None:
+            return None
+        at, before = previous
+        return measurements_between(request.revision, before, counters, now - at)
