@@ -40,3 +40,5 @@ def test_applicationset_sends_valid_model_deployments() -> None:
             md = ModelDeployment.model_validate(doc)
             # Shared by every cluster: the same store, so the second cluster gets cache hits.
             assert md.spec.artifacts.uri.startswith("s3://")
+            # Pinned: the operator finds the artifact before it would start a Job.
+            assert md.spec.model.sha256
