@@ -29,6 +29,7 @@ lint: venv crd-check
 ## make crd: regenerate the committed CRD from the pydantic models
 crd: venv
 	$(BIN)/onnxship crd > crds/modeldeployments.onnxship.io.yaml
+	cp crds/modeldeployments.onnxship.io.yaml charts/onnxship/crds/
 
 crd-check: venv
 	$(BIN)/onnxship crd | diff -u crds/modeldeployments.onnxship.io.yaml - \

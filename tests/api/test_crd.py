@@ -67,3 +67,16 @@ def test_omitted_sections_get_defaults_from_the_api_server() -> None:
         "default"
         not in spec["properties"]["rollout"]["properties"]["traffic"]["properties"]["gateway"]
     )
+
+
+def test_cel_rules_hold_on_the_schemas_own_defaults() -> None:
+    """The API server refuses a CRD whose defaults break its own rules ("no such key")."""
+    from tests.helpers.k8s_schema import cel_errors
+
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    checked = 0
+    for path, node in _nodes(schema):
+        if "default" in node and node.get("x-kubernetes-validations"):
+            checked += 1
+            assert cel_errors(node, node["default"]) == [], f"{path}: default breaks a rule"
+    assert checked >= 4  # rollout, traffic, analysis and serving carry rules and defaults

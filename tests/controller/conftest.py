@@ -247,7 +247,8 @@ def operator(cluster: Cluster) -> Callable[[], Any]:
             return Wiring(
                 settings=OperatorSettings(
                     store=StoreDefaults(uri="s3://artifacts/team/", credentials_secret="s3-creds"),
-                    timing=Timing(resync_seconds=0.3, min_requeue_seconds=0.05),
+                    # A long resync: progress must come from events and the plan's deadlines.
+                    timing=Timing(resync_seconds=30, min_requeue_seconds=0.05),
                 ),
                 kube=Kube(Kube.for_url(str(cluster.server.url))._api, on_request=record),
                 metrics=cluster.metrics,

@@ -26,6 +26,8 @@ def cel(*rules: tuple[str, str, str]) -> dict[str, Any]:
     """``json_schema_extra`` carrying CEL rules as (rule, message, fieldPath) triples.
 
     The same rules are enforced by pydantic validators next to them; tests evaluate both.
+    Guard every field a rule reads with ``has()``: the API server also checks each rule
+    against the schema's ``default`` values, where nested defaults are not filled in.
     """
     out = []
     for rule, message, field_path in rules:

@@ -168,8 +168,10 @@ class Environment(ApiModel):
     model_config = ApiModel.model_config | {
         "json_schema_extra": cel(
             (
-                "self.executionProvider == 'CPU' || !has(self.compression) || "
-                "!has(self.compression.quantize) || self.compression.quantize.mode != 'static'",
+                "!has(self.executionProvider) || self.executionProvider == 'CPU' || "
+                "!has(self.compression) || !has(self.compression.quantize) || "
+                "!has(self.compression.quantize.mode) || "
+                "self.compression.quantize.mode != 'static'",
                 "static int8 quantization targets CPU pools; use fp16 or dynamic on accelerators",
                 ".compression.quantize.mode",
             )
@@ -214,13 +216,14 @@ class Serving(ApiModel):
     model_config = ApiModel.model_config | {
         "json_schema_extra": cel(
             (
-                "self.environments.all(e, !has(e.weight)) || "
+                "!has(self.environments) || self.environments.all(e, !has(e.weight)) || "
                 "(self.environments.all(e, has(e.weight)) && "
                 "self.environments.map(e, has(e.weight) ? e.weight : 0).sum() == 100)",
                 "environment weights must be set on every environment and sum to 100, or on none",
                 ".environments",
             ),
             (
+                "!has(self.environments) || "
                 "self.environments.all(e, self.environments.exists_one(f, f.name == e.name))",
                 "environment names must be unique",
                 ".environments",
@@ -336,7 +339,7 @@ class Analysis(ApiModel):
     model_config = ApiModel.model_config | {
         "json_schema_extra": cel(
             (
-                "self.provider != 'prometheus' || has(self.prometheus)",
+                "!has(self.provider) || self.provider != 'prometheus' || has(self.prometheus)",
                 "provider prometheus needs prometheus.address",
                 ".prometheus",
             )
@@ -382,7 +385,7 @@ class Traffic(ApiModel):
     model_config = ApiModel.model_config | {
         "json_schema_extra": cel(
             (
-                "self.router != 'gatewayAPI' || has(self.gateway)",
+                "!has(self.router) || self.router != 'gatewayAPI' || has(self.gateway)",
                 "router gatewayAPI needs gateway.parentRefs",
                 ".gateway",
             )
@@ -403,6 +406,7 @@ class Rollout(ApiModel):
     model_config = ApiModel.model_config | {
         "json_schema_extra": cel(
             (
+                "!has(self.steps) || "
                 "self.steps.filter(s, has(s.setWeight)).map(s, s.setWeight).isSorted()",
                 "setWeight must never decrease from one step to the next",
                 ".steps",
@@ -442,9 +446,14 @@ class ModelDeploymentSpec(ApiModel):
     model_config = ApiModel.model_config | {
         "json_schema_extra": cel(
             (
-                "self.model.sampleInputs != '' || (self.compression.quantize.mode != 'static' && "
+                "(has(self.model.sampleInputs) && self.model.sampleInputs != '') || "
+                "((!has(self.compression) || !has(self.compression.quantize) || "
+                "!has(self.compression.quantize.mode) || "
+                "self.compression.quantize.mode != 'static') && "
+                "(!has(self.serving) || !has(self.serving.environments) || "
                 "self.serving.environments.all(e, !has(e.compression) || "
-                "!has(e.compression.quantize) || e.compression.quantize.mode != 'static'))",
+                "!has(e.compression.quantize) || !has(e.compression.quantize.mode) || "
+                "e.compression.quantize.mode != 'static')))",
                 "static quantization needs model.sampleInputs (.npz) for calibration",
                 ".model.sampleInputs",
             )

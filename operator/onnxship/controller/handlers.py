@@ -25,7 +25,9 @@ from .ports import Wiring
 from .reconcile import delete_children, reconcile
 
 log = logging.getLogger(__name__)
-ANNOTATION_PREFIX = "onnxship.io"
+# kopf ignores annotations under its own storage prefix when it diffs; ours (the command
+# annotation) must stay visible, so kopf keeps its state under a prefix of its own.
+ANNOTATION_PREFIX = "kopf.onnxship.io"
 
 
 def register(
@@ -104,8 +106,22 @@ def register(
         while not stopped:
             wake.clear()
             with metrics.reconcile_seconds.time():
+                queued = loop.time()
+
+                def run(queued: float = queued) -> Any:
+                    started = loop.time()
+                    result = reconcile(wire, namespace, name, emit)
+                    log.debug(
+                        "pass of %s/%s: waited %.3fs for a worker, ran %.3fs",
+                        namespace,
+                        name,
+                        started - queued,
+                        loop.time() - started,
+                    )
+                    return result
+
                 try:
-                    outcome = await asyncio.to_thread(reconcile, wire, namespace, name, emit)
+                    outcome = await asyncio.to_thread(run)
                 except Exception as exc:
                     metrics.reconciles.labels("error").inc()
                     logger.exception(f"reconcile failed, retrying: {exc}")
@@ -132,6 +148,29 @@ def register(
     async def nudge(namespace: str, name: str, **_: Any) -> None:
         """A spec change or a command: reconcile now rather than at the next deadline."""
         event = shared["wakers"].get((namespace, name))
+        if event is not None:
+            event.set()
+
+    # What the cluster's controllers do to our children (a Job finishing, pods becoming
+    # ready) wakes the owner at once, so the operator never has to poll for it.
+    @kopf.on.event(
+        "batch",
+        "v1",
+        "jobs",
+        registry=registry,
+        id="wake-on-job",
+        labels={w.L_COMPONENT: "compress"},
+    )
+    @kopf.on.event(
+        "apps",
+        "v1",
+        "deployments",
+        registry=registry,
+        id="wake-on-deployment",
+        labels={w.L_COMPONENT: "model"},
+    )
+    async def child_changed(namespace: str, labels: dict[str, str], **_: Any) -> None:
+        event = shared["wakers"].get((namespace, labels.get(w.L_DEPLOYMENT, "")))
         if event is not None:
             event.set()
 

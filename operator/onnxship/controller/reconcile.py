@@ -100,7 +100,7 @@ def reconcile(wiring: Wiring, namespace: str, name: str, emit: Emit) -> Outcome 
         desired=desired,
         generation=generation,
         revisions=_observe_pods(wiring, owner),
-        traffic=_observe_traffic(wiring, owner, spec),
+        traffic=_observe_traffic(wiring, owner, spec) if status.stable_revision else None,
         verdict=_pending_verdict(wiring, owner),
         command=command_of(meta.get("annotations") or {}),
     )
@@ -204,8 +204,8 @@ def _observe_artifacts(
         view = artifact_view(
             env.name, str(env.execution_provider), known.get(env.name), in_store, job
         )
-        if view.create_job:
-            wiring.kube.apply(w.compress_job(owner, spec, name, env, store, runtime))
+        if view.create_job:  # we just saw there is none: create, no read-before-write
+            _create(wiring, w.compress_job(owner, spec, name, env, store, runtime))
         views[env.name] = view
 
     failed = [v for v in views.values() if v.state == ArtifactState.failed]
@@ -221,6 +221,14 @@ def _observe_artifacts(
         failure_message="; ".join(v.message for v in failed),
         reused=bool(envs) and all(e.compression and e.compression.cache_hit for e in envs),
     )
+
+
+def _create(wiring: Wiring, obj: dict[str, Any]) -> None:
+    try:
+        wiring.kube.create(obj)
+    except KubeError as exc:
+        if exc.status != 409:  # made by an earlier pass that died before writing status
+            raise
 
 
 def _revision_record(

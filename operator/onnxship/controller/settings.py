@@ -42,7 +42,11 @@ class Workloads(BaseModel):
 class Timing(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    resync_seconds: float = Field(5.0, description="Longest wait between two reconciles")
+    resync_seconds: float = Field(
+        60.0,
+        description="Longest wait between two reconciles; changes to the ModelDeployment, "
+        "its Jobs and Deployments wake it sooner, and so do the rollout's own deadlines",
+    )
     min_requeue_seconds: float = Field(0.2, description="Shortest wait between two reconciles")
 
 
