@@ -60,6 +60,10 @@ async def test_operator_process_logs_in_and_reconciles(
             await asyncio.sleep(0.1)
         assert 'onnxship_operator_reconciles_total{result="ok"}' in metrics
         assert 'onnxship_operator_api_requests_total{kind="Job",verb="create"} 1.0' in metrics
+        assert (
+            'onnxship_modeldeployment_phase{name="enc",namespace="default",phase="Compressing"} 1.0'
+            in metrics
+        )
     finally:
         proc.terminate()
         _, stderr = await asyncio.wait_for(proc.communicate(), timeout=20)

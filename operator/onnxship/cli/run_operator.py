@@ -31,12 +31,16 @@ def operator_command(
     from onnxship.controller.wiring import production_wiring
 
     registry = kopf.OperatorRegistry()
+    settings = kopf.OperatorSettings()
+    # A namespaced install may not list namespaces or CRDs: tell kopf not to try.
+    settings.scanning.disabled = bool(namespaces) and not all_namespaces
     metrics = OperatorMetrics()
     register(registry, production_wiring, metrics)
     if metrics_port:
         start_http_server(metrics_port, registry=metrics.registry)
     kopf.run(
         registry=registry,
+        settings=settings,
         standalone=not peering,
         peering_name=peering or None,
         priority=priority,

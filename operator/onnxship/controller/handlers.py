@@ -129,7 +129,10 @@ def register(
                 else:
                     metrics.reconciles.labels("ok").inc()
                     if outcome is None:
+                        metrics.forget(namespace, name)
                         return
+                    if outcome.decision is not None:
+                        metrics.on_status(namespace, name, outcome.decision.status)
                     delay = outcome.requeue_after
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=delay)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from onnxship.api import Reason
+from onnxship.api import ModelDeploymentStatus, Phase, Reason
 
 # Events whose reason ends a rollout, and the outcome each one stands for.
 ROLLOUT_OUTCOMES = {
@@ -48,6 +48,29 @@ class OperatorMetrics:
             ["type", "reason"],
             registry=self.registry,
         )
+
+        self.phase = Gauge(
+            "onnxship_modeldeployment_phase",
+            "1 for the phase each ModelDeployment is in, 0 for the others.",
+            ["namespace", "name", "phase"],
+            registry=self.registry,
+        )
+        self.canary_weight = Gauge(
+            "onnxship_modeldeployment_canary_weight",
+            "Share of requests the canary takes, in percent.",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
+
+    def on_status(self, namespace: str, name: str, status: ModelDeploymentStatus) -> None:
+        for phase in Phase:
+            self.phase.labels(namespace, name, phase.value).set(1 if status.phase == phase else 0)
+        self.canary_weight.labels(namespace, name).set(status.canary_weight)
+
+    def forget(self, namespace: str, name: str) -> None:
+        for phase in Phase:
+            self.phase.remove(namespace, name, phase.value)
+        self.canary_weight.remove(namespace, name)
 
     def on_request(self, verb: str, kind: str, subresource: str) -> None:
         self.api_requests.labels(verb, kind + (f"/{subresource}" if subresource else "")).inc()

@@ -77,6 +77,8 @@ class OperatorSettings(BaseModel):
                     image_pull_policy="ONNXSHIP_IMAGE_PULL_POLICY",
                     service_account="ONNXSHIP_WORKLOAD_SERVICE_ACCOUNT",
                     job_active_deadline_seconds="ONNXSHIP_JOB_DEADLINE_SECONDS",
+                    job_backoff_limit="ONNXSHIP_JOB_BACKOFF_LIMIT",
+                    job_ttl_seconds="ONNXSHIP_JOB_TTL_SECONDS",
                     router_replicas="ONNXSHIP_ROUTER_REPLICAS",
                 ),
                 "timing": pick(resync_seconds="ONNXSHIP_RESYNC_SECONDS"),
