@@ -1,4 +1,5 @@
-"""The operator's analysis input: every router pod's /metrics, summed, as interval deltas."""
+"""The operator's analysis input: router pods' (or the canary's own pods') /metrics, summed,
+as interval deltas."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from typing import Any
 from prometheus_client import generate_latest
 
 from onnxship.api import parse_spec
-from onnxship.controller.router_metrics import RouterPodsMetrics
+from onnxship.controller.router_metrics import PodMetrics
 from onnxship.plan.analysis import AnalysisRequest
-from onnxship.plan.workloads import L_COMPONENT, L_DEPLOYMENT, Owner
+from onnxship.plan.workloads import L_COMPONENT, L_DEPLOYMENT, L_REVISION, Owner
 from onnxship.router.metrics import RouterMetrics
+from onnxship.serve.metrics import ServeMetrics
 
 OWNER = Owner("enc", "ml", "u")
 SPEC = parse_spec({"model": {"uri": "s3://m/m.onnx"}})
@@ -19,10 +21,13 @@ REQ = AnalysisRequest("enc-v2", mirroring=False, interval_seconds=30)
 
 
 class Pods:
-    """Two ready router pods and one that is starting, as the API lists them."""
+    """Two ready pods and one that is starting, as the API lists them."""
+
+    def __init__(self, selector: dict[str, str] | None = None) -> None:
+        self.selector = selector or {L_DEPLOYMENT: "enc", L_COMPONENT: "router"}
 
     def list(self, kind: str, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
-        assert kind == "Pod" and selector == {L_DEPLOYMENT: "enc", L_COMPONENT: "router"}
+        assert kind == "Pod" and selector == self.selector
 
         def pod(ip: str, ready: str) -> dict[str, Any]:
             return {"status": {"podIP": ip, "conditions": [{"type": "Ready", "status": ready}]}}
@@ -39,7 +44,7 @@ def test_sums_router_replicas_and_takes_deltas() -> None:
         assert ip in routers, "only ready pods are scraped"
         return generate_latest(routers[ip].registry).decode()
 
-    source = RouterPodsMetrics(Pods(), fetch=fetch, clock=lambda: next(clock))  # type: ignore[arg-type]
+    source = PodMetrics(Pods(), fetch=fetch, clock=lambda: next(clock))  # type: ignore[arg-type]
     now = datetime(2026, 11, 23, tzinfo=UTC)
     for _ in range(10):
         routers["10.0.0.1"].observe("enc-v2", "", 200, "primary", 0.010)
@@ -62,5 +67,34 @@ def test_an_unreachable_router_skips_the_interval() -> None:
     def fetch(url: str) -> str:
         raise OSError("connection refused")
 
-    source = RouterPodsMetrics(Pods(), fetch=fetch)  # type: ignore[arg-type]
+    source = PodMetrics(Pods(), fetch=fetch)  # type: ignore[arg-type]
     assert source.measure(OWNER, SPEC, REQ, datetime.now(UTC)) is None
+
+
+def test_gateway_mode_reads_the_canarys_own_pods() -> None:
+    """No onnxship router sees gatewayAPI traffic: the canary's servers count it."""
+    spec = parse_spec(
+        {
+            "model": {"uri": "s3://m/m.onnx"},
+            "rollout": {
+                "traffic": {"router": "gatewayAPI", "gateway": {"parentRefs": [{"name": "gw"}]}}
+            },
+        }
+    )
+    selector = {L_DEPLOYMENT: "enc", L_REVISION: "enc-v2", L_COMPONENT: "model"}
+    servers = {"10.0.0.1": ServeMetrics("enc", "v2"), "10.0.0.2": ServeMetrics("enc", "v2")}
+    clock = iter([0.0, 30.0])
+
+    def fetch(url: str) -> str:
+        assert url.endswith(":8000/metrics")
+        return servers[url.split("//")[1].split(":")[0]].exposition().decode()
+
+    source = PodMetrics(Pods(selector), fetch=fetch, clock=lambda: next(clock))  # type: ignore[arg-type]
+    now = datetime(2026, 11, 23, tzinfo=UTC)
+    assert source.measure(OWNER, spec, REQ, now) is None
+    for _ in range(18):
+        servers["10.0.0.1"].request(200, 0.02)
+    for _ in range(2):
+        servers["10.0.0.2"].request(500, 0.02)
+    m = source.measure(OWNER, spec, REQ, now)
+    assert m is not None and (m.requests, m.errors) == (20, 2)

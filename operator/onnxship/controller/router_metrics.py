@@ -1,12 +1,15 @@
-"""The builtin analysis provider in a cluster: every router pod's /metrics, summed.
+"""The analysis providers in a cluster: pods' /metrics, summed, or Prometheus.
 
-A router Deployment may run several replicas behind its Service; scraping the Service would
-hit one at random and the deltas would mean nothing. So the operator scrapes each ready
-router pod, sums the counters, and keeps the previous sum per canary to take differences.
+builtin provider: with the builtin router, every ready router pod's /metrics (a router
+Deployment may run several replicas behind its Service; scraping the Service would hit one
+at random and the deltas would mean nothing); with ``router: gatewayAPI``, no onnxship
+router sees the traffic, so the canary's own ready pods. The operator sums the counters and
+keeps the previous sum per canary to take differences. ``provider: prometheus`` asks PromQL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import urllib.request
@@ -17,7 +20,12 @@ from datetime import datetime
 from onnxship.api import ModelDeploymentSpec
 from onnxship.plan import workloads as w
 from onnxship.plan.analysis import AnalysisRequest, Measurements
-from onnxship.router.metrics_source import Counters, counters_from_text, measurements_between
+from onnxship.router.metrics_source import (
+    Counters,
+    counters_from_text,
+    measurements_between,
+    serve_counters,
+)
 
 from .kube import Kube
 
@@ -47,7 +55,7 @@ def add(a: Counters, b: Counters) -> Counters:
     )
 
 
-class RouterPodsMetrics:
+class PodMetrics:
     def __init__(
         self, kube: Kube, fetch: Fetch = http_get, clock: Callable[[], float] = time.monotonic
     ) -> None:
@@ -56,8 +64,7 @@ class RouterPodsMetrics:
         self.clock = clock
         self.last: dict[tuple[str, str, str], tuple[float, Counters]] = {}
 
-    def router_urls(self, owner: w.Owner) -> list[str]:
-        selector = {w.L_DEPLOYMENT: owner.name, w.L_COMPONENT: "router"}
+    def ready_urls(self, owner: w.Owner, selector: dict[str, str], port: int) -> list[str]:
         urls = []
         for pod in self.kube.list("Pod", owner.namespace, selector):
             st = pod.get("status", {})
@@ -66,22 +73,38 @@ class RouterPodsMetrics:
                 for c in st.get("conditions", [])
             )
             if ready and st.get("podIP"):
-                urls.append(f"http://{st['podIP']}:{w.ROUTER_PORT}/metrics")
+                urls.append(f"http://{st['podIP']}:{port}/metrics")
         return urls
+
+    def counters(
+        self, owner: w.Owner, spec: ModelDeploymentSpec, revision: str
+    ) -> Counters | None:
+        if spec.rollout.traffic.router == "builtin":
+            selector = {w.L_DEPLOYMENT: owner.name, w.L_COMPONENT: "router"}
+            urls = self.ready_urls(owner, selector, w.ROUTER_PORT)
+        else:
+            selector = {w.L_DEPLOYMENT: owner.name, w.L_REVISION: revision}
+            urls = self.ready_urls(owner, {**selector, w.L_COMPONENT: "model"}, w.HTTP_PORT)
+        if not urls:
+            return None
+        try:
+            texts = [self.fetch(url) for url in urls]
+        except OSError as exc:
+            # A pod that cannot be scraped makes the sum wrong: skip the interval.
+            log.info("cannot scrape %s's pods: %s", owner.name, exc)
+            return None
+        if spec.rollout.traffic.router == "builtin":
+            total = Counters(revision)
+            for text in texts:
+                total = add(total, counters_from_text(text, revision))
+            return total
+        return serve_counters(texts, revision)
 
     def measure(
         self, owner: w.Owner, spec: ModelDeploymentSpec, request: AnalysisRequest, now: datetime
     ) -> Measurements | None:
-        total = Counters(request.revision)
-        urls = self.router_urls(owner)
-        for url in urls:
-            try:
-                total = add(total, counters_from_text(self.fetch(url), request.revision))
-            except OSError as exc:
-                # A router pod that cannot be scraped makes the sum wrong: skip the interval.
-                log.info("cannot scrape %s: %s", url, exc)
-                return None
-        if not urls:
+        total = self.counters(owner, spec, request.revision)
+        if total is None:
             return None
         key = (owner.namespace, owner.name, request.revision)
         at = self.clock()
@@ -90,3 +113,45 @@ class RouterPodsMetrics:
         if previous is None:
             return None
         return measurements_between(request.revision, previous[1], total, at - previous[0])
+
+
+class PrometheusMetrics:
+    """``provider: prometheus``: the router's (or the pods') metrics as Prometheus has them."""
+
+    def measure(
+        self, owner: w.Owner, spec: ModelDeploymentSpec, request: AnalysisRequest, now: datetime
+    ) -> Measurements | None:
+        import aiohttp
+
+        from onnxship.router.prometheus_source import PrometheusSource
+
+        source = spec.rollout.analysis.prometheus
+        if source is None:
+            return None
+
+        async def ask() -> Measurements | None:
+            timeout = aiohttp.ClientTimeout(total=10)
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                return await PrometheusSource(source.address, session, owner.namespace).measure(
+                    request
+                )
+
+        try:
+            return asyncio.run(ask())  # in the reconcile's worker thread: a loop of its own
+        except (aiohttp.ClientError, RuntimeError, TimeoutError) as exc:
+            log.info("prometheus at %s: %s", source.address, exc)
+            return None
+
+
+class ClusterMetrics:
+    """The provider the spec asks for."""
+
+    def __init__(self, kube: Kube) -> None:
+        self.pods = PodMetrics(kube)
+        self.prometheus = PrometheusMetrics()
+
+    def measure(
+        self, owner: w.Owner, spec: ModelDeploymentSpec, request: AnalysisRequest, now: datetime
+    ) -> Measurements | None:
+        provider = self.prometheus if spec.rollout.analysis.provider == "prometheus" else self.pods
+        return provider.measure(owner, spec, request, now)
