@@ -178,3 +178,43 @@ def test_config_hash_changes_only_with_content() -> None:
     assert w.config_hash(a) == w.config_hash(dict(reversed(list(a.items()))))
     b = {**a, "spec": {**a["spec"], "ports": []}}
     assert w.config_hash(a) != w.config_hash(b)
+
+
+def _parse(command: str, args: list[str]) -> dict[str, Any]:
+    """``args`` parsed by the real `onnxship <command>`: a renamed flag fails here, not in a pod."""
+    import typer.main
+
+    from onnxship.cli.main import app
+
+    group: Any = typer.main.get_command(app)
+    assert args[0] == command
+    return dict(group.commands[command].make_context(command, list(args[1:])).params)
+
+
+def test_job_arguments_are_what_onnxship_compress_accepts() -> None:
+    s = spec(
+        model={"uri": "s3://m/model.onnx", "sha256": "a" * 64, "sampleInputs": "s3://m/s.npz"},
+        compression={
+            "prune": {"sparsity": 0.3},
+            "quantize": {"mode": "static", "perChannel": False},
+        },
+    )
+    parsed = _parse(
+        "compress", w.compress_args(s, s.compression, s.serving.effective_environments()[0], STORE)
+    )
+    assert parsed["sha256"] == "a" * 64 and parsed["quantize"] == "static"
+    assert parsed["per_channel"] is False and parsed["samples"] == "s3://m/s.npz"
+    assert parsed["sparsity"] == 0.3 and parsed["endpoint"] == "http://minio:9000"
+
+
+def test_serve_arguments_are_what_onnxship_serve_accepts() -> None:
+    s = two_envs()
+    parsed = _parse("serve", w.serve_args(OWNER, s, s.serving.environments[1], "key", STORE))
+    assert parsed["cache_key"] == "key" and parsed["execution_provider"] == "CUDA"
+    assert parsed["store_endpoint"] == "http://minio:9000"
+
+
+def test_router_arguments_are_what_onnxship_route_accepts() -> None:
+    [c] = pod_spec(w.router_deployment(OWNER, RUNTIME))["containers"]
+    parsed = _parse("route", c["args"])
+    assert parsed["port"] == w.ROUTER_PORT
