@@ -11,6 +11,7 @@ MDS = "/apis/onnxship.io/v1alpha1/namespaces/{ns}/modeldeployments"
 
 
 def test_crd_is_accepted_and_established(admin: Api, crd_install: Any) -> None:
+    assert crd_install.ok, f"{crd_install.status}: {crd_install.message}"
     assert crd_install.warnings == [], crd_install.warnings
     crd = admin.get(f"{CRD_PATH}/{CRD_NAME}")
     conditions = {c["type"]: c for c in crd["status"]["conditions"]}
@@ -20,7 +21,7 @@ def test_crd_is_accepted_and_established(admin: Api, crd_install: Any) -> None:
     assert crd["status"]["acceptedNames"]["shortNames"] == ["mdep"]
 
 
-def test_discovery_names_the_resource(admin: Api, crd_install: Any) -> None:
+def test_discovery_names_the_resource(admin: Api, crd: Any) -> None:
     resources = admin.must("GET", "/apis/onnxship.io/v1alpha1")["resources"]
     by_name = {r["name"]: r for r in resources}
     md = by_name["modeldeployments"]

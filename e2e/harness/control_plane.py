@@ -139,9 +139,19 @@ class ControlPlane:
         return "\n\n".join(f"--- {p.name} ({p.log})\n{p.tail(lines)}" for p in self.processes)
 
 
+def _in_use(folder: Path) -> bool:
+    """A run whose harness process still lives (other sessions share .cache/e2e/runs)."""
+    try:
+        pid = int((folder / "harness.pid").read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def _new_run_folder() -> Path:
     RUNS.mkdir(parents=True, exist_ok=True)
-    old = sorted(p for p in RUNS.iterdir() if p.is_dir())
+    old = sorted(p for p in RUNS.iterdir() if p.is_dir() and not _in_use(p))
     for stale in old[: max(0, len(old) - (KEEP_RUNS - 1))]:
         shutil.rmtree(stale, ignore_errors=True)
     folder = RUNS / time.strftime("%Y%m%d-%H%M%S")
@@ -150,6 +160,7 @@ def _new_run_folder() -> Path:
         suffix += 1
         folder = RUNS / f"{time.strftime('%Y%m%d-%H%M%S')}-{suffix}"
     folder.mkdir()
+    (folder / "harness.pid").write_text(str(os.getpid()))
     return folder
 
 

@@ -14,6 +14,8 @@ from .control_plane import Process, free_port, start, write_kubeconfig
 
 REPO = Path(__file__).resolve().parents[2]
 ONNXSHIP = Path(sys.executable).with_name("onnxship")
+# `<resource> ["<name>"] is forbidden: User ... cannot <verb> ...` inside a JSON log line.
+_REFUSAL = re.compile(r'([\w./-]+ (?:\\?"[^"\\]*\\?" )?is forbidden: [^\'{]*?)(?:\', \{|", "|$)')
 
 
 @dataclass
@@ -32,10 +34,20 @@ class Operator:
     def log(self) -> str:
         return self.process.log.read_text(errors="replace")
 
+    def refusals(self) -> set[str]:
+        """Each distinct RBAC refusal in the log, as the API server worded it."""
+        found = set()
+        for line in self.forbidden():
+            m = _REFUSAL.search(line)
+            found.add(m.group(1).replace('\\"', '"') if m else line[:300])
+        return found
+
     def forbidden(self) -> list[str]:
         """Log lines where the API server refused the operator (a missing RBAC rule)."""
         return [
-            line for line in self.log().splitlines() if re.search(r"\b403\b|[Ff]orbidden", line)
+            line
+            for line in self.log().splitlines()
+            if re.search(r"[Ff]orbidden|answered 403|status=403", line)
         ]
 
 
