@@ -120,6 +120,10 @@ async def test_apply_compresses_then_serves(cluster: Cluster, operator: Any) -> 
         assert rec["name"] == revision and rec["modelVersion"] == "v1"
         assert rec["compressionRatio"] == 0.26
         assert rec["environments"][0]["cacheKey"] == "key-v1"
+        assert (rec["environments"][0]["readyReplicas"], rec["environments"][0]["replicas"]) == (
+            1,
+            1,
+        )
         assert condition(cluster, "Available")["status"] == "True"
         await cluster.wait_for(lambda: routes(cluster) == {revision: 100}, what="router weights")
         assert (

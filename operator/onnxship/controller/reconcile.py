@@ -96,10 +96,11 @@ def reconcile(wiring: Wiring, namespace: str, name: str, emit: Emit) -> Outcome 
     desired_name = revision_name(owner.name, spec, spec.model.sha256, image)
 
     desired = _observe_artifacts(wiring, owner, spec, status, desired_name, store, runtime, now)
+    pods, counts = _observe_pods(wiring, owner)
     observed = Observed(
         desired=desired,
         generation=generation,
-        revisions=_observe_pods(wiring, owner),
+        revisions=pods,
         traffic=_observe_traffic(wiring, owner, spec) if status.stable_revision else None,
         verdict=_pending_verdict(wiring, owner),
         command=command_of(meta.get("annotations") or {}),
@@ -107,7 +108,9 @@ def reconcile(wiring: Wiring, namespace: str, name: str, emit: Emit) -> Outcome 
     decision = step(spec, status, observed, now)
     _execute(wiring, owner, spec, decision, store, runtime, emit)
     _measure_if_due(wiring, owner, spec, decision, now)
-    new_status = decision.status.model_copy(update={"endpoint": _endpoint(owner, spec)})
+    new_status = with_readiness(decision.status, counts).model_copy(
+        update={"endpoint": _endpoint(owner, spec)}
+    )
     patched = _patch_status(wiring, owner, body, new_status, emit)
     requeue = (
         decision.requeue_after if decision.requeue_after is not None else timing.resync_seconds
@@ -268,21 +271,39 @@ def _observe_job(wiring: Wiring, owner: w.Owner, name: str) -> JobObservation:
     return JobObservation(phase, exit_code=last.get("exitCode"), message=last.get("message", ""))
 
 
-def _observe_pods(wiring: Wiring, owner: w.Owner) -> dict[str, RevisionPods]:
+# (revision, environment) -> (ready replicas, replicas asked for)
+PodCounts = dict[tuple[str, str], tuple[int, int]]
+
+
+def _observe_pods(wiring: Wiring, owner: w.Owner) -> tuple[dict[str, RevisionPods], PodCounts]:
     selector = {w.L_DEPLOYMENT: owner.name, w.L_COMPONENT: "model"}
     replicas: dict[str, dict[str, int]] = {}
     ready: dict[str, bool] = {}
+    counts: PodCounts = {}
     for d in wiring.kube.list("Deployment", owner.namespace, selector):
         labels = d["metadata"].get("labels", {})
         rev, env = labels.get(w.L_REVISION, ""), labels.get(w.L_ENVIRONMENT, "")
         want = int(d.get("spec", {}).get("replicas", 0))
         st = d.get("status", {})
+        have = int(st.get("readyReplicas", 0))
         replicas.setdefault(rev, {})[env] = want
-        ok = want == 0 or (
-            int(st.get("readyReplicas", 0)) >= want and int(st.get("updatedReplicas", want)) >= want
-        )
+        counts[(rev, env)] = (have, want)
+        ok = want == 0 or (have >= want and int(st.get("updatedReplicas", want)) >= want)
         ready[rev] = ready.get(rev, True) and ok
-    return {rev: RevisionPods(replicas=envs, ready=ready[rev]) for rev, envs in replicas.items()}
+    pods = {rev: RevisionPods(replicas=envs, ready=ready[rev]) for rev, envs in replicas.items()}
+    return pods, counts
+
+
+def with_readiness(status: ModelDeploymentStatus, counts: PodCounts) -> ModelDeploymentStatus:
+    """Each revision's environments with the replicas ready in them now (status shows it)."""
+    revisions = []
+    for rev in status.revisions:
+        envs = []
+        for env in rev.environments:
+            have, want = counts.get((rev.name, env.name), (0, 0))
+            envs.append(env.model_copy(update={"ready_replicas": have, "replicas": want}))
+        revisions.append(rev.model_copy(update={"environments": envs}))
+    return status.model_copy(update={"revisions": revisions})
 
 
 def _observe_traffic(

@@ -76,9 +76,7 @@ class PodMetrics:
                 urls.append(f"http://{st['podIP']}:{port}/metrics")
         return urls
 
-    def counters(
-        self, owner: w.Owner, spec: ModelDeploymentSpec, revision: str
-    ) -> Counters | None:
+    def counters(self, owner: w.Owner, spec: ModelDeploymentSpec, revision: str) -> Counters | None:
         if spec.rollout.traffic.router == "builtin":
             selector = {w.L_DEPLOYMENT: owner.name, w.L_COMPONENT: "router"}
             urls = self.ready_urls(owner, selector, w.ROUTER_PORT)
