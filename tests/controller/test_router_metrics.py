@@ -98,3 +98,23 @@ def test_gateway_mode_reads_the_canarys_own_pods() -> None:
         servers["10.0.0.2"].request(500, 0.02)
     m = source.measure(OWNER, spec, REQ, now)
     assert m is not None and (m.requests, m.errors) == (20, 2)
+
+
+def test_each_environment_is_measured_on_its_own() -> None:
+    routers = {"10.0.0.1": RouterMetrics(), "10.0.0.2": RouterMetrics()}
+    clock = iter([0.0, 30.0])
+
+    def fetch(url: str) -> str:
+        return generate_latest(routers[url.split("//")[1].split(":")[0]].registry).decode()
+
+    source = PodMetrics(Pods(), fetch=fetch, clock=lambda: next(clock))  # type: ignore[arg-type]
+    now = datetime(2026, 11, 23, tzinfo=UTC)
+    source.measure(OWNER, SPEC, REQ, now)
+    for _ in range(90):
+        routers["10.0.0.1"].observe("enc-v2", "cpu", 200, "primary", 0.01)
+    for _ in range(6):
+        routers["10.0.0.2"].observe("enc-v2", "gpu", 200, "primary", 0.01)
+    for _ in range(4):
+        routers["10.0.0.2"].observe("enc-v2", "gpu", 502, "primary", 0.01)
+    m = source.measure(OWNER, SPEC, REQ, now)
+    assert m is not None and m.environments == (("cpu", 90, 0), ("gpu", 10, 4))

@@ -39,6 +39,20 @@ GATED = {"maxLatencyP99Ms": 100, "minOutputAgreement": {"metric": "cosine", "min
         ),
         (GATED, {"requests": 100, "comparisons": 3}, True, Result.inconclusive, "3 mirrored"),
         (GATED, {"requests": 100, "comparisons": 3}, False, Result.passed, "100 requests"),
+        (  # the GPU pool fails while the CPU pool dilutes the total to 1%
+            {},
+            {"requests": 1000, "errors": 10, "environments": (("cpu", 970, 0), ("gpu", 30, 10))},
+            False,
+            Result.failed,
+            "environment gpu: error rate 33.33% above 1.00%",
+        ),
+        (  # a pool with too few requests to judge is not judged on its own
+            {},
+            {"requests": 1000, "errors": 10, "environments": (("cpu", 995, 5), ("gpu", 5, 5))},
+            False,
+            Result.passed,
+            "error rate 1.00%",
+        ),
         (
             {"minOutputAgreement": {"metric": "top1", "min": 0.95}},
             {"requests": 100, "comparisons": 100, "cosine": 0.999, "top1": 0.9},

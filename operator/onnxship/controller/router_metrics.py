@@ -14,7 +14,6 @@ import logging
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import datetime
 
 from onnxship.api import ModelDeploymentSpec
@@ -25,6 +24,7 @@ from onnxship.router.metrics_source import (
     counters_from_text,
     measurements_between,
     serve_counters,
+    summed,
 )
 
 from .kube import Kube
@@ -37,22 +37,6 @@ Fetch = Callable[[str], str]
 def http_get(url: str, timeout: float = 5.0) -> str:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         return str(resp.read().decode())
-
-
-def add(a: Counters, b: Counters) -> Counters:
-    buckets: dict[float, float] = dict(a.buckets)
-    for le, count in b.buckets:
-        buckets[le] = buckets.get(le, 0.0) + count
-    return replace(
-        a,
-        requests=a.requests + b.requests,
-        errors=a.errors + b.errors,
-        mirrored=a.mirrored + b.mirrored,
-        buckets=tuple(sorted(buckets.items())),
-        comparisons=a.comparisons + b.comparisons,
-        cosine_sum=a.cosine_sum + b.cosine_sum,
-        top1=a.top1 + b.top1,
-    )
 
 
 class PodMetrics:
@@ -92,10 +76,7 @@ class PodMetrics:
             log.info("cannot scrape %s's pods: %s", owner.name, exc)
             return None
         if spec.rollout.traffic.router == "builtin":
-            total = Counters(revision)
-            for text in texts:
-                total = add(total, counters_from_text(text, revision))
-            return total
+            return summed((counters_from_text(text, revision) for text in texts), revision)
         return serve_counters(texts, revision)
 
     def measure(

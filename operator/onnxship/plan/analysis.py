@@ -34,6 +34,8 @@ class Measurements:
     top1: float | None = None  # share of comparisons with the same argmax
     max_abs_diff: float | None = None
     interval_seconds: float = 0.0
+    # (environment, requests, errors) per hardware pool, when the canary serves several
+    environments: tuple[tuple[str, int, int], ...] = ()
 
     @property
     def error_rate(self) -> float | None:
@@ -89,6 +91,14 @@ def evaluate(
     rate = m.error_rate or 0.0
     if rate > analysis.max_error_rate:
         problems.append(f"error rate {rate:.2%} above {analysis.max_error_rate:.2%}")
+    # One pool failing fails the revision everywhere, even when the others dilute its rate.
+    for env, env_requests, env_errors in m.environments:
+        env_rate = env_errors / env_requests if env_requests else 0.0
+        if env and env_requests >= analysis.min_requests and env_rate > analysis.max_error_rate:
+            problems.append(
+                f"environment {env}: error rate {env_rate:.2%} above "
+                f"{analysis.max_error_rate:.2%}"
+            )
     limit = analysis.max_latency_p99_ms
     if limit is not None and m.latency_p99_ms is not None and m.latency_p99_ms > limit:
         problems.append(f"p99 latency {m.latency_p99_ms:.1f} ms above {limit:g} ms")

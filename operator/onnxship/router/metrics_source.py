@@ -33,6 +33,39 @@ class Counters:
     cosine_sum: float = 0.0
     top1: float = 0.0
     diff_buckets: tuple[tuple[float, float], ...] = ()  # max-abs-diff histogram, cumulative
+    environments: tuple[tuple[str, float, float], ...] = ()  # (environment, requests, errors)
+
+
+def _add_pairs(
+    a: tuple[tuple[float, float], ...], b: tuple[tuple[float, float], ...]
+) -> tuple[tuple[float, float], ...]:
+    out: dict[float, float] = dict(a)
+    for key, value in b:
+        out[key] = out.get(key, 0.0) + value
+    return tuple(sorted(out.items()))
+
+
+def summed(parts: Iterable[Counters], revision: str) -> Counters:
+    """One revision's counters added up over several scrapes (router replicas, pods)."""
+    total = Counters(revision)
+    for c in parts:
+        envs: dict[str, tuple[float, float]] = {e: (r, x) for e, r, x in total.environments}
+        for env, requests, errors in c.environments:
+            r0, x0 = envs.get(env, (0.0, 0.0))
+            envs[env] = (r0 + requests, x0 + errors)
+        total = Counters(
+            revision,
+            total.requests + c.requests,
+            total.errors + c.errors,
+            total.mirrored + c.mirrored,
+            _add_pairs(total.buckets, c.buckets),
+            total.comparisons + c.comparisons,
+            total.cosine_sum + c.cosine_sum,
+            total.top1 + c.top1,
+            _add_pairs(total.diff_buckets, c.diff_buckets),
+            tuple(sorted((e, r, x) for e, (r, x) in envs.items())),
+        )
+    return total
 
 
 @dataclass
@@ -45,6 +78,7 @@ class _Acc:
     cosine_sum: float = 0.0
     top1: float = 0.0
     diff_buckets: dict[float, float] = field(default_factory=lambda: defaultdict(float))
+    envs: dict[str, list[float]] = field(default_factory=lambda: defaultdict(lambda: [0.0, 0.0]))
 
 
 def _samples(text: str) -> Iterable[tuple[str, dict[str, str], float]]:
@@ -63,8 +97,12 @@ def parse_counters(text: str) -> dict[str, Counters]:
         a = acc[revision]
         if name == REQUESTS:
             a.requests += value
-            if labels.get("code", "").startswith("5"):
+            failed = labels.get("code", "").startswith("5")
+            if failed:
                 a.errors += value
+            env = a.envs[labels.get("environment", "")]
+            env[0] += value
+            env[1] += value if failed else 0.0
             if labels.get("role") == "mirror":
                 a.mirrored += value
         elif name == DURATION + "_bucket":
@@ -88,6 +126,7 @@ def parse_counters(text: str) -> dict[str, Counters]:
             a.cosine_sum,
             a.top1,
             tuple(sorted(a.diff_buckets.items())),
+            tuple(sorted((e, r, x) for e, (r, x) in a.envs.items())),
         )
         for rev, a in acc.items()
     }
@@ -141,6 +180,16 @@ def measurements_between(
     comparisons = round(_delta(after.comparisons, base.comparisons))
     cosine_sum = _delta(after.cosine_sum, base.cosine_sum)
     top1 = _delta(after.top1, base.top1)
+    before_envs = {e: (r, x) for e, r, x in base.environments}
+    environments = tuple(
+        (
+            env,
+            round(_delta(r, before_envs.get(env, (0.0, 0.0))[0])),
+            round(_delta(x, before_envs.get(env, (0.0, 0.0))[1])),
+        )
+        for env, r, x in after.environments
+        if env
+    )
     return Measurements(
         revision=revision,
         requests=round(_delta(after.requests, base.requests)),
@@ -151,6 +200,7 @@ def measurements_between(
         top1=top1 / comparisons if comparisons else None,
         max_abs_diff=diff if comparisons else None,
         interval_seconds=seconds,
+        environments=environments if len(environments) > 1 else (),
     )
 
 
