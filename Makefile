@@ -55,11 +55,11 @@ bench: venv
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
 
-## make e2e: build (or reuse, from .cache/e2e/bin) kube-apiserver, kube-controller-manager and
-## etcd from their Go modules, then run e2e/ against a real control plane on 127.0.0.1
+## make e2e: build (or reuse, from .cache/e2e/bin) kube-apiserver, kube-controller-manager,
+## etcd and kwok from their Go modules, then run e2e/ against a real control plane on 127.0.0.1
 .PHONY: e2e
 e2e: venv
-	e2e/build.sh etcd kube-apiserver kube-controller-manager
+	e2e/build.sh
 	$(BIN)/pytest -q e2e -p no:cacheprovider
 
 ## make helm: build helm from its Go module into .cache/bin/helm (cached; minutes when cold)

@@ -15,10 +15,13 @@ import pytest
 from e2e.harness.api import Api, wait_for
 from e2e.harness.control_plane import (
     BIN,
+    CONTROLLERS,
     ControlPlane,
     binary_version,
+    kwok_available,
     missing_binaries,
     start_control_plane,
+    start_kwok,
 )
 from e2e.harness.install import (
     helm_available,
@@ -27,7 +30,7 @@ from e2e.harness.install import (
     install_operator_rbac,
     service_account_token,
 )
-from e2e.harness.kubelet import FakeKubelet
+from e2e.harness.kubelet import KWOK_ANNOTATION, NODE, FakeKubelet
 from e2e.harness.operator import Operator, start_operator
 
 _names = itertools.count(1)
@@ -38,8 +41,9 @@ def pytest_report_header() -> list[str]:
         f"e2e binaries ({BIN}): "
         + ", ".join(
             f"{c}={binary_version(c).rsplit('@', 1)[-1]}"
-            for c in ("kube-apiserver", "kube-controller-manager", "etcd")
+            for c in ("kube-apiserver", "kube-controller-manager", "etcd", "kwok")
         )
+        + f"; node played by {'kwok' if kwok_available() else 'the harness'}"
     ]
 
 
@@ -51,7 +55,8 @@ def control_plane() -> Iterator[ControlPlane]:
             f"control-plane binaries not built ({', '.join(missing)} missing in {BIN}): "
             "run e2e/build.sh or make e2e"
         )
-    cp = start_control_plane()
+    # KWOK renews the node's Lease, so the node lifecycle controller can run as in a cluster.
+    cp = start_control_plane("*" if kwok_available() else CONTROLLERS)
     try:
         yield cp
     finally:
@@ -81,9 +86,24 @@ def crd(crd_install: Any) -> Any:
 
 
 @pytest.fixture(scope="session")
-def kubelet(admin: Api) -> Iterator[FakeKubelet]:
-    k = FakeKubelet(admin)
+def kubelet(control_plane: ControlPlane, admin: Api) -> Iterator[FakeKubelet]:
+    """The node: KWOK reports status when built (E2E_NODES=harness: the harness does)."""
+    use_kwok = kwok_available()
+    if use_kwok:
+        start_kwok(control_plane, KWOK_ANNOTATION)
+    k = FakeKubelet(admin, kwok=use_kwok)
     k.start()
+    if use_kwok:
+        wait_for(
+            lambda: any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in (admin.get(f"/api/v1/nodes/{NODE}") or {})
+                .get("status", {})
+                .get("conditions", [])
+            ),
+            timeout=60,
+            what="KWOK to make the node Ready",
+        )
     yield k
     k.stop()
 

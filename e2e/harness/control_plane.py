@@ -293,3 +293,32 @@ def _start(cp: ControlPlane, controllers: str) -> None:
     wait_for(kcm_works, timeout=120, what="kube-controller-manager (default ServiceAccount)")
     admin.delete(f"/api/v1/namespaces/{probe}")
     cp.startup_seconds["kube-controller-manager"] = time.monotonic() - t0
+
+
+KWOK_STAGES = Path(__file__).with_name("kwok-stages.yaml")
+
+
+def kwok_available() -> bool:
+    """KWOK plays the node unless E2E_NODES=harness (or kwok is not built)."""
+    return os.environ.get("E2E_NODES", "kwok") == "kwok" and os.access(BIN / "kwok", os.X_OK)
+
+
+def start_kwok(cp: ControlPlane, node_annotation: str) -> Process:
+    """KWOK for the nodes annotated ``<node_annotation>=fake``, with the e2e stages."""
+    kwok = start(
+        "kwok",
+        [
+            str(BIN / "kwok"),
+            f"--kubeconfig={cp.admin_kubeconfig}",
+            f"--config={KWOK_STAGES}",
+            f"--manage-nodes-with-annotation-selector={node_annotation}=fake",
+            "--cidr=10.244.0.0/16",
+            "--node-ip=127.0.0.1",
+            f"--node-port={free_port()}",
+            f"--server-address=127.0.0.1:{free_port()}",
+        ],
+        cp.folder,
+        env={**os.environ, "HOME": str(cp.folder)},
+    )
+    cp.processes.append(kwok)
+    return kwok

@@ -21,6 +21,9 @@ from .api import Api, ApiError
 
 log = logging.getLogger(__name__)
 NODE = "e2e-node"
+KWOK_ANNOTATION = "kwok.x-k8s.io/node"
+A_EXIT_CODE = "e2e.onnxship.io/exit-code"
+A_MESSAGE = "e2e.onnxship.io/message"
 
 
 def _now() -> str:
@@ -40,6 +43,9 @@ class FakeKubelet:
     # Job name -> how its Pod ends; a Job Pod not listed here stays Running.
     job_exits: dict[str, Exit] = field(default_factory=dict)
     ready: bool = True  # False: non-Job Pods run but never turn Ready
+    # KWOK reports node and Pod status (harness/kwok-stages.yaml); this only binds Pods and
+    # hands a Job Pod its exit through annotations.
+    kwok: bool = False
     errors: list[str] = field(default_factory=list)
     _ips: itertools.count = field(default_factory=lambda: itertools.count(2))
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -50,9 +56,16 @@ class FakeKubelet:
             node = {
                 "apiVersion": "v1",
                 "kind": "Node",
-                "metadata": {"name": NODE, "labels": {"kubernetes.io/hostname": NODE}},
+                "metadata": {
+                    "name": NODE,
+                    "labels": {"kubernetes.io/hostname": NODE},
+                    "annotations": {KWOK_ANNOTATION: "fake"},
+                },
             }
             self.api.must("POST", "/api/v1/nodes", node)
+        if self.kwok:
+            self._start_thread()
+            return
         self.api.must(
             "PATCH",
             f"/api/v1/nodes/{NODE}/status",
@@ -74,6 +87,9 @@ class FakeKubelet:
             },
             content_type="application/merge-patch+json",
         )
+        self._start_thread()
+
+    def _start_thread(self) -> None:
         self._thread = threading.Thread(target=self._run, name="fake-kubelet", daemon=True)
         self._thread.start()
 
@@ -101,21 +117,15 @@ class FakeKubelet:
         meta, spec = pod["metadata"], pod["spec"]
         ns, name = meta["namespace"], meta["name"]
         path = f"/api/v1/namespaces/{ns}/pods/{name}"
+        if self.kwok:
+            self._sync_kwok(pod, path)
+            return
         if meta.get("deletionTimestamp"):
             # The containers are "stopped": confirm, as the kubelet does.
             self.api.request("DELETE", path, {"gracePeriodSeconds": 0})
             return
         if not spec.get("nodeName"):
-            self.api.must(
-                "POST",
-                f"{path}/binding",
-                {
-                    "apiVersion": "v1",
-                    "kind": "Binding",
-                    "metadata": {"name": name, "namespace": ns},
-                    "target": {"apiVersion": "v1", "kind": "Node", "name": NODE},
-                },
-            )
+            self._bind(pod, path)
             return
         status = pod.get("status") or {}
         phase = status.get("phase", "Pending")
@@ -130,6 +140,40 @@ class FakeKubelet:
             self._patch_status(path, self._running(pod, ready=self.ready and not job))
         elif not job and self.ready and not _is_ready(status):
             self._patch_status(path, self._running(pod, ready=True, ip=status.get("podIP")))
+
+    def _bind(self, pod: dict[str, Any], path: str) -> None:
+        meta = pod["metadata"]
+        self.api.must(
+            "POST",
+            f"{path}/binding",
+            {
+                "apiVersion": "v1",
+                "kind": "Binding",
+                "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": NODE},
+            },
+        )
+
+    def _sync_kwok(self, pod: dict[str, Any], path: str) -> None:
+        meta = pod["metadata"]
+        if meta.get("deletionTimestamp"):
+            return
+        if not pod["spec"].get("nodeName"):
+            self._bind(pod, path)
+            return
+        labels = meta.get("labels") or {}
+        job = labels.get("job-name") or labels.get("batch.kubernetes.io/job-name")
+        annotations = meta.get("annotations") or {}
+        if job and job in self.job_exits and A_EXIT_CODE not in annotations:
+            exit_ = self.job_exits[job]
+            self.api.merge_patch(
+                path,
+                {
+                    "metadata": {
+                        "annotations": {A_EXIT_CODE: str(exit_.code), A_MESSAGE: exit_.message}
+                    }
+                },
+            )
 
     def _patch_status(self, path: str, status: dict[str, Any]) -> None:
         self.api.must(
