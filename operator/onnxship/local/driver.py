@@ -466,7 +466,7 @@ class LocalDriver:
             "--model-version",
             record.model_version or revision,
             "--cache-dir",
-            str(self.state.root / "cache" / env.cache_key),
+            str(self.state.root / "cache"),  # a folder per cache key inside
             "--host",
             self.options.host,
             "--http-port",
