@@ -49,8 +49,25 @@ $(DEMO_STAMP): pyproject.toml
 demo: $(DEMO_STAMP)
 	$(BIN)/python examples/demo/run_demo.py
 
-bench: venv
-	@echo "make bench lands with the benchmark issue (13)." ; exit 1
+## make bench: every benchmark in bench/ (about 20 min on 2 cores), then bench/results/REPORT.md,
+## latest.json and PNG plots. BENCH_ARGS=--quick: a smoke run of a few minutes, written to
+## bench/results/tmp/quick/ (not committed). The peers (FastAPI+uvicorn, KServe) get their own
+## virtualenvs under .cache/bench/peers/; where they cannot be installed they are reported skipped.
+BENCH_ARGS ?=
+BENCH_PEERS := .cache/bench/peers
+ORT_VERSION = $(shell $(BIN)/python -c 'import onnxruntime; print(onnxruntime.__version__)')
+
+bench: venv $(BENCH_PEERS)/fastapi/.installed $(BENCH_PEERS)/kserve/.installed
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
+
+$(BENCH_PEERS)/fastapi/.installed:
+	-$(PYTHON) -m venv $(BENCH_PEERS)/fastapi && $(BENCH_PEERS)/fastapi/bin/pip install --quiet \
+	  'fastapi>=0.110,<1' 'uvicorn>=0.29,<1' 'onnxruntime==$(ORT_VERSION)' 'numpy>=1.26,<3' \
+	  && touch $@
+
+$(BENCH_PEERS)/kserve/.installed:
+	-$(PYTHON) -m venv $(BENCH_PEERS)/kserve && $(BENCH_PEERS)/kserve/bin/pip install --quiet \
+	  'kserve>=0.13,<1' 'onnxruntime==$(ORT_VERSION)' && touch $@
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -349,6 +349,7 @@ def scenario(
         for p in targets
     }
     added = [r["router"]["p50_ms"] - r["direct"]["p50_ms"] for r in rounds]
+    summary["rounds"] = rounds
     summary["router_added_p50_ms"] = statistics.median(added)
     summary["router_vs_direct_rps"] = statistics.median(
         r["router"]["rps"] / r["direct"]["rps"] for r in rounds

@@ -1,0 +1,867 @@
+#!/usr/bin/env python
+"""`make bench`: run every benchmark in bench/, then write one report.
+
+    .venv/bin/python bench/run_all.py [--quick] [--only serve router ...] [--report-only]
+
+Each benchmark script runs as its own subprocess, one after the other (never two at once:
+they would measure each other), with short defaults so that the whole run fits in about
+20 minutes on a 2-core VM; ``--quick`` cuts every one to a smoke run of a few minutes.
+Each writes its own JSON under ``bench/results/raw/``; this script then reads them and writes
+
+- ``bench/results/latest.json``: machine, date, versions, what ran (command, seconds, exit
+  status) and every figure as {section, figure, ours, anchor, ratio, spread, unit};
+- ``bench/results/REPORT.md``: the same as tables, each figure a ratio against its anchor
+  measured in the same run on the same machine (median of the per-round ratios, and the
+  min-max of those ratios as the spread);
+- PNG plots (bench/plots.py).
+
+A benchmark that fails or times out is reported as such; the others still run. The GPU
+section runs only where ``nvidia-smi`` sees a GPU and is skipped with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import importlib.metadata as md
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+RESULTS = BENCH / "results"
+RAW = RESULTS / "raw"
+LOGS = RESULTS / "tmp"  # git-ignored
+PY = sys.executable
+PEERS = ROOT / ".cache" / "bench" / "peers"
+
+
+@dataclass
+class Bench:
+    name: str
+    title: str
+    full: list[str]
+    quick: list[str]
+    json_flag: str = "--out-json"
+    timeout_full: int = 600
+    timeout_quick: int = 240
+    repeat_full: int = 1  # separate runs (for scripts that measure once per run)
+    repeat_quick: int = 1
+
+
+def benches(args: argparse.Namespace) -> list[Bench]:
+    peers: list[str] = []
+    for peer, flag in (("fastapi", "--fastapi-python"), ("kserve", "--kserve-python")):
+        python = getattr(args, f"{peer}_python") or str(PEERS / peer / "bin" / "python")
+        if Path(python).exists():
+            peers += [flag, python]
+    return [
+        Bench(
+            "compress",
+            "1. compression (compress_bench.py)",
+            [
+                "--rounds",
+                "3",
+                "--b1-runs",
+                "30",
+                "--b32-runs",
+                "4",
+                "--pairs",
+                "16",
+                "--n-accuracy",
+                "128",
+                "--big-gb",
+                str(args.big_gb),
+            ],
+            [
+                "--rounds",
+                "1",
+                "--b1-runs",
+                "10",
+                "--b32-runs",
+                "2",
+                "--pairs",
+                "4",
+                "--n-accuracy",
+                "32",
+                "--skip-big",
+            ],
+            json_flag="--json",
+            timeout_full=720,
+        ),
+        Bench(
+            "serve",
+            "2. serving (serve_bench.py)",
+            [
+                "--rounds",
+                "3",
+                "--b1-requests",
+                "100",
+                "--tput-rounds",
+                "2",
+                "--seconds",
+                "6",
+                *peers,
+            ],
+            [
+                "--rounds",
+                "2",
+                "--b1-requests",
+                "30",
+                "--tput-rounds",
+                "1",
+                "--seconds",
+                "2",
+                *peers,
+            ],
+            timeout_full=540,
+        ),
+        Bench(
+            "router",
+            "3. router (router_bench.py)",
+            ["--rounds", "3", "--seconds", "3", "--no-install"],
+            ["--rounds", "2", "--seconds", "1", "--only", "trivial", "--no-install"],
+            timeout_full=300,
+        ),
+        Bench(
+            "cold_start",
+            "4. cold start (cold_start_bench.py)",
+            ["--rounds", "3", "--sizes-mb", "100", "1000"],
+            ["--rounds", "2", "--sizes-mb", "50"],
+            timeout_full=600,
+        ),
+        Bench(
+            "rollout",
+            "5. rollout (rollout_bench.py)",
+            ["--rounds", "2", "--timeline"],
+            ["--rounds", "1", "--timeline"],
+            timeout_full=420,
+        ),
+        Bench(
+            "operator",
+            "6. operator (operator_bench.py)",
+            ["--count", "1000"],
+            ["--count", "100"],
+            json_flag="--output",
+            timeout_full=600,
+            repeat_full=1,
+            repeat_quick=1,
+        ),
+    ]
+
+
+def script_of(b: Bench) -> Path:
+    return BENCH / f"{b.name}_bench.py"
+
+
+def run_bench(b: Bench, quick: bool) -> dict[str, Any]:
+    """Run one benchmark (``repeat`` times); its JSON lands in raw/<name>[.<i>].json."""
+    runs = []
+    repeat = b.repeat_quick if quick else b.repeat_full
+    for i in range(repeat):
+        out = RAW / (f"{b.name}.json" if repeat == 1 else f"{b.name}.{i}.json")
+        out.unlink(missing_ok=True)
+        cmd = [PY, str(script_of(b)), *(b.quick if quick else b.full), b.json_flag, str(out)]
+        timeout = b.timeout_quick if quick else b.timeout_full
+        log = LOGS / f"{b.name}{'' if repeat == 1 else f'.{i}'}.log"
+        print(f"\n=== {b.title}: {' '.join(cmd[1:])}", flush=True)
+        t0 = time.monotonic()
+        with log.open("w") as fh:
+            proc = subprocess.Popen(
+                cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+            )
+            try:
+                rc = proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                # the script's own servers live in its session: stop them all with it
+                os.killpg(proc.pid, 15)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, 9)
+                    proc.wait()
+                rc = 124
+        seconds = time.monotonic() - t0
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        print("\n".join("    " + line for line in tail), flush=True)
+        print(f"    -> exit {rc} in {seconds:.0f}s", flush=True)
+        runs.append(
+            {
+                "command": " ".join(["python", *cmd[1:]]).replace(str(ROOT) + "/", ""),
+                "exit": rc,
+                "seconds": round(seconds, 1),
+                "json": str(out).replace(str(ROOT) + "/", ""),
+                "log_tail": tail if rc else [],
+            }
+        )
+    return {"title": b.title, "runs": runs}
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+@dataclass
+class Figure:
+    section: str
+    figure: str
+    ours: float | None
+    anchor: float | None
+    unit: str
+    anchor_name: str
+    ratio: float | None = None  # ours / anchor: the median of per-round ratios where rounds exist
+    spread: list[float] = field(default_factory=list)  # min, max of the per-round ratios
+    better: str = "lower"  # which way a smaller ratio points
+    note: str = ""
+
+
+def med(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def fig(
+    section: str,
+    figure: str,
+    ours: list[float] | float | None,
+    anchor: list[float] | float | None,
+    unit: str,
+    anchor_name: str,
+    ratios: list[float] | None = None,
+    **kw: Any,
+) -> Figure:
+    """A figure from per-round values: ours and anchor are medians, the ratio the median of
+    the per-round ratios (or of ``ratios`` when given), the spread their min and max."""
+    o = ours if isinstance(ours, list) else ([ours] if ours is not None else [])
+    a = anchor if isinstance(anchor, list) else ([anchor] if anchor is not None else [])
+    if ratios is None and o and a and len(o) == len(a):
+        ratios = [x / y for x, y in zip(o, a, strict=True) if y]
+    return Figure(
+        section,
+        figure,
+        med(o) if o else None,
+        med(a) if a else None,
+        unit,
+        anchor_name,
+        med(ratios) if ratios else None,
+        [min(ratios), max(ratios)] if ratios and len(ratios) > 1 else [],
+        **kw,
+    )
+
+
+def load(name: str) -> dict[str, Any] | None:
+    path = RAW / f"{name}.json"
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def compress_figures(d: dict[str, Any]) -> list[Figure]:
+    out: list[Figure] = []
+    s = "1. compression"
+    m = d.get("minilm")
+    if m:
+        anchor = m["anchor quantize_dynamic()"]
+        fp32 = m["fp32"]
+        for mode, r in m.items():
+            if mode in ("fp32", "head-to-head", "anchor quantize_dynamic()"):
+                continue
+            label = "ours" if mode == "ours-default" else mode
+            out.append(
+                fig(
+                    s,
+                    f"size, {label} (MiniLM)",
+                    r["bytes"] / 1e6,
+                    anchor["bytes"] / 1e6,
+                    "MB",
+                    "quantize_dynamic() defaults",
+                    note=f"{fp32['bytes'] / r['bytes']:.2f}x smaller than fp32",
+                )
+            )
+            # speedup vs fp32, per round (variants interleave within a round)
+            so = [f / x for f, x in zip(fp32["b32"], r["b32"], strict=True)]
+            sa = [f / x for f, x in zip(fp32["b32"], anchor["b32"], strict=True)]
+            out.append(
+                fig(
+                    s,
+                    f"batch-32 speedup vs fp32, {label}",
+                    so,
+                    sa,
+                    "x",
+                    "quantize_dynamic() speedup",
+                    better="higher",
+                )
+            )
+            out.append(
+                fig(
+                    s,
+                    f"cosine mean / min vs fp32, {label}",
+                    r["cos_mean"],
+                    anchor["cos_mean"],
+                    "",
+                    "quantize_dynamic()",
+                    better="higher",
+                    note=f"min {r['cos_min']:.4f} (anchor {anchor['cos_min']:.4f})",
+                )
+            )
+        h2h = m.get("head-to-head")
+        if h2h:
+            out.append(
+                fig(
+                    s,
+                    "batch-32 latency, ours vs anchor, paired runs",
+                    None,
+                    None,
+                    "",
+                    "quantize_dynamic()",
+                    ratios=h2h["ratios"],
+                    note=f"{h2h['pairs']} pairs; ours faster in {h2h['a_faster_share']:.0%}",
+                )
+            )
+    big = d.get("big")
+    if big and "error" not in big:
+        out.append(
+            fig(
+                s,
+                f"peak memory compressing a {big['source_bytes'] / 1e9:.1f} GB external-data model",
+                big["peak_rss_mb"],
+                big["source_bytes"] / 1e6,
+                "MB",
+                "the model's size",
+                note=f"wall {big['seconds']:.0f} s; ratio "
+                f"{big['report']['ratio']:.3f} of the source",
+            )
+        )
+    elif big:
+        out.append(
+            Figure(
+                s,
+                "peak memory, big external-data model",
+                None,
+                None,
+                "MB",
+                "",
+                note="failed: " + big["error"].strip().splitlines()[-1][:120],
+            )
+        )
+    return out
+
+
+def serve_figures(d: dict[str, Any]) -> list[Figure]:
+    out: list[Figure] = []
+    s = "2. serving"
+    b1 = d["b1_rounds"]
+    raw = b1["raw"]
+    for key, label in (
+        ("onnxship_json", "HTTP JSON"),
+        ("onnxship_binary", "HTTP binary"),
+        ("onnxship_grpc", "gRPC"),
+    ):
+        for q in ("p50", "p99"):
+            out.append(
+                fig(
+                    s,
+                    f"batch-1 {q}, {label}",
+                    [x[q] for x in b1[key]],
+                    [x[q] for x in raw],
+                    "ms",
+                    f"raw session.run {q}",
+                )
+            )
+    best = [max(c.values()) for c in d["raw_ceilings"]]
+    tput = d["throughput_rounds"]
+    clients = d.get("clients", 32)
+    for key, label in (
+        ("onnxship_on_binary", "binary, batching on"),
+        ("onnxship_on_json", "JSON, batching on"),
+        ("onnxship_on_grpc", "gRPC, batching on"),
+        ("onnxship_off_binary", "binary, batching off"),
+        ("onnxship_on_x2_binary", "binary, batching on, 2 instances"),
+    ):
+        if key in tput:
+            out.append(
+                fig(
+                    s,
+                    f"throughput at {clients} clients, {label}",
+                    tput[key],
+                    best,
+                    "req/s",
+                    "best raw session.run rows/s, any batch",
+                    better="higher",
+                )
+            )
+    for peer, name in (("fastapi", "FastAPI+uvicorn"), ("kserve", "KServe model server")):
+        key = f"{peer}_json"
+        if key not in b1:
+            out.append(
+                Figure(
+                    s,
+                    f"vs {name}",
+                    None,
+                    None,
+                    "",
+                    name,
+                    note="skipped: peer virtualenv not available",
+                )
+            )
+            continue
+        out.append(
+            fig(
+                s,
+                f"batch-1 p50, JSON, vs {name}",
+                [x["p50"] for x in b1["onnxship_json"]],
+                [x["p50"] for x in b1[key]],
+                "ms",
+                f"{name} p50",
+            )
+        )
+        out.append(
+            fig(
+                s,
+                f"throughput at {clients} clients, JSON, vs {name}",
+                tput["onnxship_on_json"],
+                tput[key],
+                "req/s",
+                name,
+                better="higher",
+            )
+        )
+    errs = {k: v for k, v in d.get("errors", {}).items() if v}
+    if errs:
+        out.append(
+            Figure(
+                s,
+                "errors under load",
+                None,
+                None,
+                "",
+                "",
+                note=", ".join(f"{k}: {v}" for k, v in errs.items()),
+            )
+        )
+    return out
+
+
+def router_figures(d: dict[str, Any]) -> list[Figure]:
+    out: list[Figure] = []
+    s = "3. router"
+    for kind, label in (("trivial", "trivial backend"), ("minilm", "MiniLM backends")):
+        r = d.get(kind)
+        if not r or "rounds" not in r:
+            continue
+        rounds = r["rounds"]
+        for anchor in ("direct", "nginx"):
+            if anchor not in rounds[0]:
+                if anchor == "nginx":
+                    out.append(
+                        Figure(
+                            s,
+                            f"vs nginx, {label}",
+                            None,
+                            None,
+                            "",
+                            "nginx",
+                            note="skipped: nginx not installed",
+                        )
+                    )
+                continue
+            name = "direct to one backend" if anchor == "direct" else "nginx, same weights"
+            added = med([x["router"]["p50_ms"] - x[anchor]["p50_ms"] for x in rounds])
+            out.append(
+                fig(
+                    s,
+                    f"p50, 1 client, {label}",
+                    [x["router"]["p50_ms"] for x in rounds],
+                    [x[anchor]["p50_ms"] for x in rounds],
+                    "ms",
+                    name,
+                    note=f"added p50 {added:.3f} ms",
+                )
+            )
+            out.append(
+                fig(
+                    s,
+                    f"throughput, 16 clients, {label}",
+                    [x["router"]["rps"] for x in rounds],
+                    [x[anchor]["rps"] for x in rounds],
+                    "req/s",
+                    name,
+                    better="higher",
+                )
+            )
+        if "nginx" in rounds[0]:
+            out.append(
+                fig(
+                    s,
+                    f"proxy CPU per request, {label}",
+                    [x["router"]["cpu_us_per_request"] for x in rounds],
+                    [x["nginx"]["cpu_us_per_request"] for x in rounds],
+                    "us",
+                    "nginx",
+                )
+            )
+    return out
+
+
+def cold_start_figures(d: dict[str, Any]) -> list[Figure]:
+    return [
+        fig(
+            "4. cold start",
+            f"artifact in S3 -> ready, {r['bytes'] / 1e6:.0f} MB model",
+            r["ours_s"],
+            r["anchor_s"],
+            "s",
+            "boto3 download_file + InferenceSession",
+            ratios=r["ratio"],
+        )
+        for r in d["sizes"].values()
+    ]
+
+
+def rollout_figures(d: dict[str, Any]) -> list[Figure]:
+    rounds = d["rounds"]
+    return [
+        fig(
+            "5. rollout",
+            "onnxship apply -> 100% traffic, 3 steps, zero pause",
+            [r["apply_to_100_s"] for r in rounds],
+            [r["anchor_s"] for r in rounds],
+            "s",
+            "sum of parts: compress + serve start",
+            note=f"parts: compress {med([r['compress_s'] for r in rounds]):.1f} s + start "
+            f"{med([r['start_s'] for r in rounds]):.1f} s",
+        )
+    ]
+
+
+def operator_figures(runs: list[dict[str, Any]]) -> list[Figure]:
+    s = "6. operator"
+    n = runs[0]["ours"]["count"]
+    out = [
+        fig(
+            s,
+            f"{n} ModelDeployments: reconciled per second",
+            [r["ours"]["count"] / r["ours"]["seconds_to_all"] for r in runs],
+            [r["anchor"]["count"] / r["anchor"]["seconds_to_all"] for r in runs],
+            "objects/s",
+            "minimal kopf operator (status only)",
+            better="higher",
+            note="ours creates a Job per object",
+        ),
+        fig(
+            s,
+            f"{n} ModelDeployments: peak memory",
+            [r["ours"]["peak_rss_mb"] for r in runs],
+            [r["anchor"]["peak_rss_mb"] for r in runs],
+            "MB",
+            "minimal kopf operator",
+        ),
+    ]
+    if runs[0]["ours"].get("api_requests_per_reconcile"):
+        out[0].note += f"; {runs[0]['ours']['api_requests_per_reconcile']} API requests/pass"
+    return out
+
+
+def figures() -> tuple[list[Figure], dict[str, Any]]:
+    figs: list[Figure] = []
+    raw: dict[str, Any] = {}
+    makers = {
+        "compress": compress_figures,
+        "serve": serve_figures,
+        "router": router_figures,
+        "cold_start": cold_start_figures,
+        "rollout": rollout_figures,
+    }
+    for name, make in makers.items():
+        d = load(name)
+        raw[name] = d
+        if d is None:
+            continue
+        try:
+            figs += make(d)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+            figs.append(Figure(name, "report", None, None, "", "", note=f"unreadable: {exc!r}"))
+    ops = [x for x in (load("operator"), *(load(f"operator.{i}") for i in range(5))) if x]
+    raw["operator"] = ops or None
+    if ops:
+        figs += operator_figures(ops)
+    return figs, raw
+
+
+# ---------------------------------------------------------------------------- environment
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = 0.0
+    with contextlib.suppress(OSError, ValueError):
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for pkg in (
+        "onnxship",
+        "onnxruntime",
+        "onnx",
+        "numpy",
+        "kopf",
+        "aiohttp",
+        "grpcio",
+        "boto3",
+        "moto",
+        "matplotlib",
+    ):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "-"
+    with contextlib.suppress(OSError):
+        out["git"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if Path(nginx).exists():
+        v = subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr.strip()
+        out["nginx"] = v.rsplit("/", 1)[-1]
+    for peer in ("fastapi", "kserve"):
+        py = PEERS / peer / "bin" / "python"
+        if py.exists():
+            v = subprocess.run(
+                [str(py), "-m", "pip", "show", peer], capture_output=True, text=True
+            ).stdout
+            out[peer] = next(
+                (x.split()[-1] for x in v.splitlines() if x.startswith("Version")), "?"
+            )
+    return out
+
+
+def gpu_section() -> dict[str, Any]:
+    smi = shutil.which("nvidia-smi")
+    try:
+        import onnxruntime as ort
+
+        providers = ort.get_available_providers()
+    except ImportError:
+        providers = []
+    if not smi:
+        return {
+            "ran": False,
+            "reason": "no GPU on this machine (nvidia-smi not found; "
+            f"onnxruntime providers: {', '.join(providers)})",
+        }
+    gpus = subprocess.run([smi, "-L"], capture_output=True, text=True).stdout.strip()
+    if "CUDAExecutionProvider" not in providers:
+        return {
+            "ran": False,
+            "gpus": gpus,
+            "reason": "a GPU is present but this onnxruntime "
+            "has no CUDAExecutionProvider (install onnxruntime-gpu)",
+        }
+    return {"ran": False, "gpus": gpus, "reason": "GPU present; no GPU benchmark script yet"}
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def fmt(x: float | None, unit: str = "") -> str:
+    if x is None:
+        return "-"
+    if abs(x) >= 100:
+        s = f"{x:.0f}"
+    elif abs(x) >= 10:
+        s = f"{x:.1f}"
+    elif abs(x) >= 0.9 and unit in ("", "x"):
+        s = f"{x:.4f}" if unit == "" else f"{x:.2f}"
+    else:
+        s = f"{x:.3g}" if abs(x) < 1 else f"{x:.2f}"
+    return f"{s} {unit}".strip()
+
+
+def report_md(doc: dict[str, Any]) -> str:
+    m, v = doc["machine"], doc["versions"]
+    lines = [
+        "# onnxship benchmark report",
+        "",
+        f"Generated by `make bench{' BENCH_ARGS=--quick' if doc['quick'] else ''}` "
+        f"(bench/run_all.py) on {doc['date']}, in {doc['seconds'] / 60:.1f} min.",
+        "",
+        f"**Machine:** {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['os']}; "
+        f"load average {doc['loadavg_start'][0]:.1f} at the start and "
+        f"{doc['loadavg_end'][0]:.1f} at the end (a shared VM: expect noise).",
+        "",
+        "**Versions:** " + ", ".join(f"{k} {x}" for k, x in v.items()),
+        "",
+        "Every figure is measured against its anchor in the same run on the same machine. "
+        "**ratio** = ours / anchor: the median of the per-round ratios where the benchmark "
+        "has rounds; **spread** = the lowest and highest per-round ratio (none: one round, or "
+        "a deterministic figure). The arrow says which way is better for us "
+        "(↓: a ratio below 1 is better; ↑: above 1 is better).",
+        "",
+        "| figure | ours | anchor | ratio | spread | anchor is | note |",
+        "|---|---:|---:|---:|---|---|---|",
+    ]
+    section = ""
+    for f in doc["figures"]:
+        if f["section"] != section:
+            section = f["section"]
+            lines.append(f"| **{section}** | | | | | | |")
+        arrow = "↓" if f["better"] == "lower" else "↑"
+        ratio = f"{f['ratio']:.2f} {arrow}" if f["ratio"] is not None else "-"
+        spread = f"{f['spread'][0]:.2f}-{f['spread'][1]:.2f}" if f["spread"] else ""
+        lines.append(
+            f"| {f['figure']} | {fmt(f['ours'], f['unit'])} | {fmt(f['anchor'], f['unit'])} | "
+            f"{ratio} | {spread} | {f['anchor_name']} | {f['note']} |"
+        )
+    g = doc["gpu"]
+    lines += ["", "## GPU", "", ("ran" if g["ran"] else "skipped") + f": {g['reason']}", ""]
+    lines += ["## What ran", "", "| benchmark | exit | seconds | command |", "|---|---:|---:|---|"]
+    for b in doc["benchmarks"].values():
+        for r in b["runs"]:
+            status = "ok" if r["exit"] == 0 else ("timeout" if r["exit"] == 124 else r["exit"])
+            lines.append(f"| {b['title']} | {status} | {r['seconds']:.0f} | `{r['command']}` |")
+    failed = [(b["title"], r) for b in doc["benchmarks"].values() for r in b["runs"] if r["exit"]]
+    for title, r in failed:
+        lines += [
+            "",
+            f"**{title} failed** (exit {r['exit']}); the last lines of its output:",
+            "",
+            "```",
+            *r["log_tail"],
+            "```",
+        ]
+    plots = doc.get("plots") or []
+    if plots:
+        lines += ["", "## Plots", ""]
+        for p in plots:
+            lines += [
+                f"### {p['title']}",
+                "",
+                f"![{p['title']}]({p['file']})",
+                "",
+                p["caption"],
+                "",
+            ]
+    lines += [
+        "",
+        "Raw per-benchmark JSON: `bench/results/raw/`; every figure above, machine-readable: "
+        "`bench/results/latest.json`. Logs of the last run: `bench/results/tmp/` (not committed).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true", help="a smoke run of a few minutes")
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        help="compress serve router cold_start rollout operator",
+    )
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rebuild the report and plots from bench/results/raw/",
+    )
+    ap.add_argument("--big-gb", type=float, default=3.0, help="size of the external-data model")
+    ap.add_argument("--fastapi-python", help="default: .cache/bench/peers/fastapi/bin/python")
+    ap.add_argument("--kserve-python", help="default: .cache/bench/peers/kserve/bin/python")
+    ap.add_argument(
+        "--results",
+        type=Path,
+        help="where to write (default: bench/results; with --quick: "
+        "bench/results/tmp/quick, never committed)",
+    )
+    args = ap.parse_args()
+    global RESULTS, RAW, LOGS
+    RESULTS = args.results or (RESULTS / "tmp" / "quick" if args.quick else RESULTS)
+    RAW = RESULTS / "raw"
+    LOGS = LOGS if RESULTS == BENCH / "results" else RESULTS / "logs"
+    for d in (RAW, LOGS):
+        d.mkdir(parents=True, exist_ok=True)
+
+    started = time.monotonic()
+    previous = (
+        json.loads((RESULTS / "latest.json").read_text())
+        if (RESULTS / "latest.json").exists()
+        else {}
+    )
+    ran: dict[str, Any] = (
+        dict(previous.get("benchmarks", {})) if (args.only or args.report_only) else {}
+    )
+    loadavg_start = list(os.getloadavg())
+    date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if not args.report_only:
+        for b in benches(args):
+            if args.only and b.name not in args.only:
+                continue
+            ran[b.name] = run_bench(b, args.quick)
+    figs, raw = figures()
+    doc: dict[str, Any] = {
+        "date": date if not args.report_only else previous.get("date", date),
+        "quick": args.quick if not args.report_only else previous.get("quick", False),
+        "seconds": round(time.monotonic() - started, 1)
+        if not args.report_only
+        else previous.get("seconds", 0.0),
+        "loadavg_start": loadavg_start
+        if not args.report_only
+        else previous.get("loadavg_start", loadavg_start),
+        "loadavg_end": list(os.getloadavg())
+        if not args.report_only
+        else previous.get("loadavg_end", loadavg_start),
+        "machine": machine(),
+        "versions": versions(),
+        "gpu": gpu_section(),
+        "benchmarks": ran,
+        "figures": [asdict(f) for f in figs],
+    }
+    try:
+        sys.path.insert(0, str(BENCH))
+        import plots
+
+        doc["plots"] = plots.make_all(raw, RESULTS)
+    except Exception as exc:  # a broken plot must not lose the figures
+        print(f"plots failed: {exc!r}", flush=True)
+        doc["plots"] = []
+    (RESULTS / "latest.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (RESULTS / "REPORT.md").write_text(report_md(doc))
+    print((RESULTS / "REPORT.md").read_text())
+    print(f"make bench: {time.monotonic() - started:.0f}s; wrote {RESULTS / 'REPORT.md'}")
+    failed = [n for n, b in ran.items() if any(r["exit"] for r in b["runs"])]
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
