@@ -46,13 +46,15 @@ def from_data(spec: TensorSpec, shape: tuple[int, ...], data: Any) -> np.ndarray
     dtype = OIP_TO_NUMPY[spec.datatype]
     try:
         if spec.datatype == "BYTES":
-            arr = np.empty(count, dtype=object)
             if isinstance(data, str | bytes):
                 flat: list[Any] = [data]
             else:
                 flat = _flatten(data) if isinstance(data, list) else list(data)
+            # Count before allocating: a declared shape of 10**11 elements is the client's
+            # mistake, not a MemoryError (a 500) for the server.
             if len(flat) != count:
                 raise _size_error(spec, shape, count, f"{len(flat)} elements")
+            arr = np.empty(count, dtype=object)
             for i, item in enumerate(flat):
                 arr[i] = _as_str(spec, item)
             return arr.reshape(shape)
@@ -94,6 +96,8 @@ def to_raw(datatype: str, arr: np.ndarray) -> bytes | memoryview:
             parts.append(b)
         return b"".join(parts)
     arr = np.ascontiguousarray(arr, dtype=WIRE_DTYPE[datatype])
+    if arr.size == 0:
+        return b""  # memoryview.cast refuses a view with a zero in its shape
     return arr.data.cast("B")
 
 
@@ -141,6 +145,9 @@ def _as_str(spec: TensorSpec, item: Any) -> str:
 def _bytes_from_raw(
     spec: TensorSpec, shape: tuple[int, ...], count: int, raw: memoryview
 ) -> np.ndarray:
+    if count * 4 > len(raw):
+        # Each element takes at least its 4-byte length: refuse before allocating `count`.
+        raise _size_error(spec, shape, count * 4, f"{len(raw)} bytes", unit="bytes at least")
     arr = np.empty(count, dtype=object)
     pos, end = 0, len(raw)
     for i in range(count):
