@@ -113,7 +113,8 @@ def check_external_data(model: onnx.ModelProto, folder: Path, model_name: str) -
         location = info.get("location", "")
         where = f"{model_name}: tensor {tensor.name!r} stores its data in {location!r}"
         rel = PurePosixPath(location.replace("\\", "/"))
-        if not location or rel.is_absolute() or ".." in rel.parts or location.startswith("~"):
+        unsafe = not location or "\0" in location or location.startswith("~")
+        if unsafe or rel.is_absolute() or ".." in rel.parts:
             raise InvalidModelError(
                 f"{where}: external data must be a relative path inside the model's folder "
                 "(no '..', no absolute paths); re-save the model with onnx.save(..., "
@@ -214,8 +215,16 @@ def validate_model(path: Path, full_check: bool = True) -> ModelInfo:
         try:
             # A path, not a proto: onnx then reads external data itself and handles > 2 GB.
             onnx.checker.check_model(os.fspath(path), full_check=True)
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        except (
+            onnx.checker.ValidationError,
+            onnx.shape_inference.InferenceError,
+            # A name or string field that is not UTF-8: the checker fails to decode its own
+            # message about it.
+            UnicodeDecodeError,
+        ) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if isinstance(exc, UnicodeDecodeError):
+                first = f"a name or string in the model is not valid UTF-8 ({exc.reason})"
             raise InvalidModelError(
                 f"{name}: the ONNX checker refused the model: {first}"
             ) from None
