@@ -133,17 +133,9 @@ class Cluster:
     async def finish_job(
         self, name: str, exit_code: int = 0, message: str = "", namespace: str = NS
     ) -> None:
-        """Play the Job controller and the kubelet: the Job's Pod ends with this code."""
+        """Play the kubelet, then the Job controller: the Pod ends with this code, then the Job
+        is marked finished (in that order, as in a cluster)."""
         condition = "Complete" if exit_code == 0 else "Failed"
-        await self.patch(
-            f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}",
-            {
-                "status": {
-                    "conditions": [{"type": condition, "status": "True"}],
-                    "succeeded" if exit_code == 0 else "failed": 1,
-                }
-            },
-        )
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -168,6 +160,15 @@ class Cluster:
             },
         }
         await self.server.post(f"/api/v1/namespaces/{namespace}/pods", json=pod)
+        await self.patch(
+            f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}",
+            {
+                "status": {
+                    "conditions": [{"type": condition, "status": "True"}],
+                    "succeeded" if exit_code == 0 else "failed": 1,
+                }
+            },
+        )
 
     async def make_ready(self, deployment: str, namespace: str = NS) -> None:
         """Play the Deployment controller: every replica is ready."""

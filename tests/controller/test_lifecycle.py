@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -144,6 +145,13 @@ async def test_failed_compression_says_why_and_serves_nothing(
         assert degraded["reason"] == "AccuracyGateFailed"
         assert "exit code 5" in degraded["message"] and log_tail in degraded["message"]
         assert not cluster.objects(DEPLOYS)
+        # ttlSecondsAfterFinished removes the Job: the same spec must not compress again.
+        seen = len(cluster.requests)
+        await cluster.server.delete(f"/apis/batch/v1/namespaces/default/jobs/{name}")
+        await cluster.wait_for(lambda: len(cluster.requests) > seen, what="a pass after deletion")
+        await asyncio.sleep(0.5)
+        assert not cluster.objects(JOBS), "a failed gate was retried with the same spec"
+        assert condition(cluster, "Degraded")["reason"] == "AccuracyGateFailed"
 
 
 async def test_artifact_in_the_store_is_reused_without_a_job(

@@ -43,7 +43,7 @@ from onnxship.plan.compression_jobs import (
     artifact_view,
     job_phase,
 )
-from onnxship.plan.conditions import set_condition
+from onnxship.plan.conditions import find_condition, set_condition
 from onnxship.plan.observed import ArtifactState, DesiredRevision, Observed, RevisionPods
 from onnxship.plan.revision import revision_name
 from onnxship.plan.rollout import step
@@ -95,7 +95,9 @@ def reconcile(wiring: Wiring, namespace: str, name: str, emit: Emit) -> Outcome 
     image = spec.serving.image or runtime.image
     desired_name = revision_name(owner.name, spec, spec.model.sha256, image)
 
-    desired = _observe_artifacts(wiring, owner, spec, status, desired_name, store, runtime, now)
+    desired = _observe_artifacts(
+        wiring, owner, spec, status, desired_name, store, runtime, now, generation
+    )
     pods, counts = _observe_pods(wiring, owner)
     observed = Observed(
         desired=desired,
@@ -174,6 +176,7 @@ def _observe_artifacts(
     store: w.StoreRef,
     runtime: w.Runtime,
     now: datetime,
+    generation: int,
 ) -> DesiredRevision:
     """Where each environment's artifact of the desired revision stands; start missing Jobs."""
     recorded = next((r for r in status.revisions if r.name == name), None)
@@ -207,6 +210,8 @@ def _observe_artifacts(
         view = artifact_view(
             env.name, str(env.execution_provider), known.get(env.name), in_store, job
         )
+        if view.create_job and (settled := _settled_failure(status, generation)) is not None:
+            view = settled  # the failed Job is gone (TTL); the same spec would fail again
         if view.create_job:  # we just saw there is none: create, no read-before-write
             _create(wiring, w.compress_job(owner, spec, name, env, store, runtime))
         views[env.name] = view
@@ -224,6 +229,22 @@ def _observe_artifacts(
         failure_message="; ".join(v.message for v in failed),
         reused=bool(envs) and all(e.compression and e.compression.cache_hit for e in envs),
     )
+
+
+# Failures that a new Job with the same spec would only repeat.
+_PERMANENT = {Reason.invalid_model, Reason.accuracy_gate_failed, Reason.invalid_spec}
+
+
+def _settled_failure(status: ModelDeploymentStatus, generation: int) -> ArtifactView | None:
+    degraded = find_condition(status.conditions, ConditionType.degraded)
+    if (
+        degraded is not None
+        and degraded.status == "True"
+        and degraded.reason in _PERMANENT
+        and degraded.observed_generation == generation
+    ):
+        return ArtifactView(ArtifactState.failed, reason=degraded.reason, message=degraded.message)
+    return None
 
 
 def _create(wiring: Wiring, obj: dict[str, Any]) -> None:
