@@ -340,7 +340,11 @@ def main() -> None:
     parser.add_argument("--skip-minilm", action="store_true")
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES),
+                        help="modes to build (fp32 and the anchor always)")  # fmt: skip
     args = parser.parse_args()
+    for mode in set(MODES) - set(args.modes):
+        del MODES[mode]
 
     output: dict = {}
     if not args.skip_minilm:

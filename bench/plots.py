@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 Plot = dict[str, str]
 
@@ -51,6 +52,12 @@ def serve_latency(d: dict[str, Any], out_dir: Path) -> Plot | None:
         p50, p99 = np.percentile(xs, 50), np.percentile(xs, 99)
         ax.step(xs, ys, where="post", label=f"{label}: p50 {p50:.1f} ms, p99 {p99:.1f} ms", **style)
     ax.set_xscale("log")
+    lo = min(min(v) for v in samples.values())
+    hi = max(max(v) for v in samples.values())
+    nice = [x * 10.0**e for e in range(-1, 5) for x in (1, 2, 3, 5)]
+    ax.xaxis.set_major_locator(FixedLocator([t for t in nice if lo * 0.9 <= t <= hi * 1.1]))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("latency per request, batch 1 (ms, log scale)")
     ax.set_ylabel("fraction of requests at or below")
     ax.set_ylim(0, 1.02)
@@ -229,6 +236,7 @@ def cold_start(d: dict[str, Any], out_dir: Path) -> Plot | None:
     tags = list(sizes)
     x = np.arange(len(tags))
     fig, ax = plt.subplots(figsize=(7, 4.2))
+    top = 0.0
     for off, key, label, color in (
         (-0.2, "ours_s", "onnxship serve --store (fetch, verify, load, warm up)", "tab:green"),
         (0.2, "anchor_s", "boto3 download_file + InferenceSession", "tab:grey"),
@@ -237,10 +245,21 @@ def cold_start(d: dict[str, Any], out_dir: Path) -> Plot | None:
         medv = np.array([np.median(v) for v in vals])
         lo = medv - np.array([min(v) for v in vals])
         hi = np.array([max(v) for v in vals]) - medv
-        ax.bar(x + off, medv, width=0.4, color=color, yerr=[lo, hi], capsize=4, label=label)
+        ax.bar(x + off, medv, width=0.38, color=color, yerr=[lo, hi], capsize=4, label=label)
         for i, v in enumerate(medv):
-            ax.text(x[i] + off, v, f"{v:.1f} s", ha="center", va="bottom", fontsize=8)
+            ax.text(
+                x[i] + off,
+                v / 2,
+                f"{v:.1f} s",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white",
+                fontweight="bold",
+            )
+        top = max(top, float(max(max(v) for v in vals)))
     ax.set_xticks(x, [f"{sizes[t]['bytes'] / 1e6:.0f} MB model" for t in tags])
+    ax.set_ylim(0, top * 1.35)  # room for the legend above the bars
     ax.set_ylabel("seconds from process start to ready (median)")
     ax.set_title("Cold start from S3 (moto on 127.0.0.1); bars: min-max of rounds", fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
