@@ -80,7 +80,7 @@ e2e: venv
 	$(BIN)/pytest -q e2e -p no:cacheprovider
 
 ## make helm: build helm from its Go module into .cache/bin/helm (cached; minutes when cold)
-.PHONY: helm chart-sync chart-lint images-lint
+.PHONY: helm chart-sync chart-lint chart-scan images-lint
 helm:
 	scripts/build-helm.sh
 
@@ -96,5 +96,9 @@ chart-lint: venv helm
 	$(BIN)/pytest -q tests/chart
 
 ## make images-lint: hadolint both Dockerfiles
+## make chart-scan: checkov over the rendered chart (installs checkov into .cache/ once)
+chart-scan: venv helm
+	$(BIN)/pytest -q -m slow tests/chart/test_scan.py
+
 images-lint: venv
 	$(BIN)/hadolint --no-color operator/Dockerfile runtime-image/Dockerfile
