@@ -131,52 +131,35 @@ def _require_canary(state: Any, verb: str) -> None:
         )
 
 
-@app.command("promote")
-def promote_command(
-    name: str | None = NAME_ARGUMENT,
-    state_dir: Path = STATE_DIR_OPTION,
-    wait: float = typer.Option(10.0, "--wait", help="Seconds to wait for `up` to take it."),
-) -> None:
-    """Send the canary to 100% now, skipping the remaining steps (also after an abort)."""
-    state = resolve_deployment(state_dir, name)
-    _require_canary(state, "promote")
-    _send(state, "promote", wait)
+WAIT_OPTION = typer.Option(10.0, "--wait", help="Seconds to wait for `up` to take it.")
 
 
-@app.command("resume")
-def resume_command(
-    name: str | None = NAME_ARGUMENT,
-    state_dir: Path = STATE_DIR_OPTION,
-    wait: float = typer.Option(10.0, "--wait"),
-) -> None:
-    """Leave the current pause (or an inconclusive step) and go on with the next step."""
-    state = resolve_deployment(state_dir, name)
-    _require_canary(state, "resume")
-    _send(state, "resume", wait)
+def _canary_command(verb: str, doc: str) -> None:
+    """Register `onnxship <verb> [NAME]`: a command about the canary, taken by `up`."""
+
+    def command(
+        name: str | None = NAME_ARGUMENT,
+        state_dir: Path = STATE_DIR_OPTION,
+        wait: float = WAIT_OPTION,
+    ) -> None:
+        state = resolve_deployment(state_dir, name)
+        _require_canary(state, verb)
+        _send(state, verb, wait)
+
+    command.__doc__ = doc
+    app.command(verb)(command)
 
 
-@app.command("abort")
-def abort_command(
-    name: str | None = NAME_ARGUMENT,
-    state_dir: Path = STATE_DIR_OPTION,
-    wait: float = typer.Option(10.0, "--wait"),
-) -> None:
-    """Stop the canary: its weight goes to 0 and the stable revision serves everything."""
-    state = resolve_deployment(state_dir, name)
-    _require_canary(state, "abort")
-    _send(state, "abort", wait)
-
-
-@app.command("retry")
-def retry_command(
-    name: str | None = NAME_ARGUMENT,
-    state_dir: Path = STATE_DIR_OPTION,
-    wait: float = typer.Option(10.0, "--wait"),
-) -> None:
-    """Start an aborted canary again from its first step."""
-    state = resolve_deployment(state_dir, name)
-    _require_canary(state, "retry")
-    _send(state, "retry", wait)
+_canary_command(
+    "promote", "Send the canary to 100% now, skipping the remaining steps (also after an abort)."
+)
+_canary_command(
+    "resume", "Leave the current pause (or an inconclusive step) and go on with the next step."
+)
+_canary_command(
+    "abort", "Stop the canary: its weight goes to 0 and the stable revision serves everything."
+)
+_canary_command("retry", "Start an aborted canary again from its first step.")
 
 
 @app.command("rollback")
@@ -184,7 +167,7 @@ def rollback_command(
     name: str | None = NAME_ARGUMENT,
     to: str = typer.Option("", "--to", help="Revision to serve; default: the one before stable."),
     state_dir: Path = STATE_DIR_OPTION,
-    wait: float = typer.Option(10.0, "--wait"),
+    wait: float = WAIT_OPTION,
 ) -> None:
     """Serve an earlier revision again, from its stored artifact (no recompression)."""
     state = resolve_deployment(state_dir, name)
