@@ -60,6 +60,12 @@ ORT_VERSION = $(shell $(BIN)/python -c 'import onnxruntime; print(onnxruntime.__
 bench: venv $(BENCH_PEERS)/fastapi/.installed $(BENCH_PEERS)/kserve/.installed
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
+## make bench-smoke: every benchmark at its smallest, so that none rots (CI); writes only under
+## bench/results/tmp/smoke/ (not committed)
+.PHONY: bench-smoke
+bench-smoke: venv
+	$(BIN)/python bench/run_all.py --smoke
+
 $(BENCH_PEERS)/fastapi/.installed:
 	-$(PYTHON) -m venv $(BENCH_PEERS)/fastapi && $(BENCH_PEERS)/fastapi/bin/pip install --quiet \
 	  'fastapi>=0.110,<1' 'uvicorn>=0.29,<1' 'onnxruntime==$(ORT_VERSION)' 'numpy>=1.26,<3' \
