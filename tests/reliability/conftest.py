@@ -12,6 +12,7 @@ from onnx import helper
 
 from onnxship.serve.config import ServeConfig
 from onnxship.serve.dataplane import DataPlane
+from tests.controller.conftest import cluster, operator  # noqa: F401  (fixtures)
 from tests.helpers.models import OPSET
 from tests.serve.models import DTYPES
 

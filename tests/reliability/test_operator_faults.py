@@ -1,0 +1,199 @@
+"""The operator against KMock when things go wrong: restarts at random moments, a canary whose
+pods never become ready, and 409 Conflicts on status writes.
+
+The cluster's controllers are played by a task that finishes every compression Job and makes
+every Deployment ready (except those a test wants stuck), as a kubelet would, while the
+operator is stopped and started again at random points of compression and canary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests.controller.conftest import Cluster, compress_result
+from tests.controller.test_lifecycle import (
+    DEPLOYS,
+    JOBS,
+    SHA2,
+    condition,
+    md,
+    routes,
+    serve_first_revision,
+    status,
+)
+
+STEPS = {
+    "rollout": {
+        "steps": [{"setWeight": 30}, {"pause": {"duration": "1s"}}, {"setWeight": 60}],
+        "analysis": {"interval": "200ms", "minRequests": 10},
+    }
+}
+STATUS_PATH = "/apis/onnxship.io/v1alpha1/namespaces/default/modeldeployments/enc/status"
+CONFLICT = {
+    "kind": "Status",
+    "apiVersion": "v1",
+    "status": "Failure",
+    "reason": "Conflict",
+    "code": 409,
+    "message": 'Operation cannot be fulfilled on modeldeployments.onnxship.io "enc": '
+    "the object has been modified; please apply your changes to the latest version",
+}
+
+
+@contextlib.asynccontextmanager
+async def kubelet(cluster: Cluster, stuck: set[str] | None = None) -> AsyncIterator[None]:
+    """Finish every Job and make every Deployment ready (but ``stuck`` ones), until the end."""
+    stuck = stuck or set()
+
+    async def play() -> None:
+        while True:
+            for name, job in cluster.objects(JOBS).items():
+                if not (job.get("status") or {}).get("conditions"):
+                    await cluster.finish_job(name, 0, compress_result(f"key-{name}"))
+            for name, d in cluster.objects(DEPLOYS).items():
+                ready = (d.get("status") or {}).get("readyReplicas")
+                if name not in stuck and ready != d["spec"].get("replicas", 1):
+                    await cluster.make_ready(name)
+            await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(play())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def revisions_by_version(cluster: Cluster) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for r in status(cluster).get("revisions", []):
+        out.setdefault(r["modelVersion"], []).append(r["name"])
+    return out
+
+
+def converged_on_v2(cluster: Cluster) -> bool:
+    st = status(cluster)
+    v2 = revisions_by_version(cluster).get("v2")
+    return bool(
+        v2
+        and st.get("phase") == "Ready"
+        and st.get("stableRevision") == v2[0]
+        and not st.get("canaryRevision")
+        and routes(cluster) == {v2[0]: 100}
+    )
+
+
+def assert_no_orphans(cluster: Cluster) -> None:
+    """No duplicate revisions; nothing left running or left without an owner.
+
+    A finished Job of a superseded revision may remain: it is owned by the ModelDeployment
+    and expires by its TTL. A Deployment of a revision the status does not list would run
+    pods nobody tracks: that is an orphan.
+    """
+    names = [r["name"] for r in status(cluster)["revisions"]]
+    assert len(names) == len(set(names)), f"duplicate revisions: {names}"
+    assert len(revisions_by_version(cluster)["v2"]) == 1, status(cluster)["revisions"]
+    uid = cluster.get("onnxship.io/v1alpha1/modeldeployments", "enc")["metadata"]["uid"]
+    for job_name, job in cluster.objects(JOBS).items():
+        assert (job.get("status") or {}).get("conditions"), f"Job {job_name} still running"
+        owners = [o["uid"] for o in job["metadata"].get("ownerReferences", [])]
+        assert owners == [uid], f"Job {job_name} has no owner: {owners}"
+        assert job["spec"].get("ttlSecondsAfterFinished") is not None, f"Job {job_name} stays"
+    for deploy in cluster.objects(DEPLOYS):
+        rev = deploy.removesuffix("-default")
+        assert deploy == "enc-router" or rev in names, f"orphaned Deployment {deploy}"
+
+
+async def run_with_kills(cluster: Cluster, operator: Any, seed: int) -> int:
+    """Apply v1, then v2, while the operator is stopped and started at random moments."""
+    rng = random.Random(seed)
+    kills = 0
+    async with kubelet(cluster):
+        with operator():
+            await cluster.apply(md(**STEPS))
+            await asyncio.sleep(rng.uniform(0.0, 1.5))
+        kills += 1
+        v2_at = rng.randint(0, 2)
+        for i in range(4):
+            if i == v2_at:
+                await cluster.patch_md("enc", {"spec": md(version="v2", sha=SHA2, **STEPS)["spec"]})
+            with operator():
+                await asyncio.sleep(rng.uniform(0.05, 2.0))
+            kills += 1
+        with operator():
+            await cluster.wait_for(
+                lambda: converged_on_v2(cluster), timeout=60, what=f"convergence (seed {seed})"
+            )
+            assert_no_orphans(cluster)
+    return kills
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+async def test_operator_restarted_at_random_points_converges(
+    cluster: Cluster, operator: Any, seed: int
+) -> None:
+    await run_with_kills(cluster, operator, seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(2, 20))
+async def test_operator_restarted_at_random_points_converges_long(
+    cluster: Cluster, operator: Any, seed: int
+) -> None:
+    await run_with_kills(cluster, operator, seed)
+
+
+async def test_a_canary_that_never_becomes_ready_is_rolled_back(
+    cluster: Cluster, operator: Any
+) -> None:
+    spec = {**STEPS, "rollout": {**STEPS["rollout"], "progressDeadline": "2s"}}
+    with operator():
+        v1 = await serve_first_revision(cluster, md(**spec))
+        await cluster.patch_md("enc", {"spec": md(version="v2", sha=SHA2, **spec)["spec"]})
+        job = await cluster.wait_for(
+            lambda: next((j for j in cluster.objects(JOBS) if not j.startswith(v1)), None),
+            what="v2 Job",
+        )
+        await cluster.finish_job(job, 0, compress_result("key-v2"))
+        v2 = job.removesuffix("-default")
+        await cluster.wait_for(lambda: cluster.get(DEPLOYS, job), what="canary Deployment")
+        # Its pods never become ready: within the deadline (and a little), back to v1.
+        await cluster.wait_for(
+            lambda: condition(cluster, "Degraded").get("reason") == "ProgressDeadlineExceeded",
+            timeout=15,
+            what="rollback on the progress deadline",
+        )
+        degraded = condition(cluster, "Degraded")
+        assert v2 in degraded["message"] and "2s" in degraded["message"], degraded
+        assert status(cluster)["stableRevision"] == v1
+        await cluster.wait_for(lambda: routes(cluster) == {v1: 100}, what="traffic back on v1")
+
+
+async def test_a_409_on_a_status_write_is_retried_promptly(cluster: Cluster, operator: Any) -> None:
+    conflicts: list[Any] = []
+
+    def first_ready_write(request: Any) -> bool:
+        # The write that makes the phase Ready: nothing else will wake the operator after it.
+        body = request.data if isinstance(request.data, dict) else {}
+        if conflicts or (body.get("status") or {}).get("phase") != "Ready":
+            return False
+        conflicts.append(body)
+        return True
+
+    cluster.server[f"patch {STATUS_PATH}"][first_ready_write] << 409 << CONFLICT
+    with operator():
+        async with kubelet(cluster):
+            await cluster.apply(md())
+            await cluster.wait_for(lambda: conflicts, timeout=20, what="the 409 being served")
+            # The operator's resync is 30 s in these tests: only a prompt retry is in time.
+            await cluster.wait_for(
+                lambda: status(cluster).get("phase") == "Ready", timeout=10, what="Ready after 409"
+            )
+        assert len(cluster.objects(JOBS)) == 1
