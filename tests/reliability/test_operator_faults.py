@@ -189,7 +189,8 @@ async def test_a_409_on_a_status_write_is_retried_promptly(cluster: Cluster, ope
 
     cluster.server[f"patch {STATUS_PATH}"][first_ready_write] << 409 << CONFLICT
     with operator():
-        async with kubelet(cluster):
+        # The router's pods stay unready, so no later event wakes the operator by chance.
+        async with kubelet(cluster, stuck={"enc-router"}):
             await cluster.apply(md())
             await cluster.wait_for(lambda: conflicts, timeout=20, what="the 409 being served")
             # The operator's resync is 30 s in these tests: only a prompt retry is in time.
