@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -198,3 +201,35 @@ async def test_a_409_on_a_status_write_is_retried_promptly(cluster: Cluster, ope
                 lambda: status(cluster).get("phase") == "Ready", timeout=10, what="Ready after 409"
             )
         assert len(cluster.objects(JOBS)) == 1
+
+
+async def test_a_model_uri_that_does_not_exist_ends_degraded(
+    cluster: Cluster, operator: Any, tmp_path: Path
+) -> None:
+    """The Job's real `onnxship compress` fails on a missing model; the spec ends Degraded,
+    once, with the reason and the CLI's message, and is not compressed again in a loop."""
+    missing = tmp_path / "models" / "enc" / "v9" / "model.onnx"
+    result = tmp_path / "result.json"
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("onnxship")), "compress", missing.as_uri(),
+         "--store", (tmp_path / "store").as_uri(), "--result-file", str(result)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 7, proc.stdout + proc.stderr  # ExitCode.source_error
+    doc = md()
+    doc["spec"]["model"]["uri"] = missing.as_uri()
+    with operator():
+        await cluster.apply(doc)
+        name = await cluster.wait_for(lambda: next(iter(cluster.objects(JOBS)), None), what="Job")
+        # The kubelet reports what the container left: exit code and termination message.
+        await cluster.finish_job(name, proc.returncode, result.read_text())
+        await cluster.wait_for(lambda: status(cluster).get("phase") == "Degraded", what="Degraded")
+        degraded = condition(cluster, "Degraded")
+        assert degraded["reason"] == "CompressionFailed", degraded
+        assert "could not be fetched" in degraded["message"]
+        assert str(missing) in degraded["message"] or "no such file" in degraded["message"]
+        assert not cluster.objects(DEPLOYS)
+        jobs_before = set(cluster.objects(JOBS))
+        await asyncio.sleep(1.0)
+        assert set(cluster.objects(JOBS)) == jobs_before, "the failed Job was re-created"
+        assert status(cluster).get("phase") == "Degraded"
