@@ -467,18 +467,22 @@ def router_figures(d: dict[str, Any]) -> list[Figure]:
             out.append(
                 fig(
                     s,
-                    f"p50, 1 client, {label}",
+                    f"p50, 1 client, {label}, vs {anchor}",
                     [x["router"]["p50_ms"] for x in rounds],
                     [x[anchor]["p50_ms"] for x in rounds],
                     "ms",
                     name,
-                    note=f"added p50 {added:.3f} ms",
+                    note=(
+                        f"router adds {added:+.3f} ms"
+                        if anchor == "direct"
+                        else f"router minus nginx: {added:+.3f} ms"
+                    ),
                 )
             )
             out.append(
                 fig(
                     s,
-                    f"throughput, 16 clients, {label}",
+                    f"throughput, 16 clients, {label}, vs {anchor}",
                     [x["router"]["rps"] for x in rounds],
                     [x[anchor]["rps"] for x in rounds],
                     "req/s",
