@@ -49,6 +49,16 @@ CONFLICT = {
 }
 
 
+def undo_last_write(cluster: Cluster, name: str = "enc") -> None:
+    """KMock applies every write, even one a reaction answers 409; a real API server applies
+    none. Drop the version that write made, so the conflict is a conflict."""
+    for (res, _ns, obj_name), obj in list(cluster.server.objects.items()):
+        if obj_name == name and getattr(res, "plural", "") == "modeldeployments":
+            obj.history.pop()
+            return
+    raise AssertionError(f"no ModelDeployment {name}")
+
+
 @contextlib.asynccontextmanager
 async def kubelet(cluster: Cluster, stuck: set[str] | None = None) -> AsyncIterator[None]:
     """Finish every Job and make every Deployment ready (but ``stuck`` ones), until the end."""
@@ -188,6 +198,7 @@ async def test_a_409_on_a_status_write_is_retried_promptly(cluster: Cluster, ope
         if conflicts or (body.get("status") or {}).get("phase") != "Ready":
             return False
         conflicts.append(body)
+        undo_last_write(cluster)
         return True
 
     cluster.server[f"patch {STATUS_PATH}"][first_ready_write] << 409 << CONFLICT
@@ -233,3 +244,30 @@ async def test_a_model_uri_that_does_not_exist_ends_degraded(
         await asyncio.sleep(1.0)
         assert set(cluster.objects(JOBS)) == jobs_before, "the failed Job was re-created"
         assert status(cluster).get("phase") == "Degraded"
+
+
+async def test_a_409_on_a_status_only_pass_is_retried_promptly(
+    cluster: Cluster, operator: Any
+) -> None:
+    """An invalid spec makes a pass whose only write is the status: no child object changes,
+    so no event will wake the operator; the conflict itself must lead to a prompt retry."""
+    conflicts: list[Any] = []
+
+    def first_write(request: Any) -> bool:
+        if conflicts:
+            return False
+        conflicts.append(request)
+        undo_last_write(cluster)
+        return True
+
+    cluster.server[f"patch {STATUS_PATH}"][first_write] << 409 << CONFLICT
+    doc = md()
+    doc["spec"]["rollout"] = {"steps": [{"setWeight": 80}, {"setWeight": 20}]}
+    with operator():
+        await cluster.apply(doc)
+        await cluster.wait_for(lambda: conflicts, timeout=20, what="the 409 being served")
+        # The operator's resync is 30 s in these tests.
+        await cluster.wait_for(
+            lambda: status(cluster).get("phase") == "Degraded", timeout=10, what="Degraded"
+        )
+        assert condition(cluster, "Degraded")["reason"] == "InvalidSpec"

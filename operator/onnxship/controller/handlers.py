@@ -20,6 +20,7 @@ from onnxship.api import GROUP, PLURAL, VERSION
 from onnxship.plan import workloads as w
 
 from .commands import ANNOTATION
+from .kube import KubeError
 from .metrics import OperatorMetrics
 from .ports import Wiring
 from .reconcile import delete_children, reconcile
@@ -122,6 +123,16 @@ def register(
 
                 try:
                     outcome = await asyncio.to_thread(run)
+                except KubeError as exc:
+                    metrics.reconciles.labels("error").inc()
+                    if exc.status != 409:
+                        logger.exception(f"reconcile failed, retrying: {exc}")
+                        delay = wire.settings.timing.resync_seconds
+                    else:
+                        # A conflict: someone wrote the object meanwhile. The next pass reads
+                        # it afresh; waiting for the resync would stall the rollout for nothing.
+                        logger.warning(f"conflict, retrying at once: {exc}")
+                        delay = wire.settings.timing.min_requeue_seconds
                 except Exception as exc:
                     metrics.reconciles.labels("error").inc()
                     logger.exception(f"reconcile failed, retrying: {exc}")
