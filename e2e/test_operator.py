@@ -356,9 +356,11 @@ def test_new_version_walks_the_canary_steps(
         wait_for(step, timeout=150, what="all traffic to v2", every=0.1)
     except AssertionError as exc:
         st = status(admin, ns)
+        meta = (admin.get(f"{MDS.format(ns=ns)}/enc") or {}).get("metadata", {})
         raise AssertionError(
             f"{exc}; weights seen: {seen}; phase {st.get('phase')}: {st.get('message')}; "
-            f"canary {st.get('canaryRevision')} at step {st.get('currentStep')}"
+            f"canary {st.get('canaryRevision')} at step {st.get('currentStep')}; "
+            f"operator log {op.process.log}; annotations {meta.get('annotations')}"
         ) from None
     v2 = world["v2"]
     assert killed or kill_at == "never"

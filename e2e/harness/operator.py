@@ -73,6 +73,8 @@ def start_operator(
             "ONNXSHIP_RESYNC_SECONDS": "1",
             "ONNXSHIP_RUNTIME_IMAGE": "ghcr.io/onnxship/runtime:e2e",
             "PYTHONUNBUFFERED": "1",
+            # E2E_OPERATOR_LOG_LEVEL=DEBUG shows every reconcile pass in the run folder's logs.
+            "ONNXSHIP_LOG_LEVEL": os.environ.get("E2E_OPERATOR_LOG_LEVEL", "INFO"),
             **(env or {}),
         }
     )
