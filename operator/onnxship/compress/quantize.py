@@ -12,6 +12,9 @@ Choices the spec does not spell out, and why:
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,22 +153,47 @@ def static(src: Path, dst: Path, q: Quantize, samples: Samples) -> list[str]:
 def _with_shapes(src: Path, dst: Path, external: bool) -> Path:
     """``src`` with inferred shapes (what the static quantizer needs to place Q/DQ pairs)."""
     # Symbolic shape inference first; it gives up on some graphs (a BERT export), where onnx's
-    # own shape inference still does the job.
+    # own shape inference still does the job. When it gives up, ONNX Runtime dumps the model
+    # into the current folder (sym_shape_infer_temp.onnx and a .data file beside it): run it
+    # in a child process whose current folder is our work folder, so nothing lands in the
+    # user's. (A chdir here would move every thread of the process, local mode's included.)
     for symbolic in (True, False):
+        args = [str(src.resolve()), str(dst.resolve()), "1" if external else "", dst.name + ".data"]
         try:
-            quant_pre_process(
-                str(src),
-                str(dst),
-                skip_optimization=True,
-                skip_symbolic_shape=not symbolic,
-                save_as_external_data=external,
-                all_tensors_to_one_file=True,
-                external_data_location=dst.name + ".data",
-            )
+            if symbolic:
+                # a scratch folder of its own: the dump must not be published with the model
+                with tempfile.TemporaryDirectory(dir=dst.parent) as scratch:
+                    subprocess.run(
+                        [sys.executable, "-c", _PRE_PROCESS, *args],
+                        cwd=scratch,
+                        check=True,
+                        capture_output=True,
+                        timeout=3600,
+                    )
+            else:
+                _pre_process(*args, symbolic=False)
             return dst
         except Exception as exc:
             logging.getLogger(__name__).info("shape inference before quantization: %s", exc)
     return src
+
+
+def _pre_process(src: str, dst: str, external: str, location: str, symbolic: bool) -> None:
+    quant_pre_process(
+        src,
+        dst,
+        skip_optimization=True,
+        skip_symbolic_shape=not symbolic,
+        save_as_external_data=bool(external),
+        all_tensors_to_one_file=True,
+        external_data_location=location,
+    )
+
+
+_PRE_PROCESS = (
+    "import sys; from onnxship.compress.quantize import _pre_process; "
+    "_pre_process(*sys.argv[1:5], symbolic=True)"
+)
 
 
 def fp16(src: Path, dst: Path, total_bytes: int) -> list[str]:
