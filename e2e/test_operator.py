@@ -359,7 +359,9 @@ def test_new_version_walks_the_canary_steps(
         meta = (admin.get(f"{MDS.format(ns=ns)}/enc") or {}).get("metadata", {})
         raise AssertionError(
             f"{exc}; weights seen: {seen}; phase {st.get('phase')}: {st.get('message')}; "
-            f"canary {st.get('canaryRevision')} at step {st.get('currentStep')}; "
+            f"canary {st.get('canaryRevision')} at step {st.get('currentStep')} since "
+            f"{st.get('stepStartedAt')!r}, paused {st.get('paused')}, analysis "
+            f"{st.get('analysis')}; conditions {st.get('conditions')}; "
             f"operator log {op.process.log}; annotations {meta.get('annotations')}"
         ) from None
     v2 = world["v2"]
