@@ -357,12 +357,21 @@ def test_new_version_walks_the_canary_steps(
     except AssertionError as exc:
         st = status(admin, ns)
         meta = (admin.get(f"{MDS.format(ns=ns)}/enc") or {}).get("metadata", {})
+        deployments = {
+            d["metadata"]["name"]: (
+                d["metadata"].get("generation"),
+                d["spec"].get("replicas"),
+                d.get("status"),
+            )
+            for d in admin.items(CHILDREN["deployments"].format(ns=ns), OURS)
+        }
         raise AssertionError(
             f"{exc}; weights seen: {seen}; phase {st.get('phase')}: {st.get('message')}; "
             f"canary {st.get('canaryRevision')} at step {st.get('currentStep')} since "
             f"{st.get('stepStartedAt')!r}, paused {st.get('paused')}, analysis "
             f"{st.get('analysis')}; conditions {st.get('conditions')}; "
-            f"operator log {op.process.log}; annotations {meta.get('annotations')}"
+            f"operator log {op.process.log}; deployments {deployments}; "
+            f"annotations {meta.get('annotations')}"
         ) from None
     v2 = world["v2"]
     assert killed or kill_at == "never"
