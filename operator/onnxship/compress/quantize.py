@@ -34,7 +34,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxship.api import Quantize
 
 from .compact import compact
-from .errors import InvalidSettingsError
+from .errors import InvalidModelError, InvalidSettingsError
 from .samples import Samples
 from .weights import has_external_data
 
@@ -92,15 +92,22 @@ def dynamic(src: Path, dst: Path, q: Quantize) -> list[str]:
     if large_gathers(header):
         ops.append("Gather")
         notes.append("quantize: embedding tables (Gather) quantized to int8")
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        op_types_to_quantize=ops,
-        per_channel=q.per_channel,
-        weight_type=_weight_type(q),
-        use_external_data_format=has_external_data(header),
-        extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
+    try:
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            op_types_to_quantize=ops,
+            per_channel=q.per_channel,
+            weight_type=_weight_type(q),
+            use_external_data_format=has_external_data(header),
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+    except AssertionError as exc:
+        # ORT's quantizer asserts on weights it cannot scale: NaN or infinite values.
+        raise InvalidModelError(
+            f"dynamic quantization failed ({exc}): the model's weights hold NaN or infinite "
+            "values; fix the model, or set spec.compression.quantize.mode: none"
+        ) from None
     if q.per_channel:
         dropped, halved = compact(dst)
         if dropped or halved:

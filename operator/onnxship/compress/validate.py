@@ -221,6 +221,8 @@ def validate_model(path: Path, full_check: bool = True) -> ModelInfo:
             # A name or string field that is not UTF-8: the checker fails to decode its own
             # message about it.
             UnicodeDecodeError,
+            # An enum out of range ("Invalid tensor data type 33.") is a ValueError.
+            ValueError,
         ) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if isinstance(exc, UnicodeDecodeError):
