@@ -290,3 +290,22 @@ async def test_deletion_removes_what_the_operator_made(cluster: Cluster, operato
             ),
             what="children deleted",
         )
+
+
+async def test_stable_is_rebuilt_from_its_own_record_during_a_canary(
+    cluster: Cluster, operator: Any
+) -> None:
+    """The stable Deployment deleted mid-canary comes back as v1, not as the spec's v2."""
+    steps = {"rollout": {"steps": [{"setWeight": 10}, {"pause": {}}]}}
+    with operator():
+        v1, _v2 = await start_canary(cluster, steps)
+        before = cluster.get(DEPLOYS, f"{v1}-default")
+        assert before is not None
+        await cluster.server.delete(f"/apis/apps/v1/namespaces/default/deployments/{v1}-default")
+        again = await cluster.wait_for(
+            lambda: cluster.get(DEPLOYS, f"{v1}-default"), what="stable recreated"
+        )
+        [c] = again["spec"]["template"]["spec"]["containers"]
+        [c0] = before["spec"]["template"]["spec"]["containers"]
+        assert c["args"][c["args"].index("--model-version") + 1] == "v1"
+        assert (c["image"], c["args"]) == (c0["image"], c0["args"])

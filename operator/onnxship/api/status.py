@@ -47,6 +47,7 @@ class RevisionStatus(ApiModel):
     compression_ratio: float = 0.0
     accuracy: float | None = None
     environments: list[EnvironmentStatus] = Field(default_factory=list)
+    image: str = Field("", description="Runtime image the revision runs (part of its identity).")
     created_at: str = ""
 
 

@@ -96,7 +96,7 @@ def reconcile(wiring: Wiring, namespace: str, name: str, emit: Emit) -> Outcome 
     desired_name = revision_name(owner.name, spec, spec.model.sha256, image)
 
     desired = _observe_artifacts(
-        wiring, owner, spec, status, desired_name, store, runtime, now, generation
+        wiring, owner, spec, status, desired_name, store, runtime, now, generation, image
     )
     pods, counts = _observe_pods(wiring, owner)
     observed = Observed(
@@ -177,6 +177,7 @@ def _observe_artifacts(
     runtime: w.Runtime,
     now: datetime,
     generation: int,
+    image: str,
 ) -> DesiredRevision:
     """Where each environment's artifact of the desired revision stands; start missing Jobs."""
     recorded = next((r for r in status.revisions if r.name == name), None)
@@ -220,7 +221,7 @@ def _observe_artifacts(
     envs = [v.environment for v in views.values() if v.environment is not None]
     record = None
     if len(envs) == len(views):
-        record = recorded or _revision_record(name, spec, envs, now)
+        record = recorded or _revision_record(name, spec, envs, now, image)
     return DesiredRevision(
         name=name,
         artifacts={k: v.state for k, v in views.items()},
@@ -256,7 +257,7 @@ def _create(wiring: Wiring, obj: dict[str, Any]) -> None:
 
 
 def _revision_record(
-    name: str, spec: ModelDeploymentSpec, envs: list[EnvironmentStatus], now: datetime
+    name: str, spec: ModelDeploymentSpec, envs: list[EnvironmentStatus], now: datetime, image: str
 ) -> RevisionStatus:
     first = envs[0]
     summary = first.compression
@@ -269,6 +270,7 @@ def _revision_record(
         compression_ratio=summary.ratio if summary else 0.0,
         accuracy=summary.accuracy if summary else None,
         environments=envs,
+        image=image,
         created_at=format_time(now),
     )
 
@@ -378,12 +380,12 @@ def _measure_if_due(
 # ---------------------------------------------------------------------- execute
 
 
-def _cache_keys(
+def _record_of(
     status: ModelDeploymentStatus, record: RevisionStatus | None, revision: str
-) -> dict[str, str]:
-    rec = record if record is not None and record.name == revision else None
-    rec = rec or next((r for r in status.revisions if r.name == revision), None)
-    return {e.name: e.cache_key for e in rec.environments} if rec else {}
+) -> RevisionStatus | None:
+    if record is not None and record.name == revision:
+        return record
+    return next((r for r in status.revisions if r.name == revision), None)
 
 
 def _execute(
@@ -399,7 +401,8 @@ def _execute(
     envs = {e.name: e for e in spec.serving.effective_environments()}
     for action in decision.actions:
         if isinstance(action, EnsureRevision):
-            keys = _cache_keys(decision.status, action.record, action.revision)
+            rec = _record_of(decision.status, action.record, action.revision)
+            keys = {e.name: e.cache_key for e in rec.environments} if rec else {}
             for env_name, replicas in action.replicas.items():
                 env = envs.get(env_name)
                 key = keys.get(env_name)
@@ -410,7 +413,16 @@ def _execute(
                     continue
                 kube.apply(
                     w.revision_deployment(
-                        owner, spec, action.revision, env, key, replicas, store, runtime
+                        owner,
+                        spec,
+                        action.revision,
+                        env,
+                        key,
+                        replicas,
+                        store,
+                        runtime,
+                        model_version=rec.model_version if rec else "",
+                        image=rec.image if rec else "",
                     )
                 )
                 kube.apply(w.revision_service(owner, action.revision, env))

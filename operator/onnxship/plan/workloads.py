@@ -359,8 +359,14 @@ def compress_job(
 
 
 def serve_args(
-    owner: Owner, spec: ModelDeploymentSpec, env: Environment, cache_key: str, store: StoreRef
+    owner: Owner,
+    spec: ModelDeploymentSpec,
+    env: Environment,
+    cache_key: str,
+    store: StoreRef,
+    model_version: str = "",
 ) -> list[str]:
+    """``model_version``: the revision's own label (a rollback serves an older one)."""
     b = spec.serving.batching
     args = [
         "serve",
@@ -370,7 +376,7 @@ def serve_args(
         "--name",
         owner.name,
         "--model-version",
-        spec.model.version or "1",
+        model_version or spec.model.version or "1",
         "--host",
         "0.0.0.0",  # inside the pod; the Service is the way in
         "--http-port",
@@ -400,15 +406,22 @@ def revision_deployment(
     replicas: int,
     store: StoreRef,
     runtime: Runtime,
+    model_version: str = "",
+    image: str = "",
 ) -> dict[str, Any]:
-    """The Deployment that serves ``revision`` in ``env`` from the artifact ``cache_key``."""
+    """The Deployment that serves ``revision`` in ``env`` from the artifact ``cache_key``.
+
+    ``model_version`` and ``image`` are the revision's own, as recorded in status: building
+    an older revision (the stable one during a canary, a rollback) from the current spec's
+    would restart its pods with another version label or even another image.
+    """
     pod_labels = {**labels(owner, "model", revision, env.name), **runtime.extra_labels}
     probe = {"httpGet": {"port": "http"}, "periodSeconds": 5}
     container: dict[str, Any] = {
         "name": "model",
-        "image": spec.serving.image or runtime.image,
+        "image": image or spec.serving.image or runtime.image,
         "imagePullPolicy": runtime.image_pull_policy,
-        "args": serve_args(owner, spec, env, cache_key, store),
+        "args": serve_args(owner, spec, env, cache_key, store, model_version),
         "env": store_env(store),
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
