@@ -55,8 +55,7 @@ def control_plane() -> Iterator[ControlPlane]:
             f"control-plane binaries not built ({', '.join(missing)} missing in {BIN}): "
             "run e2e/build.sh or make e2e"
         )
-    # KWOK renews the node's Lease, so the node lifecycle controller can run as in a cluster.
-    cp = start_control_plane("*" if kwok_available() else CONTROLLERS)
+    cp = start_control_plane(CONTROLLERS)
     try:
         yield cp
     finally:

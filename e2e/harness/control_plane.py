@@ -172,8 +172,9 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-# The fake node sends no heartbeats: without this, the node lifecycle controller would mark
-# it unreachable after a minute and evict every pod five minutes later.
+# The fake node's heartbeats are not a kubelet's: with the node lifecycle controller on, the
+# node went Unknown ~50 s after it was made (KWOK's node stages too) and the controller
+# marked every Pod on it NotReady, which stalled rollouts at random in the tests.
 CONTROLLERS = "*,-node-lifecycle-controller"
 
 
@@ -314,6 +315,7 @@ def start_kwok(cp: ControlPlane, node_annotation: str) -> Process:
             f"--manage-nodes-with-annotation-selector={node_annotation}=fake",
             "--cidr=10.244.0.0/16",
             "--node-ip=127.0.0.1",
+            "--node-lease-duration-seconds=40",
             f"--node-port={free_port()}",
             f"--server-address=127.0.0.1:{free_port()}",
         ],
