@@ -29,7 +29,7 @@ COMMON = {
     "database": None,
     "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 }
-FAST, SLOW = 120, 1000
+FAST, SLOW = 60, 1000
 LOCATION_FAST, LOCATION_SLOW = 200, 1000
 
 
