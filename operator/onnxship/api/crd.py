@@ -119,7 +119,9 @@ def openapi_schema() -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            # Declared so that the name rule can point at it (fieldPath): users then read
+            # `metadata.name: Invalid value: ...` rather than `<nil>: Invalid value: ...`.
+            "metadata": {"type": "object", "properties": {"name": {"type": "string"}}},
             "spec": spec,
             "status": status,
         },
@@ -129,6 +131,7 @@ def openapi_schema() -> dict[str, Any]:
                 f"self.metadata.name.matches('{NAME_PATTERN}')",
                 "message": f"metadata.name must be a DNS-1035 label of at most {NAME_MAX} "
                 "characters: it names the Services of every revision",
+                "fieldPath": ".metadata.name",
             }
         ],
     }
