@@ -447,7 +447,9 @@ def _execute(
 
 def _delete_revision(wiring: Wiring, owner: w.Owner, revision: str) -> None:
     selector = {w.L_DEPLOYMENT: owner.name, w.L_REVISION: revision}
-    for kind in ("Deployment", "Service"):
+    # The Deployment last: its existence is what makes the plan ask for this deletion, so a
+    # crash half-way leaves it there and the next pass deletes what is left.
+    for kind in ("Service", "Deployment"):
         for obj in wiring.kube.list(kind, owner.namespace, selector):
             wiring.kube.delete(kind, owner.namespace, obj["metadata"]["name"])
 
