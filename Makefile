@@ -81,7 +81,7 @@ clean:
 ## make e2e: build (or reuse, from .cache/e2e/bin) kube-apiserver, kube-controller-manager,
 ## etcd and kwok from their Go modules, then run e2e/ against a real control plane on 127.0.0.1
 .PHONY: e2e
-e2e: venv
+e2e: venv helm
 	e2e/build.sh
 	$(BIN)/pytest -q e2e -p no:cacheprovider
 
