@@ -115,7 +115,7 @@ def canary(d: dict[str, Any], out_dir: Path) -> Plot | None:
         ax.axvline(aborted[0], color="black", linestyle="--", linewidth=1)
         ax.annotate(
             "analysis fails:\nrolled back",
-            (aborted[0], 60),
+            (aborted[0], 85),
             xytext=(-6, 0),
             textcoords="offset points",
             fontsize=8,
@@ -125,8 +125,8 @@ def canary(d: dict[str, Any], out_dir: Path) -> Plot | None:
     if started:
         ax.annotate(
             "compressed, checked, served:\ncanary starts",
-            (started[0], 25),
-            xytext=(-130, 30),
+            (started[0], 21),
+            xytext=(25, 45),
             textcoords="offset points",
             fontsize=8,
             arrowprops={"arrowstyle": "->", "linewidth": 0.8},
@@ -156,12 +156,14 @@ def compression(d: dict[str, Any], out_dir: Path) -> Plot | None:
         return None
     fp32 = m["fp32"]
     order = [k for k in m if k not in ("head-to-head", "fp32")]
-    names = [
-        k.replace(" quantize_dynamic()", "\nquantize_dynamic()").replace("-", "-\n", 1)
-        if k != "ours-default"
-        else "ours\n(default)"
-        for k in order
-    ]
+    short = {
+        "anchor quantize_dynamic()": "anchor",
+        "ours-default": "ours\n(default)",
+        "dynamic-per-tensor": "dynamic\nper-tensor",
+        "static-int8": "static\nint8",
+        "optimize-only": "optimize\nonly",
+    }
+    names = [short.get(k, k) for k in order]
     colors = [
         "tab:grey"
         if k.startswith("anchor")
@@ -247,15 +249,14 @@ def cold_start(d: dict[str, Any], out_dir: Path) -> Plot | None:
         hi = np.array([max(v) for v in vals]) - medv
         ax.bar(x + off, medv, width=0.38, color=color, yerr=[lo, hi], capsize=4, label=label)
         for i, v in enumerate(medv):
-            ax.text(
-                x[i] + off,
-                v / 2,
+            ax.annotate(
                 f"{v:.1f} s",
+                (x[i] + off, max(vals[i])),  # above the error bar
+                xytext=(0, 3),
+                textcoords="offset points",
                 ha="center",
-                va="center",
+                va="bottom",
                 fontsize=9,
-                color="white",
-                fontweight="bold",
             )
         top = max(top, float(max(max(v) for v in vals)))
     ax.set_xticks(x, [f"{sizes[t]['bytes'] / 1e6:.0f} MB model" for t in tags])
