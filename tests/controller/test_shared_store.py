@@ -14,7 +14,8 @@ from typing import Any
 
 from onnxship.api import Compression
 from onnxship.compress import compress
-from onnxship.controller.artifacts import StoreArtifactFinder, result_of
+from onnxship.compress.result import compact_result
+from onnxship.controller.artifacts import StoreArtifactFinder
 from onnxship.store import sha256_file
 from tests.helpers import models
 from tests.store.conftest import CREDENTIALS, REGION, S3Server
@@ -86,7 +87,7 @@ async def test_second_cluster_reuses_the_first_ones_artifact(
             expected_sha256=sha,
         )
         assert not outcome.cache_hit
-        result = result_of(outcome.manifest, outcome.artifact_uri, cache_hit=False)
+        result = compact_result(outcome.manifest, outcome.artifact_uri, cache_hit=False)
         await cluster.finish_job(job, 0, json.dumps(result), namespace="team-a")
         deploy = await cluster.wait_for(
             lambda: next(iter(cluster.objects(DEPLOYS, "team-a")), None), what="a"

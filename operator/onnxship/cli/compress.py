@@ -45,6 +45,7 @@ from onnxship.compress import (
     SourceError,
     compress,
 )
+from onnxship.compress.result import RESULT_LIMIT, compact_result
 from onnxship.store import S3Credentials, StoreError, open_store
 
 from .app import ExitCode, app, console, load_yaml_file, out
@@ -148,7 +149,6 @@ def _override(base: Compression, **flags: Any) -> Compression:
 
 
 # A Pod's termination message holds at most 4096 bytes; the result must stay parseable.
-RESULT_LIMIT = 4000
 
 
 class _Reporter:
@@ -335,14 +335,8 @@ def as_json(outcome: CompressionOutcome) -> dict[str, Any]:
 
 
 def result_json(outcome: CompressionOutcome) -> dict[str, Any]:
-    """The --result-file document: as_json without the manifest, small enough for a Pod's
-    termination message (notes and step times are dropped first when it is not)."""
-    doc = {k: v for k, v in as_json(outcome).items() if k != "manifest"}
-    for extra in ("notes", "stepSeconds", "steps"):
-        if len(json.dumps(doc, separators=(",", ":"))) <= RESULT_LIMIT:
-            break
-        doc["report"].pop(extra, None)
-    return doc
+    """The --result-file document (see ``compress.result``)."""
+    return compact_result(outcome.manifest, outcome.artifact_uri, outcome.cache_hit)
 
 
 def _mb(n: int) -> str:

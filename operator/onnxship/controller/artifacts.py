@@ -4,26 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from onnxship.api import ArtifactManifest, Compression
+from onnxship.api import Compression
 from onnxship.plan.revision import cache_key
 from onnxship.plan.workloads import StoreRef
-
-
-def result_of(manifest: ArtifactManifest, artifact_uri: str, cache_hit: bool) -> dict[str, Any]:
-    """The shape `onnxship compress --result-file` writes, so Job results and lookups agree.
-
-    Compact on purpose: a termination message holds at most 4 KiB.
-    """
-    report = manifest.report.to_wire()
-    for bulky in ("notes", "steps", "stepSeconds"):
-        report.pop(bulky, None)
-    return {
-        "ok": True,
-        "cacheKey": manifest.cache_key,
-        "artifactUri": artifact_uri,
-        "cacheHit": cache_hit,
-        "report": report,
-    }
 
 
 class StoreArtifactFinder:
@@ -36,6 +19,7 @@ class StoreArtifactFinder:
         execution_provider: str,
     ) -> dict[str, Any] | None:
         from onnxship.compress import tool_versions
+        from onnxship.compress.result import compact_result
         from onnxship.store import S3Credentials, open_store
 
         creds = (
@@ -54,4 +38,4 @@ class StoreArtifactFinder:
         manifest = opened.get_manifest(key)
         if manifest is None:
             return None
-        return result_of(manifest, opened.manifest_uri(key), cache_hit=True)
+        return compact_result(manifest, opened.manifest_uri(key), cache_hit=True)

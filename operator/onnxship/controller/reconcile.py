@@ -23,7 +23,6 @@ from onnxship.api import (
     Reason,
     RevisionStatus,
     SpecError,
-    parse_duration,
     parse_spec,
 )
 from onnxship.plan import workloads as w
@@ -542,4 +541,4 @@ def delete_children(wiring: Wiring, owner: w.Owner) -> int:
     return removed
 
 
-__all__ = ["Emit", "Outcome", "delete_children", "parse_duration", "reconcile"]
+__all__ = ["Emit", "Outcome", "delete_children", "reconcile"]
