@@ -214,6 +214,64 @@ def test_regressions_found_by_fuzzing(
     run_rest(planes, loop, Case(datatype, doc, valid=valid, expect=expect if valid else None))
 
 
+# JSON data NumPy would have coerced silently (issue 12): each is a 400 naming the input
+# and the element, in-process over REST and as typed gRPC contents where the field allows.
+COERCED = [
+    ("FP32", ["1.5", 2, 3], ["element 0", "'1.5'"]),
+    ("FP32", [1, 2, None], ["element 2", "null"]),
+    ("FP32", [[1, 2, 3], [4, "5", 6]], ["element 4", "'5'"]),
+    ("FP64", [{"v": 1}, 2, 3], ["element 0", "an object"]),
+    ("FP32", [True, False, True], ["element 0", "true"]),
+    ("FP16", [1, 2, "nan"], ["element 2", "'nan'"]),
+    ("INT64", [1, 2.5, 3], ["element 1", "2.5", "integer"]),
+    ("INT64", ["1", "2", "3"], ["element 0", "'1'"]),
+    ("INT8", [1, 2, 300], ["300", "out of range", "INT8"]),
+    ("UINT8", [1, -2, 3], ["-2", "out of range"]),
+    ("BOOL", [1, 0, 1], ["element 0", "true or false"]),
+    ("BOOL", ["true", "false", "true"], ["element 0", "'true'"]),
+]
+
+
+@pytest.mark.parametrize(("datatype", "data", "fragments"), COERCED)
+def test_coercible_json_data_is_refused(
+    planes: Any, loop: Any, datatype: str, data: Any, fragments: list[str]
+) -> None:
+    rows = 2 if isinstance(data[0], list) else 1
+    doc = {"inputs": [{"name": "x", "datatype": datatype, "shape": [rows, 3], "data": data}]}
+    dp = planes[datatype]
+    body = json.dumps(doc).encode()
+    front = RestFrontEnd(dp, dp.config.max_body_bytes)
+    response = loop.run_until_complete(
+        front.infer(FakeRequest(dp.name, body, {"Content-Type": "application/json"}))  # type: ignore[arg-type]
+    )
+    message = json.loads(response.body)["error"]  # type: ignore[arg-type]
+    assert response.status == 400, message
+    assert "input 'x'" in message and datatype in message, message
+    for fragment in fragments:
+        assert fragment in message, message
+    # the same values, well typed, are answered
+    good = [[1, 2, 3], [4, 5, 6]] if rows == 2 else [1, 2, 3]
+    if datatype == "BOOL":
+        good = [True, False, True]
+    doc["inputs"][0]["data"] = good
+    ok = loop.run_until_complete(
+        front.infer(FakeRequest(dp.name, json.dumps(doc).encode(), {}))  # type: ignore[arg-type]
+    )
+    assert ok.status == 200, ok.body
+
+
+def test_typed_grpc_contents_keep_their_ranges(planes: Any, loop: Any) -> None:
+    """int_contents carries INT8 values as int32: out of INT8's range is a 400, not a wrap."""
+    from onnxship.serve.proto import oip_pb2 as pb
+
+    req = pb.ModelInferRequest(model_name="echo_INT8")
+    t = req.inputs.add(name="x", datatype="INT8", shape=[1, 3])
+    t.contents.int_contents.extend([1, 2, 200])
+    run_grpc(planes, loop, GrpcCase("INT8", req, False, None))
+    with pytest.raises(Aborted, match="out of range"):
+        loop.run_until_complete(InferenceServicer(planes["INT8"]).ModelInfer(req, FakeContext()))  # type: ignore[arg-type]
+
+
 def test_data_planes_are_idle_and_ready_after_fuzzing(planes: Any, loop: Any) -> None:
     still_answers(planes, loop)
 

@@ -67,6 +67,20 @@ CASES: list[tuple[str, Any, int, list[str]]] = [
     ),
     ("ragged data", x_input(shape=[2, 32], data=[[0.5] * 32, [0.5] * 31]), 400, ["input 'x'"]),
     ("strings for FP32", x_input(data=["a"] * 32), 400, ["input 'x'", "FP32"]),
+    # NumPy would coerce these silently (issue 12): "1.5" to 1.5 and null to NaN.
+    (
+        "numeric strings for FP32",
+        x_input(data=[0.5] * 5 + ["1.5"] + [0.5] * 26),
+        400,
+        ["input 'x'", "element 5", "'1.5'", "FP32"],
+    ),
+    (
+        "null for FP32",
+        x_input(data=[[0.5] * 31 + [None]]),
+        400,
+        ["input 'x'", "element 31", "null", "FP32"],
+    ),
+    ("booleans for FP32", x_input(data=[True] * 32), 400, ["input 'x'", "element 0", "true"]),
     (
         "missing input",
         {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 32]}]},

@@ -58,7 +58,7 @@ def from_data(spec: TensorSpec, shape: tuple[int, ...], data: Any) -> np.ndarray
             for i, item in enumerate(flat):
                 arr[i] = _as_str(spec, item)
             return arr.reshape(shape)
-        arr = np.asarray(data, dtype=dtype)
+        arr = _numbers(spec, data, dtype)
     except InvalidInput:
         raise
     except (TypeError, ValueError, OverflowError) as exc:
@@ -130,6 +130,84 @@ def _flatten(data: list[Any]) -> list[Any]:
         else:
             stack.pop()
     return out
+
+
+# What JSON (or a typed gRPC field) may hold for each kind of input: NumPy's inferred kinds.
+# Booleans only for BOOL, integers for integer inputs, numbers for floating-point ones.
+_ACCEPTS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+_WHAT = {"b": "true or false", "i": "an integer", "u": "an integer", "f": "a number"}
+
+
+def _numbers(spec: TensorSpec, data: Any, dtype: np.dtype) -> np.ndarray:
+    """``data`` as an array of ``dtype``, refusing what NumPy would coerce silently.
+
+    ``np.asarray(data, dtype)`` turns "1.5" into 1.5, null into NaN, 1.7 into 1 for an
+    integer input and true into 1.0. NumPy infers a dtype from the values first, in C;
+    only when that dtype does not fit is the data walked in Python, to name the element.
+    """
+    arr = np.asarray(data)
+    if arr.size == 0:
+        return arr.astype(dtype)
+    kind = arr.dtype.kind
+    if kind in _ACCEPTS[dtype.kind]:
+        if dtype.kind in "iu" and arr.dtype != dtype:
+            info = np.iinfo(dtype)
+            low, high = arr.min(), arr.max()
+            if low < info.min or high > info.max:
+                bad = low if low < info.min else high
+                raise InvalidInput(
+                    f"input {spec.name!r}: {bad} is out of range for {spec.datatype} "
+                    f"({info.min}..{info.max})"
+                )
+        with np.errstate(over="ignore"):  # 1e10 as FP16 is inf, as np.asarray made it
+            return arr.astype(dtype, copy=False)
+    _refuse_element(spec, data, dtype)
+    # Every element has a fitting type (e.g. integers too large for NumPy to infer int64):
+    # let the typed conversion decide, and raise what it raises.
+    return np.asarray(data, dtype=dtype)
+
+
+def _fits(item: Any, kind: str) -> bool:
+    if isinstance(item, bool | np.bool_):
+        return kind == "b"
+    if isinstance(item, int | np.integer):
+        return kind in "iuf"
+    if isinstance(item, float | np.floating):
+        return kind == "f"
+    return False
+
+
+def _refuse_element(spec: TensorSpec, data: Any, dtype: np.dtype) -> None:
+    """Raise InvalidInput naming the first element that is not of the input's kind."""
+    if isinstance(data, list):
+        flat = _flatten(data)
+    elif isinstance(data, str | bytes | dict) or not hasattr(data, "__iter__"):
+        flat = [data]
+    else:
+        flat = list(data)
+    for i, item in enumerate(flat):
+        if isinstance(item, list | tuple):
+            return  # ragged nesting: NumPy's own error says so
+        if not _fits(item, dtype.kind):
+            raise InvalidInput(
+                f"input {spec.name!r}: element {i} of 'data' is {_show(item)}, "
+                f"not {_WHAT[dtype.kind]} ({spec.datatype})"
+            )
+
+
+def _show(item: Any) -> str:
+    if item is None:
+        return "null"
+    if isinstance(item, bool | np.bool_):
+        return "true" if item else "false"
+    if isinstance(item, str):
+        text = item if len(item) <= 20 else item[:20] + "..."
+        return f"the string {text!r}"
+    if isinstance(item, dict):
+        return "an object"
+    if isinstance(item, int | float):
+        return repr(item)
+    return f"a {type(item).__name__}"
 
 
 def _as_str(spec: TensorSpec, item: Any) -> str:
