@@ -182,10 +182,15 @@ class UpstreamPool:
         self.max_idle = max_idle_per_backend
         self.addresses: dict[str, tuple[str, int, str]] = {}
 
-    async def _connect(self, host: str, port: int) -> _Connection:
+    async def _connect(self, host: str, port: int, url: str, deadline: float) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
-            _, proto = await loop.create_connection(lambda: _Connection(loop), host, port)
+            # Bounded too: a backend whose accept queue is full drops the SYNs, and the
+            # kernel would keep retrying them for minutes.
+            async with asyncio.timeout_at(deadline):
+                _, proto = await loop.create_connection(lambda: _Connection(loop), host, port)
+        except TimeoutError:
+            raise UpstreamTimeout(f"{url} did not accept a connection in time") from None
         except OSError as exc:
             raise UpstreamError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
         return proto
@@ -208,14 +213,16 @@ class UpstreamPool:
         head.append("\r\n")
         data = "".join(head).encode("latin-1") + body
         key = (host, port)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout  # one budget for connecting and answering
         for attempt in (0, 1):
             conn = self._idle(key)
             reused = conn is not None
             if conn is None:
-                conn = await self._connect(host, port)
+                conn = await self._connect(host, port, url, deadline)
             future = conn.send(data, method == "HEAD")
             # A timer handle, not asyncio.wait_for: wait_for costs a task per request.
-            timer = asyncio.get_running_loop().call_later(timeout, _expire, future, url, timeout)
+            timer = loop.call_at(deadline, _expire, future, url, timeout)
             try:
                 status, out_headers, out_body, keep = await future
             except UpstreamTimeout:
