@@ -166,3 +166,22 @@ async def test_admin_needs_the_token_and_the_inference_port_cannot_set_routes(
     ) as resp:
         doc = await resp.json()
     assert doc["backends"][0]["url"] == a.url and doc["backends"][0]["weight"] == 100
+
+
+async def test_answers_name_the_revision_that_gave_them(backends, router) -> None:
+    """``onnxship-revision`` on every answer, a backend's failure included (found by e2e:
+    counting a traffic shift through the router needs it)."""
+    ok, dead = await backends("ok"), await backends("dead")
+    assert dead.runner is not None
+    await dead.runner.cleanup()
+    r = await router()
+    await r.put_routes(table(("r1", ok, 50), ("r2", dead, 50)))
+    seen = set()
+    for _ in range(20):
+        async with r.session.post(
+            f"{r.url}/v2/models/m/infer",
+            json={"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1]}]},
+        ) as resp:
+            await resp.read()
+            seen.add((resp.status, resp.headers.get("onnxship-revision")))
+    assert (200, "r1") in seen and (502, "r2") in seen, seen

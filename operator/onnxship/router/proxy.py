@@ -152,6 +152,8 @@ class Router:
         copy_to = routing.mirror_for(backend)
         if copy_to is not None:
             self._mirror(copy_to, backend, call, answer)
+        # Which revision answered (its errors too): what a user checks during a canary.
+        answer.headers[REVISION_HEADER] = backend.revision
         return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
 
     async def _send(self, backend: Backend, call: _Call, role: str) -> _Answer:
