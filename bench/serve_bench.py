@@ -27,6 +27,7 @@ import asyncio
 import http.client
 import json
 import os
+import random
 import signal
 import socket
 import statistics
@@ -369,6 +370,7 @@ def main() -> None:
         "--fastapi-python", help="python of a virtualenv with fastapi, uvicorn, onnxruntime"
     )
     ap.add_argument("--kserve-python", help="python of a virtualenv with kserve and onnxruntime")
+    ap.add_argument("--seed", type=int, default=1, help="of the throughput rounds' order")
     ap.add_argument("--out-json", type=Path)
     args = ap.parse_args()
 
@@ -517,15 +519,22 @@ def main() -> None:
             f"throughput, {args.tput_rounds} rounds, {args.clients} clients x {args.seconds:.0f} s ...",
             flush=True,
         )
+        # A new order every round (seeded): on a shared VM speed drifts within a round too, and
+        # a fixed order would hand the same slot, fast or slow, to the same server each time.
+        shuffle = random.Random(args.seed)
         for r in range(args.tput_rounds):
-            ceilings.append(
-                {b: raw_throughput(raw, data, b, max(3.0, args.seconds / 5)) for b in batch_sizes}
-            )
-            line = [
-                f"raw best {max(ceilings[-1].values()):.1f} rows/s (b{max(ceilings[-1], key=ceilings[-1].__getitem__)})"
-            ]
-            for tag, make in loads.items():
-                rate, errs = asyncio.run(make())
+            order = [*loads, "raw"]
+            shuffle.shuffle(order)
+            line = []
+            for tag in order:
+                if tag == "raw":
+                    ceilings.append(
+                        {b: raw_throughput(raw, data, b, max(2.0, args.seconds / 3)) for b in batch_sizes}
+                    )
+                    c = ceilings[-1]
+                    line.append(f"raw best {max(c.values()):.1f} rows/s (b{max(c, key=c.__getitem__)})")
+                    continue
+                rate, errs = asyncio.run(loads[tag]())
                 tput[tag].append(rate)
                 errors[tag] += errs
                 line.append(f"{tag} {rate:.1f}")
@@ -562,6 +571,12 @@ def main() -> None:
     )
     for k, v in tput.items():
         print(f"{k:24s} {med(v):8.1f} {t_ratio[k]:10.3f}  errors {errors[k]}")
+    peers = [p for p in ("fastapi_json", "kserve_json") if p in tput]
+    if peers:
+        print(f"\n{'32 clients, ours / peer':24s} " + " ".join(f"{p:>14s}" for p in peers) + "  (median of per-round ratios)")
+        for k in (k for k in tput if k.startswith("onnxship")):
+            cells = (med(a / b for a, b in zip(tput[k], tput[p], strict=True)) for p in peers)
+            print(f"{k:24s} " + " ".join(f"{c:14.3f}" for c in cells))
     if args.out_json:
         args.out_json.parent.mkdir(parents=True, exist_ok=True)
         args.out_json.write_text(json.dumps(results, indent=2))
