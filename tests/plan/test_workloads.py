@@ -95,6 +95,17 @@ def test_compression_job() -> None:
     }
 
 
+def test_an_s3_model_is_fetched_from_the_stores_endpoint() -> None:
+    """Found by e2e: with a custom endpoint (MinIO) the Job looked for s3:// models on AWS."""
+    [env] = spec().serving.effective_environments()
+    args = w.compress_args(spec(), spec().compression, env, STORE)
+    assert args[args.index("--source-endpoint") + 1] == "http://minio:9000"
+    aws = w.StoreRef("s3://art/team/")
+    assert "--source-endpoint" not in w.compress_args(spec(), spec().compression, env, aws)
+    https = parse_spec({"model": {"uri": "https://example.com/model.onnx"}})
+    assert "--source-endpoint" not in w.compress_args(https, https.compression, env, STORE)
+
+
 def test_revision_deployment_places_pods_on_their_pool() -> None:
     s = two_envs()
     cpu, gpu = s.serving.environments

@@ -272,6 +272,10 @@ def compress_args(
         "--result-file",
         TERMINATION_LOG,
     ]
+    if spec.model.uri.startswith("s3://") and store.endpoint:
+        # The spec names one S3-compatible endpoint, the store's; an s3:// model without
+        # it would be looked for on AWS (a MinIO user's models live beside the artifacts).
+        args += ["--source-endpoint", store.endpoint]
     if spec.model.sha256:
         args += ["--sha256", spec.model.sha256]
     if spec.model.sample_inputs:
