@@ -57,17 +57,19 @@ class World:
     revisions: dict[str, RevisionPods] = field(default_factory=dict)
     traffic: TrafficSplit | None = None
     events: list[EmitEvent] = field(default_factory=list)
-    never_ready: set[str] = field(default_factory=set)
+    never_ready: set[str] = field(default_factory=set)  # no pod of these is ever ready
+    no_ready_pods: set[str] = field(default_factory=set)  # their pods were lost (killed)
+    partly_ready: set[str] = field(default_factory=set)  # some of their pods are ready
     verdict: Verdict | None = None
     command: Command | None = None
     decisions: list[Decision] = field(default_factory=list)
     _commands: int = 0
 
     def observed(self) -> Observed:
-        pods = {
-            n: RevisionPods(p.replicas, n not in self.never_ready and sum(p.replicas.values()) > 0)
-            for n, p in self.revisions.items()
-        }
+        pods = {}
+        for n, p in self.revisions.items():
+            up = sum(p.replicas.values()) > 0 and n not in self.never_ready | self.no_ready_pods
+            pods[n] = RevisionPods(p.replicas, up and n not in self.partly_ready, serving=up)
         return Observed(
             desired=self.desired,
             generation=1,

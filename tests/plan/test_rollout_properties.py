@@ -68,10 +68,13 @@ def check_invariants(w: World) -> None:
     if status.stable_revision:
         pods = w.revisions.get(status.stable_revision)
         assert pods is not None and sum(pods.replicas.values()) > 0
-        # everything routed to has a workload
+        # everything routed to has a workload; a canary with no ready pod gets no request
+        seen = w.observed().revisions
         for revision, wt in (split.weights if split else ()):
             if wt > 0:
                 assert revision in w.revisions
+                if revision == status.canary_revision and status.step_started_at:
+                    assert seen[revision].can_serve, (revision, split)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

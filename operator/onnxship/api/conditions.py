@@ -38,6 +38,7 @@ class Reason(StrEnum):
     canary_superseded = "CanarySuperseded"
     rolled_back = "RolledBack"
     analysis_inconclusive = "AnalysisInconclusive"
+    canary_unavailable = "CanaryUnavailable"  # its pods were ready once, none is now
     command_rejected = "CommandRejected"
     # Degraded
     analysis_failed = "AnalysisFailed"

@@ -301,6 +301,7 @@ def _observe_pods(wiring: Wiring, owner: w.Owner) -> tuple[dict[str, RevisionPod
     selector = {w.L_DEPLOYMENT: owner.name, w.L_COMPONENT: "model"}
     replicas: dict[str, dict[str, int]] = {}
     ready: dict[str, bool] = {}
+    serving: dict[str, bool] = {}  # at least one ready pod in each environment
     counts: PodCounts = {}
     for d in wiring.kube.list("Deployment", owner.namespace, selector):
         labels = d["metadata"].get("labels", {})
@@ -312,7 +313,11 @@ def _observe_pods(wiring: Wiring, owner: w.Owner) -> tuple[dict[str, RevisionPod
         counts[(rev, env)] = (have, want)
         ok = want == 0 or (have >= want and int(st.get("updatedReplicas", want)) >= want)
         ready[rev] = ready.get(rev, True) and ok
-    pods = {rev: RevisionPods(replicas=envs, ready=ready[rev]) for rev, envs in replicas.items()}
+        serving[rev] = serving.get(rev, True) and (want == 0 or have > 0)
+    pods = {
+        rev: RevisionPods(replicas=envs, ready=ready[rev], serving=serving[rev])
+        for rev, envs in replicas.items()
+    }
     return pods, counts
 
 

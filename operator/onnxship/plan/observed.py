@@ -45,6 +45,13 @@ class RevisionPods:
 
     replicas: Mapping[str, int]  # environment -> replicas asked for
     ready: bool  # every environment with replicas > 0 has them all ready
+    # Every environment with replicas > 0 has at least one ready pod; None: as ``ready``.
+    serving: bool | None = None
+
+    @property
+    def can_serve(self) -> bool:
+        """Requests sent to it would find a ready pod in every environment."""
+        return self.ready or bool(self.serving)
 
 
 class CommandKind(StrEnum):

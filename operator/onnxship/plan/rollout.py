@@ -161,6 +161,7 @@ class _Run:
         self.pinned_over = status.pinned_over
         self.events: list[EmitEvent] = []
         self.degraded: tuple[str, str] | None = None  # (reason, message) of an abort in this pass
+        self.canary_down = False  # the canary was ready once and has no ready pod now
         self.wake: list[float] = []  # seconds from now at which something falls due
 
     # ------------------------------------------------------------ helpers
@@ -321,10 +322,22 @@ class _Run:
                     )
                 else:
                     self.due_in(deadline - waited)
+            elif pods is None or not pods.can_serve:
+                # Its pods were ready once and none is now (killed, evicted, crashing): the
+                # requests of its share would fail, so the stable takes them until it is back.
+                self.canary_down = True
+                self.weight = self.mirror = 0
             return  # once ready, a pod that restarts holds the steps, it does not abort
         if not self.step_started:
             self.step_started = format_time(self.now)
+        else:
+            self.weight = self.weight_before(self.step_idx)  # back after pods were lost
         self.walk_steps()
+
+    def weight_before(self, index: int) -> int:
+        """The canary's weight once the steps before ``index`` are done."""
+        weights = [s.set_weight for s in self.steps[:index] if s.set_weight is not None]
+        return weights[-1] if weights else 0
 
     def count_verdict(self, v: Verdict | None) -> None:
         """Count a new verdict about this canary, once."""
@@ -517,7 +530,14 @@ class _Run:
             put(ConditionType.progressing, "False", *degraded)
         else:
             put(ConditionType.degraded, "False", Reason.healthy, "")
-            if self.canary:
+            if self.canary_down:
+                message = (
+                    f"canary {self.canary} has no ready pods: {self.stable} takes its share "
+                    f"until they are back ({self.summary()})"
+                )
+                if put(ConditionType.progressing, "True", Reason.canary_unavailable, message):
+                    self.event(Reason.canary_unavailable, message, warning=True)
+            elif self.canary:
                 reason = (
                     Reason.paused
                     if self.paused
@@ -586,7 +606,8 @@ class _Run:
         where = f"step {min(self.step_idx + 1, n)}/{n}" if n else "no steps"
         mirror = f", mirroring {self.mirror}%" if self.mirror else ""
         paused = ", paused" if self.paused else ""
-        return f"canary {self.canary} at {self.weight}%{mirror} ({where}{paused})"
+        down = ", no ready pods" if self.canary_down else ""
+        return f"canary {self.canary} at {self.weight}%{mirror} ({where}{paused}{down})"
 
     def effects(self, status: ModelDeploymentStatus) -> tuple[Action, ...]:
         """Actions that make the observed world match ``status``, safest order first:
