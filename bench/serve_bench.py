@@ -142,6 +142,45 @@ def check_binary(data: bytes, headers: Any) -> None:
     assert emb.size % 384 == 0
 
 
+def tiny_model(path: Path, seq: int) -> None:
+    """MiniLM's signature around almost no arithmetic: what a server costs per request shows
+    when inference costs next to nothing."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((seq, 384)).astype(np.float32), "w")
+    nodes = [helper.make_node("Cast", [n], [f"{n}_f"], to=TensorProto.FLOAT) for n in INPUTS]
+    nodes += [
+        helper.make_node("Sum", [f"{n}_f" for n in INPUTS], ["s"]),
+        helper.make_node("MatMul", ["s", "w"], [OUTPUT]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", seq]) for n in INPUTS],
+        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", 384])],
+        [w],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its descendants, from /proc."""
+    total, todo = 0.0, [pid]
+    tick = os.sysconf("SC_CLK_TCK")
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
 # ---------------------------------------------------------------------------- batch-1 latency
 
 
@@ -345,6 +384,71 @@ kserve.ModelServer().start([m])
 """
 
 
+def overhead_phase(
+    args: argparse.Namespace, tmp: Path, rows: list[dict[str, np.ndarray]], path: str
+) -> dict[str, Any]:
+    """Server CPU per request and req/s on a model that costs almost nothing: the part of a
+    request the server itself spends, ours against each peer. CPU time is counted from /proc,
+    so it holds on a busy machine where wall-clock throughput does not."""
+    seq = int(rows[0][INPUTS[0]].shape[1])
+    model = tmp / "tiny.onnx"
+    tiny_model(model, seq)
+    json_bodies = [(json_body(r), {"Content-Type": "application/json"}) for r in rows]
+    bin_bodies = [binary_body(r) for r in rows]
+    servers: dict[str, Proc] = {}
+    ports: dict[str, int] = {}
+    try:
+        port = free_port()
+        servers["onnxship"] = Proc(
+            [sys.executable, "-c", "from onnxship.cli.main import main; main()", "--log-format", "json",
+             "serve", "--model", str(model), "--name", NAME, "--http-port", str(port),
+             "--grpc-port", str(free_port()), "--threads", "1", "--max-queue-size", "256"],
+            f"http://127.0.0.1:{port}/v2/health/ready", tmp / "tiny-onnxship.log")  # fmt: skip
+        ports["onnxship"] = port
+        for peer, script_text, extra in (
+            ("fastapi", FASTAPI_PEER, []),
+            ("kserve", KSERVE_PEER, [str(free_port())]),
+        ):
+            python = getattr(args, f"{peer}_python")
+            if not python:
+                continue
+            port = free_port()
+            script = tmp / f"tiny_{peer}.py"
+            script.write_text(textwrap.dedent(script_text))
+            servers[peer] = Proc([python, str(script), str(model), str(port), *extra, "1"],
+                                 f"http://127.0.0.1:{port}/v2/health/ready", tmp / f"tiny-{peer}.log")  # fmt: skip
+            ports[peer] = port
+        loads = {f"{k}_json": (v, json_bodies, False) for k, v in ports.items()}
+        loads["onnxship_binary"] = (ports["onnxship"], bin_bodies, True)
+        for port, bodies, binary in loads.values():
+            asyncio.run(http_load(port, bodies, path, args.clients, 0.5, binary))  # warm-up
+        rate: dict[str, list[float]] = {k: [] for k in loads}
+        cpu_us: dict[str, list[float]] = {k: [] for k in loads}
+        shuffle = random.Random(args.seed + 1)
+        print(f"server overhead, tiny model, {args.overhead_rounds} rounds, {args.clients} clients x "
+              f"{args.overhead_seconds:.0f} s ...", flush=True)  # fmt: skip
+        for r in range(args.overhead_rounds):
+            order = list(loads)
+            shuffle.shuffle(order)
+            for tag in order:
+                port, bodies, binary = loads[tag]
+                pid = servers[tag.split("_")[0]].proc.pid
+                before = cpu_seconds(pid)
+                t0 = time.perf_counter()
+                r_s, _ = asyncio.run(
+                    http_load(port, bodies, path, args.clients, args.overhead_seconds, binary)
+                )
+                wall = time.perf_counter() - t0
+                rate[tag].append(r_s)
+                cpu_us[tag].append((cpu_seconds(pid) - before) / max(1.0, r_s * wall) * 1e6)
+            print(f"  round {r + 1}: " + ", ".join(
+                f"{k} {rate[k][-1]:.0f} req/s {cpu_us[k][-1]:.0f} us CPU/req" for k in loads), flush=True)  # fmt: skip
+    finally:
+        for p in servers.values():
+            p.stop()
+    return {"rate": rate, "cpu_us_per_request": cpu_us}
+
+
 # ---------------------------------------------------------------------------- main
 
 
@@ -371,6 +475,8 @@ def main() -> None:
     )
     ap.add_argument("--kserve-python", help="python of a virtualenv with kserve and onnxruntime")
     ap.add_argument("--seed", type=int, default=1, help="of the throughput rounds' order")
+    ap.add_argument("--overhead-rounds", type=int, default=3, help="tiny-model rounds; 0: none")
+    ap.add_argument("--overhead-seconds", type=float, default=3.0)
     ap.add_argument("--out-json", type=Path)
     args = ap.parse_args()
 
@@ -529,10 +635,15 @@ def main() -> None:
             for tag in order:
                 if tag == "raw":
                     ceilings.append(
-                        {b: raw_throughput(raw, data, b, max(2.0, args.seconds / 3)) for b in batch_sizes}
+                        {
+                            b: raw_throughput(raw, data, b, max(2.0, args.seconds / 3))
+                            for b in batch_sizes
+                        }
                     )
                     c = ceilings[-1]
-                    line.append(f"raw best {max(c.values()):.1f} rows/s (b{max(c, key=c.__getitem__)})")
+                    line.append(
+                        f"raw best {max(c.values()):.1f} rows/s (b{max(c, key=c.__getitem__)})"
+                    )
                     continue
                 rate, errs = asyncio.run(loads[tag]())
                 tput[tag].append(rate)
@@ -542,6 +653,9 @@ def main() -> None:
     finally:
         for p in servers:
             p.stop()
+
+    if args.overhead_rounds:
+        results["overhead"] = overhead_phase(args, tmp, rows, path)
 
     # ---- report: ratios within each round, then their median.
     results["loadavg_end"] = os.getloadavg()
@@ -573,10 +687,19 @@ def main() -> None:
         print(f"{k:24s} {med(v):8.1f} {t_ratio[k]:10.3f}  errors {errors[k]}")
     peers = [p for p in ("fastapi_json", "kserve_json") if p in tput]
     if peers:
-        print(f"\n{'32 clients, ours / peer':24s} " + " ".join(f"{p:>14s}" for p in peers) + "  (median of per-round ratios)")
+        print(
+            f"\n{'32 clients, ours / peer':24s} "
+            + " ".join(f"{p:>14s}" for p in peers)
+            + "  (median of per-round ratios)"
+        )
         for k in (k for k in tput if k.startswith("onnxship")):
             cells = (med(a / b for a, b in zip(tput[k], tput[p], strict=True)) for p in peers)
             print(f"{k:24s} " + " ".join(f"{c:14.3f}" for c in cells))
+    if "overhead" in results:
+        o = results["overhead"]
+        print(f"\n{'tiny model, 32 clients':24s} {'req/s':>8s} {'us CPU/req':>11s}")
+        for k in o["rate"]:
+            print(f"{k:24s} {med(o['rate'][k]):8.0f} {med(o['cpu_us_per_request'][k]):11.0f}")
     if args.out_json:
         args.out_json.parent.mkdir(parents=True, exist_ok=True)
         args.out_json.write_text(json.dumps(results, indent=2))

@@ -157,6 +157,21 @@ def test_every_datatype_round_trips(echo_server: Server, binary: bool) -> None:
         assert got.tolist() == value.tolist(), dt
 
 
+def test_nan_and_infinity_survive_a_json_response(echo_server: Server) -> None:
+    # Fast JSON output (orjson) would write them as null; they must come back as sent.
+    client = httpclient.InferenceServerClient(echo_server.http_addr)
+    value = np.array([[np.nan, np.inf, -np.inf], [1, 2, 3]], dtype=np.float32)
+    inputs, outputs = [], []
+    for dt, v in {**ECHO_VALUES, "FP32": value}.items():
+        inp = httpclient.InferInput(f"in_{dt}", list(v.shape), dt)
+        inp.set_data_from_numpy(v, binary_data=False)
+        inputs.append(inp)
+        outputs.append(httpclient.InferRequestedOutput(f"out_{dt}", binary_data=False))
+    result = client.infer("echo", inputs, outputs=outputs)
+    np.testing.assert_array_equal(result.as_numpy("out_FP32"), value)
+    assert result.as_numpy("out_FP64").tolist() == ECHO_VALUES["FP64"].tolist()
+
+
 def test_outputs_selection(start_server: StartServer, model_dir: Path) -> None:
     server = start_server("--model", str(model_dir / "tokens.onnx"), "--name", "tok")
     ids = [[5, 6, 7]]
