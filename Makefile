@@ -66,6 +66,14 @@ bench: venv $(BENCH_PEERS)/fastapi/.installed $(BENCH_PEERS)/kserve/.installed
 bench-smoke: venv
 	$(BIN)/python bench/run_all.py --smoke
 
+## make bench-soak: `onnxship route` under sustained load for 5 minutes (SOAK_ARGS=--seconds N):
+## open fds and RSS of the router sampled every 5 s, growth (last minute / first minute) written
+## to bench/results/raw/router_soak.json; exits 1 when either grew past its limit
+SOAK_ARGS ?=
+.PHONY: bench-soak
+bench-soak: venv
+	$(BIN)/python bench/router_soak.py $(SOAK_ARGS)
+
 $(BENCH_PEERS)/fastapi/.installed:
 	-$(PYTHON) -m venv $(BENCH_PEERS)/fastapi && $(BENCH_PEERS)/fastapi/bin/pip install --quiet \
 	  'fastapi>=0.110,<1' 'uvicorn>=0.29,<1' 'onnxruntime==$(ORT_VERSION)' 'numpy>=1.26,<3' \
