@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import sys
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,7 @@ class OperatorProcess:
     log_level: str = "INFO"
     proc: asyncio.subprocess.Process | None = None
     starts: int = 0
+    liveness_port: int = 0
     logs: list[Path] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -51,15 +53,35 @@ class OperatorProcess:
             **self.env,
         }
         self.starts += 1
+        self.liveness_port = _free_port()
         log = self.folder / f"operator-{self.starts}.log"
         self.logs.append(log)
         with log.open("wb") as stderr:
             self.proc = await asyncio.create_subprocess_exec(
                 ONNXSHIP, "--log-format", "json", "operator", "-A",
-                "--metrics-port", "0", "--liveness-port", str(_free_port()),
+                "--metrics-port", "0", "--liveness-port", str(self.liveness_port),
                 env=env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=stderr, stderr=stderr,
             )  # fmt: skip
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until kopf answers /healthz: it has logged in and taken over SIGTERM (a SIGTERM
+        before that ends the process by the signal, as it would any program starting up)."""
+        url = f"http://127.0.0.1:{self.liveness_port}/healthz"
+
+        def probe() -> bool:
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    return bool(resp.status == 200)
+            except OSError:
+                return False
+
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not await asyncio.to_thread(probe):
+            assert self.alive(), f"the operator exited: {self.tail()}"
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"the operator did not start: {self.tail()}")
+            await asyncio.sleep(0.1)
 
     async def kill(self) -> None:
         """SIGKILL: no clean-up handler of the operator runs."""

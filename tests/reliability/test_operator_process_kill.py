@@ -33,7 +33,7 @@ from .operator_process import RUNTIME_IMAGE, OperatorProcess
 
 STEPS = {
     "rollout": {
-        "steps": [{"setWeight": 30}, {"pause": {"duration": "1s"}}, {"setWeight": 60}],
+        "steps": [{"setWeight": 30}, {"pause": {"duration": "2s"}}, {"setWeight": 60}],
         "analysis": {"interval": "200ms", "minRequests": 10},
     }
 }
@@ -181,7 +181,8 @@ async def run_with_sigkills(cluster: Cluster, tmp_path: Path, seed: int) -> dict
             )
             await cluster.patch_md("enc", {"spec": v("v2")["spec"]})
             await kill_after("v2 Job", lambda: cluster.get(JOBS, f"{V2}-default"), 1.5)
-            await kill_after("canary", lambda: status(cluster).get("canaryRevision") == V2, 2.5)
+            await kill_after("canary", lambda: status(cluster).get("canaryRevision") == V2, 2.0)
+            await op.wait_ready()  # the end state is seen by a live operator
             await wait_until(
                 cluster, op, lambda: end_state(cluster) == END_STATE, f"convergence (seed {seed})"
             )
