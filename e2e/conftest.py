@@ -32,6 +32,7 @@ from e2e.harness.install import (
 )
 from e2e.harness.kubelet import KWOK_ANNOTATION, NODE, FakeKubelet
 from e2e.harness.operator import Operator, start_operator
+from e2e.harness.process_node import ProcessKubelet
 
 _names = itertools.count(1)
 
@@ -105,6 +106,29 @@ def kubelet(control_plane: ControlPlane, admin: Api) -> Iterator[FakeKubelet]:
         )
     yield k
     k.stop()
+
+
+@pytest.fixture(scope="session")
+def process_node(control_plane: ControlPlane, admin: Api) -> Iterator[ProcessKubelet]:
+    """The node whose kubelet runs each Pod's command as a local process (the full path).
+
+    Its Pods' logs are in the run folder, ``pods/<namespace>_<pod>.log``."""
+    k = ProcessKubelet(admin, folder=control_plane.folder)
+    k.start()
+    yield k
+    k.stop()
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[str]:
+    """An S3-speaking server on 127.0.0.1 (moto's ThreadedMotoServer): its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
 
 
 @pytest.fixture

@@ -46,29 +46,31 @@ class FakeKubelet:
     # KWOK reports node and Pod status (harness/kwok-stages.yaml); this only binds Pods and
     # hands a Job Pod its exit through annotations.
     kwok: bool = False
+    node: str = NODE
     errors: list[str] = field(default_factory=list)
     _ips: itertools.count = field(default_factory=lambda: itertools.count(2))
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if self.api.get(f"/api/v1/nodes/{NODE}") is None:
-            node = {
+        if self.api.get(f"/api/v1/nodes/{self.node}") is None:
+            node: dict[str, Any] = {
                 "apiVersion": "v1",
                 "kind": "Node",
                 "metadata": {
-                    "name": NODE,
-                    "labels": {"kubernetes.io/hostname": NODE},
-                    "annotations": {KWOK_ANNOTATION: "fake"},
+                    "name": self.node,
+                    "labels": {"kubernetes.io/hostname": self.node},
                 },
             }
+            if self.kwok:
+                node["metadata"]["annotations"] = {KWOK_ANNOTATION: "fake"}
             self.api.must("POST", "/api/v1/nodes", node)
         if self.kwok:
             self._start_thread()
             return
         self.api.must(
             "PATCH",
-            f"/api/v1/nodes/{NODE}/status",
+            f"/api/v1/nodes/{self.node}/status",
             {
                 "status": {
                     "conditions": [
@@ -90,7 +92,7 @@ class FakeKubelet:
         self._start_thread()
 
     def _start_thread(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="fake-kubelet", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.node, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -102,7 +104,9 @@ class FakeKubelet:
         while not self._stop.is_set():
             for ns in list(self.namespaces):
                 try:
-                    for pod in self.api.items(f"/api/v1/namespaces/{ns}/pods"):
+                    pods = self.api.items(f"/api/v1/namespaces/{ns}/pods")
+                    self._sync_namespace(ns, pods)
+                    for pod in pods:
                         self._sync(pod)
                 except ApiError as exc:
                     if exc.response.status != 404:
@@ -110,6 +114,9 @@ class FakeKubelet:
                 except Exception as exc:  # keep playing the node; the test sees errors
                     self.errors.append(repr(exc))
             self._stop.wait(0.2)
+
+    def _sync_namespace(self, ns: str, pods: list[dict[str, Any]]) -> None:
+        """Before the namespace's Pods are synced, one by one (a hook for subclasses)."""
 
     # ------------------------------------------------------------------ one pod
 
@@ -150,7 +157,7 @@ class FakeKubelet:
                 "apiVersion": "v1",
                 "kind": "Binding",
                 "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
-                "target": {"apiVersion": "v1", "kind": "Node", "name": NODE},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": self.node},
             },
         )
 
