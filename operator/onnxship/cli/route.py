@@ -23,7 +23,9 @@ def route_command(
     admin_token: str = typer.Option(
         "", envvar="ONNXSHIP_ROUTER_TOKEN", help="Bearer token the admin port requires."
     ),
-    timeout: float = typer.Option(30.0, help="Seconds a backend may take to answer."),
+    timeout: float = typer.Option(
+        30.0, help="Seconds a backend may take to accept and answer (then 504)."
+    ),
     sticky_header: str = typer.Option(
         "", help="Header whose value pins a client to one revision (e.g. x-session-id)."
     ),
