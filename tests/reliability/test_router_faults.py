@@ -202,12 +202,18 @@ def unaccepting_backend() -> Iterator[tuple[str, None]]:
 
 
 @contextlib.asynccontextmanager
-async def resetting_backend() -> AsyncIterator[tuple[str, list[int]]]:
-    """Accepts each connection and resets it (RST, SO_LINGER 0) at once."""
+async def resetting_backend(mode: str) -> AsyncIterator[tuple[str, list[int]]]:
+    """Accepts each connection, then ``rst``: resets it at once (SO_LINGER 0), or
+    ``close``: reads the request head and closes without a word (FIN)."""
     accepted = [0]
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         accepted[0] += 1
+        if mode == "close":
+            with contextlib.suppress(Exception):
+                await reader.readuntil(b"\r\n\r\n")
+            writer.close()
+            return
         sock = writer.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.transport.abort()
@@ -299,17 +305,19 @@ async def test_a_hanging_backend_times_out_and_does_not_slow_the_healthy_one(
     assert (await infer(session, r)).status == 200
 
 
+@pytest.mark.parametrize("mode", ["rst", "close"])
 async def test_a_resetting_backend_is_ejected_and_traffic_lands_on_the_healthy_one(
-    backends: Any, route: Any, session: aiohttp.ClientSession
+    backends: Any, route: Any, session: aiohttp.ClientSession, mode: str
 ) -> None:
     healthy = await backends("healthy")
     r = await route()
-    async with resetting_backend() as (bad_url, accepted):
+    async with resetting_backend(mode) as (bad_url, accepted):
         await put_routes(session, r, doc_with(("r1", healthy.url, 50), ("r2", bad_url, 50)))
         results = await drive(session, r, workers=8, seconds=1.5)
         counts = collections.Counter((x.status, x.backend) for x in results)
         failed = [x for x in results if x.status != 200]
-        # A reset is the router's 502 naming the revision, never a 500 or a hang.
+        # A reset (or a close without an answer) is the router's 502 naming the revision,
+        # never a 500 or a hang.
         assert failed and all(x.status == 502 and "r2" in x.error for x in failed), counts
         assert all(x.seconds < TIMEOUT for x in failed), max(x.seconds for x in failed)
         # then skipped: at most a threshold's worth (plus what was in flight) fail; the rest
