@@ -122,8 +122,11 @@ def process_node(control_plane: ControlPlane, admin: Api) -> Iterator[ProcessKub
 @pytest.fixture(scope="session")
 def s3() -> Iterator[str]:
     """An S3-speaking server on 127.0.0.1 (moto's ThreadedMotoServer): its endpoint URL."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

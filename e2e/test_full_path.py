@@ -1,0 +1,477 @@
+"""Issue 10's full path: every Pod really runs, on the process node (harness/process_node.py).
+
+The compression Job runs ``onnxship compress`` from S3 (moto's server) into S3, the revision
+Pods run ``onnxship serve`` and turn Ready through their probes, the router Pod runs
+``onnxship route`` and reads its mounted route table, and users' requests go through the
+router's address. The operator runs as its ServiceAccount, as in test_operator.py; the
+builtin analysis scrapes the router Pod's real /metrics.
+
+The models are the demo's (examples/demo/build_model.py): v1, v2 (a fine-tune of v1: its
+canary goes to 100%) and v3 (a broken export: padded requests fail inside ONNX Runtime with
+HTTP 500, so the analysis rolls it back).
+"""
+
+from __future__ import annotations
+
+import http.client
+import importlib.util
+import itertools
+import json
+import random
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from e2e.harness.api import Api, wait_for
+from e2e.harness.operator import Operator
+from e2e.harness.process_node import ProcessKubelet
+from onnxship.local.loadgen import token_request
+from onnxship.store.layout import blob_key
+
+REPO = Path(__file__).resolve().parents[1]
+MDS = "/apis/onnxship.io/v1alpha1/namespaces/{ns}/modeldeployments"
+KEYS = {"AWS_ACCESS_KEY_ID": "e2e-access", "AWS_SECRET_ACCESS_KEY": "e2e-secret"}
+ARTIFACTS = "s3://onnxship-artifacts/e2e/"
+MODEL_PODS = "onnxship.io/component=model"
+GATE = 0.99  # the accuracy gate's default minimum cosine: what compression promises
+_names = itertools.count(1)
+
+
+# ---------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def namespace(admin: Api, crd: Any, process_node: ProcessKubelet) -> Iterator[str]:
+    """A namespace whose Pods the process node runs (this module's own ``namespace``)."""
+    name = f"e2e-full-{next(_names)}"
+    admin.create("/api/v1/namespaces", {"metadata": {"name": name}})
+    wait_for(
+        lambda: admin.get(f"/api/v1/namespaces/{name}/serviceaccounts/default"),
+        what="the namespace's default ServiceAccount",
+    )
+    process_node.namespaces.add(name)
+    yield name
+    admin.delete(f"/api/v1/namespaces/{name}")
+    # The node stops each Pod's process (SIGTERM, grace, SIGKILL) and confirms it gone.
+    wait_for(
+        lambda: not admin.items(f"/api/v1/namespaces/{name}/pods"),
+        timeout=90,
+        what="the namespace's Pods to stop",
+    )
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    spec = importlib.util.spec_from_file_location(
+        "demo_build_model", REPO / "examples" / "demo" / "build_model.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module.build(tmp_path_factory.mktemp("models"))  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def bucket(s3: str, models: dict[str, Path]) -> Any:
+    """The models uploaded where the ModelDeployment points; the S3 client."""
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3,
+        region_name="us-east-1",
+        aws_access_key_id=KEYS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=KEYS["AWS_SECRET_ACCESS_KEY"],
+    )
+    for name in ("models", "onnxship-artifacts"):
+        if name not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+            client.create_bucket(Bucket=name)
+    for version in ("v1", "v2", "v3"):
+        client.upload_file(str(models[version]), "models", f"enc/{version}/model.onnx")
+    return client
+
+
+# ---------------------------------------------------------------------- users
+
+
+@dataclass(frozen=True)
+class Answer:
+    at: float
+    status: int
+    revision: str  # the router's onnxship-revision header
+    version: str  # model_version in the body ("" for errors)
+    cosine: float | None  # against the original model of that version, None for errors
+    body: str = ""
+
+
+@dataclass
+class Users:
+    """Threads that send the router inference requests back to back, as users would."""
+
+    host: str
+    port: int
+    requests: list[dict[str, Any]]
+    references: dict[str, list[np.ndarray | None]]
+    workers: int = 3
+    answers: list[Answer] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> None:
+        for i in range(self.workers):
+            t = threading.Thread(target=self._run, args=(i,), daemon=True, name=f"user{i}")
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+    def one(self, conn: http.client.HTTPConnection, i: int) -> Answer:
+        body = json.dumps(self.requests[i]).encode()
+        conn.request("POST", "/v2/models/enc/infer", body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        raw = resp.read()
+        revision = resp.getheader("onnxship-revision") or ""
+        if resp.status != 200:
+            return Answer(time.monotonic(), resp.status, revision, "", None, raw.decode()[:300])
+        doc = json.loads(raw)
+        version = doc.get("model_version", "")
+        got = np.asarray(doc["outputs"][0]["data"], np.float32)
+        ref = self.references.get(version, [None] * len(self.requests))[i]
+        cos = None if ref is None else _cosine(got, ref)
+        return Answer(time.monotonic(), 200, revision, version, cos)
+
+    def _run(self, seed: int) -> None:
+        rng = random.Random(seed)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        while not self._stop.is_set():
+            i = rng.randrange(len(self.requests))
+            try:
+                self.answers.append(self.one(conn, i))
+            except (OSError, http.client.HTTPException) as exc:
+                self.answers.append(Answer(time.monotonic(), 0, "", "", None, repr(exc)))
+                conn.close()
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+
+    def since(self, t0: float, t1: float = float("inf")) -> list[Answer]:
+        return [a for a in list(self.answers) if t0 <= a.at < t1]
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel(), b.ravel()
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+
+
+def references(
+    models: dict[str, Path], requests: list[dict[str, Any]]
+) -> dict[str, list[np.ndarray | None]]:
+    """ONNX Runtime on each original model, per request (None where the model fails)."""
+    out: dict[str, list[np.ndarray | None]] = {}
+    for version in ("v1", "v2", "v3"):
+        options = ort.SessionOptions()
+        options.log_severity_level = 4  # v3's failures are expected, not worth a log line
+        session = ort.InferenceSession(
+            str(models[version]), options, providers=["CPUExecutionProvider"]
+        )
+        refs: list[np.ndarray | None] = []
+        for req in requests:
+            feed = {
+                t["name"]: np.asarray(t["data"], np.int64).reshape(t["shape"])
+                for t in req["inputs"]
+            }
+            try:
+                refs.append(session.run(None, feed)[0])
+            except Exception:  # v3's broken export on padded requests
+                refs.append(None)
+        out[version] = refs
+    return out
+
+
+# ---------------------------------------------------------------------- the cluster side
+
+
+def model_deployment(s3: str, version: str, rollout: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "onnxship.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "enc"},
+        "spec": {
+            "model": {
+                "uri": f"s3://models/enc/{version}/model.onnx",
+                "version": version,
+                "credentialsSecret": "s3-creds",
+            },
+            "compression": {"quantize": {"mode": "dynamic"}},
+            "artifacts": {"uri": ARTIFACTS, "endpoint": s3, "credentialsSecret": "s3-creds"},
+            "serving": {"replicas": 2, "batching": {"maxBatchSize": 8, "maxDelayMs": 1}},
+            "rollout": rollout,
+        },
+    }
+
+
+def status(admin: Api, ns: str) -> dict[str, Any]:
+    return ((admin.get(f"{MDS.format(ns=ns)}/enc") or {}).get("status")) or {}
+
+
+def routes(admin: Api, ns: str) -> dict[str, int]:
+    cm = admin.get(f"/api/v1/namespaces/{ns}/configmaps/enc-router") or {}
+    raw = (cm.get("data") or {}).get("routes.json")
+    return {b["revision"]: b["weight"] for b in json.loads(raw)["backends"]} if raw else {}
+
+
+def ready_pods(admin: Api, ns: str, selector: str) -> list[dict[str, Any]]:
+    return [
+        p
+        for p in admin.items(f"/api/v1/namespaces/{ns}/pods", selector)
+        if any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in (p.get("status") or {}).get("conditions", [])
+        )
+        and not p["metadata"].get("deletionTimestamp")
+    ]
+
+
+def explain(admin: Api, ns: str, node: ProcessKubelet, op: Operator) -> str:
+    st = status(admin, ns)
+    pods = {
+        p["metadata"]["name"]: (
+            (p.get("status") or {}).get("phase"),
+            (p.get("status") or {}).get("podIP"),
+            [cs.get("state") for cs in (p.get("status") or {}).get("containerStatuses", [])],
+        )
+        for p in admin.items(f"/api/v1/namespaces/{ns}/pods")
+    }
+    return (
+        f"phase {st.get('phase')}: {st.get('message')}; conditions {st.get('conditions')}; "
+        f"analysis {st.get('analysis')}; pods {pods}; node errors {node.errors[-5:]}; "
+        f"operator log {op.process.log}; pod logs {node.folder}"
+    )
+
+
+@dataclass
+class Watch:
+    """The route table as the operator wrote it, sampled over time: (time, weights)."""
+
+    admin: Api
+    ns: str
+    seen: list[tuple[float, dict[str, int]]] = field(default_factory=list)
+
+    def sample(self) -> dict[str, int]:
+        r = routes(self.admin, self.ns)
+        if r and (not self.seen or self.seen[-1][1] != r):
+            self.seen.append((time.monotonic(), r))
+        return r
+
+    def phases(self, end: float) -> list[tuple[float, float, dict[str, int]]]:
+        out = []
+        for (t0, r), nxt in zip(self.seen, [*self.seen[1:], None], strict=True):
+            out.append((t0, nxt[0] if nxt else end, r))
+        return out
+
+
+# ---------------------------------------------------------------------- the test
+
+
+CANARY = {
+    "steps": [
+        {"setWeight": 30},
+        {"pause": {"duration": "8s"}},
+        {"setWeight": 60},
+        {"pause": {"duration": "8s"}},
+    ],
+    "analysis": {"interval": "2s", "maxErrorRate": 0.05, "failureLimit": 1, "minRequests": 10},
+    "progressDeadline": "3m",
+}
+
+
+def test_full_path_compress_serve_shift_and_roll_back(
+    admin: Api,
+    namespace: str,
+    process_node: ProcessKubelet,
+    operator: Callable[..., Operator],
+    s3: str,
+    bucket: Any,
+    models: dict[str, Path],
+) -> None:
+    ns = namespace
+    t_begin = time.monotonic()
+    admin.create(
+        f"/api/v1/namespaces/{ns}/secrets",
+        {"metadata": {"name": "s3-creds"}, "stringData": KEYS},
+    )
+    # The operator reaches Pod IPs (the analysis scrapes the router Pods) like a Pod does.
+    op = operator(**process_node.pod_network_env())
+
+    def why() -> str:
+        return explain(admin, ns, process_node, op)
+
+    def apply_version(version: str, rollout: dict[str, Any]) -> None:
+        spec = model_deployment(s3, version, rollout)["spec"]
+        admin.merge_patch(f"{MDS.format(ns=ns)}/enc", {"spec": spec})
+
+    # -- v1: the Job compresses from S3 into S3, two replicas serve it, the router routes.
+    admin.create(MDS.format(ns=ns), model_deployment(s3, "v1", CANARY), fieldValidation="Strict")
+    try:
+        wait_for(lambda: status(admin, ns).get("phase") == "Ready", timeout=240, what="v1 Ready")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {why()}") from None
+    t_v1 = time.monotonic() - t_begin
+    st = status(admin, ns)
+    v1 = st["stableRevision"]
+    [rec] = st["revisions"]
+    key = rec["environments"][0]["cacheKey"]
+    manifest = json.loads(
+        bucket.get_object(Bucket="onnxship-artifacts", Key=f"e2e/manifests/{key}.json")[
+            "Body"
+        ].read()
+    )
+    assert manifest["report"]["accuracy"]["passed"], manifest["report"]
+    blob = manifest["blobs"][0]
+    stored = bucket.head_object(
+        Bucket="onnxship-artifacts", Key="e2e/" + blob_key(blob["digest"], blob["encoding"])
+    )
+    assert stored["ContentLength"] == blob["storedSize"], (stored, blob)
+    job = admin.get(f"/apis/batch/v1/namespaces/{ns}/jobs/{v1}-default")
+    assert job["status"].get("succeeded") == 1, job["status"]
+    assert len(ready_pods(admin, ns, f"onnxship.io/revision={v1},{MODEL_PODS}")) == 2
+
+    router = wait_for(
+        lambda: next(iter(ready_pods(admin, ns, "onnxship.io/component=router")), None),
+        timeout=60,
+        what="a ready router Pod",
+    )
+    router_ip = process_node.local_address(router["status"]["podIP"])
+
+    rng = random.Random(5)
+    requests = [token_request(rng) for _ in range(48)]
+    refs = references(models, requests)
+    users = Users(router_ip, 8080, requests, refs)
+    conn = http.client.HTTPConnection(router_ip, 8080, timeout=30)
+    first = [users.one(conn, i) for i in range(len(requests))]
+    conn.close()
+    assert {(a.status, a.revision, a.version) for a in first} == {(200, v1, "v1")}, first[:3]
+    worst = min(a.cosine for a in first if a.cosine is not None)
+    assert worst >= GATE, f"v1 through the router vs ONNX Runtime on the original: {worst}"
+
+    # -- v2: traffic shifts step by step while users send requests.
+    watch = Watch(admin, ns)
+    users.start()
+    try:
+        time.sleep(2)
+        t_v2 = time.monotonic()
+        apply_version("v2", CANARY)
+
+        def v2_stable() -> bool:
+            watch.sample()
+            s = status(admin, ns)
+            return bool(
+                s.get("stableRevision") not in (None, v1)
+                and s.get("phase") == "Ready"
+                and len(routes(admin, ns)) == 1
+            )
+
+        try:
+            wait_for(v2_stable, timeout=240, what="v2 stable", every=0.2)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; weights {watch.seen}: {why()}") from None
+        v2 = status(admin, ns)["stableRevision"]
+        wait_for(
+            lambda: (
+                not admin.items(
+                    f"/api/v1/namespaces/{ns}/pods", f"onnxship.io/revision={v1},{MODEL_PODS}"
+                )
+            ),
+            timeout=90,
+            what="v1's Pods gone",
+        )
+        time.sleep(2)
+        t_v2_done = time.monotonic()
+
+        # -- v3: broken; the analysis of the router's real metrics rolls it back.
+        broken = {**CANARY, "steps": [{"setWeight": 25}, {"pause": {"duration": "60s"}}]}
+        apply_version("v3", broken)
+
+        def rolled_back() -> bool:
+            watch.sample()
+            s = status(admin, ns)
+            return bool(s.get("aborted")) and routes(admin, ns) == {v2: 100}
+
+        try:
+            wait_for(rolled_back, timeout=240, what="v3 rolled back", every=0.2)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; weights {watch.seen}: {why()}") from None
+        t_abort = time.monotonic()
+        v3 = status(admin, ns)["canaryRevision"]
+        wait_for(
+            lambda: not ready_pods(admin, ns, f"onnxship.io/revision={v3},{MODEL_PODS}"),
+            timeout=90,
+            what="v3 scaled to zero",
+        )
+        time.sleep(3)
+    finally:
+        users.stop()
+    t_end = time.monotonic()
+    st = status(admin, ns)
+
+    # What users saw while v2 took over: every answer 200, from v1 or v2, each equal to ONNX
+    # Runtime on that version's original model within the compression's tolerance.
+    during_v2 = users.since(t_v2, t_v2_done)
+    bad = [a for a in during_v2 if a.status != 200]
+    assert not bad, f"{len(bad)} of {len(during_v2)} failed during v1 -> v2: {bad[:5]}"
+    assert {a.version for a in during_v2} == {"v1", "v2"}
+    assert {a.revision for a in during_v2} == {v1, v2}
+    assert all(a.version == {v1: "v1", v2: "v2"}[a.revision] for a in during_v2)
+    worst = min(a.cosine for a in during_v2 if a.cosine is not None)
+    assert worst >= GATE, worst
+
+    # The split users saw follows each step's weight (route table -> ConfigMap volume ->
+    # router): counted from the answers, a second after each change.
+    shares = []
+    for t0, t1, weights in watch.phases(t_v2_done):
+        if t0 > t_v2_done or set(weights) - {v1, v2}:
+            continue
+        answered = Counter(a.revision for a in users.since(t0 + 1.5, t1))
+        n = sum(answered.values())
+        if n >= 40:
+            shares.append((weights.get(v2, 0), answered[v2] / n, n))
+    weights_counted = [w for w, _, _ in shares]
+    assert {30, 60, 100} <= set(weights_counted), (shares, watch.seen)
+    for w, share, n in shares:
+        assert abs(share - w / 100) <= 0.12, f"weight {w}%: {share:.0%} of {n} answers"
+
+    # v3: the router's metrics showed its errors, the analysis failed it, traffic went back
+    # to v2. Users saw errors only from v3, only while it had its 25%.
+    during_v3 = users.since(t_v2_done, t_end)
+    failed = [a for a in during_v3 if a.status != 200]
+    assert failed, "the broken v3 never answered an error: did it get traffic?"
+    assert {(a.status, a.revision) for a in failed} == {(500, v3)}, failed[:5]
+    after = users.since(t_abort + 2.0, t_end)
+    assert after and {(a.status, a.revision) for a in after} == {(200, v2)}
+    v3_answers = [a for a in during_v3 if a.revision == v3]
+    exposure = v3_answers[-1].at - v3_answers[0].at
+    analysis = CANARY["analysis"]
+    # failureLimit + 1 failed intervals, plus the scrape, reconcile and route-reload latency
+    allowed = (int(analysis["failureLimit"]) + 1) * 2.0 + 8.0  # type: ignore[call-overload]
+    assert exposure <= allowed, f"v3 took traffic for {exposure:.1f}s (allowed {allowed}s)"
+    conditions = {c["type"]: c for c in st["conditions"]}
+    assert conditions["Degraded"]["status"] == "True", conditions
+    assert "error rate" in conditions["Degraded"]["message"], conditions["Degraded"]
+    assert st["stableRevision"] == v2
+
+    print(
+        f"\nfull path: v1 Ready after {t_v1:.0f}s; v1->v2 {t_v2_done - t_v2:.0f}s; "
+        f"v3 rolled back {t_abort - t_v2_done:.0f}s after it was applied; "
+        f"{len(users.answers)} requests, shares {[(w, round(s, 2), n) for w, s, n in shares]}, "
+        f"{len(failed)} v3 errors over {exposure:.1f}s"
+    )
