@@ -15,6 +15,7 @@ from onnxship.serve.dataplane import DataPlane
 from tests.controller.conftest import cluster, operator  # noqa: F401  (fixtures)
 from tests.helpers.models import OPSET
 from tests.serve.models import DTYPES
+from tests.store.conftest import s3_server  # noqa: F401  (fixture: moto on 127.0.0.1)
 
 
 def echo(elem: int) -> onnx.ModelProto:
