@@ -118,3 +118,27 @@ def test_each_environment_is_measured_on_its_own() -> None:
         routers["10.0.0.2"].observe("enc-v2", "gpu", 502, "primary", 0.01)
     m = source.measure(OWNER, SPEC, REQ, now)
     assert m is not None and m.environments == (("cpu", 90, 0), ("gpu", 10, 4))
+
+
+def test_routed_is_what_the_ready_routers_have_loaded() -> None:
+    """A revision leaves only once no router sends it requests (found by e2e: the old
+    stable was deleted while the router had not yet loaded the new table)."""
+    old, new = RouterMetrics(), RouterMetrics()
+    old.weight.labels("enc-v1", "").set(40)
+    old.weight.labels("enc-v2", "").set(60)
+    new.weight.labels("enc-v1", "").set(0)
+    new.weight.labels("enc-v2", "").set(100)
+    routers = {"10.0.0.1": old, "10.0.0.2": new}
+
+    def fetch(url: str) -> str:
+        return generate_latest(routers[url.split("//")[1].split(":")[0]].registry).decode()
+
+    source = PodMetrics(Pods(), fetch=fetch)  # type: ignore[arg-type]
+    assert source.routed(OWNER) == {"enc-v1", "enc-v2"}
+    routers["10.0.0.1"] = new
+    assert source.routed(OWNER) == {"enc-v2"}
+
+    def down(url: str) -> str:
+        raise OSError("connection refused")
+
+    assert PodMetrics(Pods(), fetch=down).routed(OWNER) is None  # type: ignore[arg-type]

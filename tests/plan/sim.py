@@ -62,6 +62,7 @@ class World:
     partly_ready: set[str] = field(default_factory=set)  # some of their pods are ready
     verdict: Verdict | None = None
     command: Command | None = None
+    routed: frozenset[str] | None = None  # what the routers still send requests to
     decisions: list[Decision] = field(default_factory=list)
     _commands: int = 0
 
@@ -77,6 +78,7 @@ class World:
             traffic=self.traffic,
             verdict=self.verdict,
             command=self.command,
+            routed=self.routed,
         )
 
     def reconcile(self) -> Decision:

@@ -93,6 +93,37 @@ def test_traffic_moves_before_workloads_go() -> None:
     assert kinds.index(DeleteRevision) > last_traffic
 
 
+def test_a_revision_a_router_still_routes_to_is_kept_until_it_has_the_new_table() -> None:
+    """Found by e2e (process node): the old stable was deleted in the pass that wrote the
+    new table, while the router, which reads it from a mounted ConfigMap, still sent it
+    requests (502: its Service was gone)."""
+    w = stable_world(steps=[{"setWeight": 50}, {"pause": {"duration": "1m"}}])
+    w.desired = desired("app-r2")
+    w.settle()
+    assert w.weights() == {"app-r1": 50, "app-r2": 50}
+    w.routed = frozenset({"app-r1", "app-r2"})  # the router has not loaded 100% yet
+    w.advance(60)
+    assert w.weights() == {"app-r2": 100}
+    assert "app-r1" in w.revisions, "deleted while a router still routes to it"
+    w.routed = frozenset({"app-r2"})
+    w.reconcile()
+    assert "app-r1" not in w.revisions
+
+
+def test_an_aborted_canary_keeps_its_pods_until_the_router_stops_sending_it_requests() -> None:
+    w = stable_world(failureLimit=0)
+    w.desired = desired("app-r2")
+    w.settle()
+    w.routed = frozenset({"app-r1", "app-r2"})
+    w.advance(30)
+    w.measure(Result.failed, requests=100, errors=20)
+    assert w.status.aborted and w.weights() == {"app-r1": 100}
+    assert sum(w.revisions["app-r2"].replicas.values()) > 0
+    w.routed = frozenset({"app-r1"})
+    w.reconcile()
+    assert sum(w.revisions["app-r2"].replicas.values()) == 0
+
+
 def test_failed_analysis_beyond_the_limit_rolls_back() -> None:
     w = stable_world(failureLimit=1)
     w.desired = desired("app-r2")

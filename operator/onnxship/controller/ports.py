@@ -23,6 +23,12 @@ class MetricsSource(Protocol):
     ) -> Measurements | None: ...
 
 
+class RouterTables(Protocol):
+    """What the builtin router's Pods route to, by the tables they have loaded."""
+
+    def routed(self, owner: Owner) -> frozenset[str] | None: ...
+
+
 class ArtifactFinder(Protocol):
     """Looks an artifact up by pinned source digest; a result-shaped dict when found."""
 
@@ -47,5 +53,6 @@ class Wiring:
     metrics: MetricsSource
     artifacts: ArtifactFinder
     clock: Callable[[], datetime] = utcnow
+    routers: RouterTables | None = None  # None: revisions are removed without asking
     # (revision, environment) pairs per object whose verdicts are pending, and the like:
     memory: dict[str, Any] = field(default_factory=dict)

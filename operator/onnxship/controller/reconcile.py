@@ -103,6 +103,7 @@ def reconcile(wiring: Wiring, namespace: str, name: str, emit: Emit) -> Outcome 
         generation=generation,
         revisions=pods,
         traffic=_observe_traffic(wiring, owner, spec) if status.stable_revision else None,
+        routed=_observe_routed(wiring, owner, spec, pods),
         verdict=_pending_verdict(wiring, owner),
         command=command_of(meta.get("annotations") or {}),
     )
@@ -348,6 +349,16 @@ def _observe_traffic(
         return split_of(RouteTable.model_validate_json(raw))
     except ValueError:
         return None
+
+
+def _observe_routed(
+    wiring: Wiring, owner: w.Owner, spec: ModelDeploymentSpec, pods: Mapping[str, Any]
+) -> frozenset[str] | None:
+    """Only while two revisions run (a canary, one being removed): a revision is removed
+    once no router still sends it requests."""
+    if wiring.routers is None or spec.rollout.traffic.router != "builtin" or len(pods) < 2:
+        return None
+    return wiring.routers.routed(owner)
 
 
 def _key(owner: w.Owner) -> str:

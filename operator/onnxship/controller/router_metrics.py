@@ -16,6 +16,8 @@ import urllib.request
 from collections.abc import Callable
 from datetime import datetime
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from onnxship.api import ModelDeploymentSpec
 from onnxship.plan import workloads as w
 from onnxship.plan.analysis import AnalysisRequest, Measurements
@@ -30,6 +32,8 @@ from onnxship.router.metrics_source import (
 from .kube import Kube
 
 log = logging.getLogger(__name__)
+# The router's gauges of the table it has loaded (onnxship.router.metrics).
+ROUTED = ("onnxship_router_backend_weight", "onnxship_router_mirror_percent")
 
 Fetch = Callable[[str], str]
 
@@ -59,6 +63,24 @@ class PodMetrics:
             if ready and st.get("podIP"):
                 urls.append(f"http://{st['podIP']}:{port}/metrics")
         return urls
+
+    def routed(self, owner: w.Owner) -> frozenset[str] | None:
+        """Revisions some ready router Pod still sends requests to (weight or mirror above 0
+        in the table it has loaded); None when a router cannot be asked."""
+        selector = {w.L_DEPLOYMENT: owner.name, w.L_COMPONENT: "router"}
+        urls = self.ready_urls(owner, selector, w.ROUTER_PORT)
+        try:
+            texts = [self.fetch(url) for url in urls]
+        except OSError as exc:
+            log.info("cannot ask %s's routers what they route: %s", owner.name, exc)
+            return None
+        return frozenset(
+            s.labels["revision"]
+            for text in texts
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name in ROUTED and s.value > 0 and s.labels.get("revision")
+        )
 
     def counters(self, owner: w.Owner, spec: ModelDeploymentSpec, revision: str) -> Counters | None:
         if spec.rollout.traffic.router == "builtin":

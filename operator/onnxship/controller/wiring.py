@@ -13,9 +13,11 @@ from .settings import OperatorSettings
 def production_wiring(metrics: OperatorMetrics, kube: Kube | None = None) -> Wiring:
     kube = kube or Kube.from_environment()
     kube._on_request = metrics.on_request
+    cluster_metrics = ClusterMetrics(kube)
     return Wiring(
         settings=OperatorSettings.from_env(),
         kube=kube,
-        metrics=ClusterMetrics(kube),
+        metrics=cluster_metrics,
         artifacts=StoreArtifactFinder(),
+        routers=cluster_metrics.pods,
     )

@@ -77,5 +77,9 @@ class Observed:
     generation: int = 0
     revisions: Mapping[str, RevisionPods] = field(default_factory=dict)
     traffic: TrafficSplit | None = None  # what the router serves now; None = unknown
+    # Revisions some router Pod still sends requests to, by the table it has loaded (the
+    # written table reaches routers through a mounted ConfigMap, seconds to a minute later);
+    # None = not known (no builtin router, or a router could not be asked).
+    routed: frozenset[str] | None = None
     verdict: Verdict | None = None  # the latest analysis verdict, for any revision
     command: Command | None = None

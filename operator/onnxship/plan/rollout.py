@@ -622,6 +622,9 @@ class _Run:
             )
         have = self.observed.revisions
         records = {r.name: r for r in status.revisions}
+        # A revision whose requests a router still sends (its new table not loaded yet) keeps
+        # its pods: removed now, those requests would fail. A later pass removes it.
+        routed = self.observed.routed or frozenset()
         up: list[Action] = []
         down: list[Action] = []
         for name, reps in want.items():
@@ -631,13 +634,17 @@ class _Run:
                     up.append(EnsureRevision(name, dict(reps), records.get(name)))
             elif dict(pods.replicas) != dict(reps):
                 bigger = sum(reps.values()) >= sum(pods.replicas.values())
+                if not bigger and not sum(reps.values()) and name in routed:
+                    continue
                 (up if bigger else down).append(ScaleRevision(name, dict(reps)))
         traffic: list[Action] = []
         split = split_for(status)
         known = self.observed.traffic
         if known != split and not (known is None and not split.weights):
             traffic.append(SetTraffic(split))
-        deletes: list[Action] = [DeleteRevision(n) for n in have if n not in want]
+        deletes: list[Action] = [
+            DeleteRevision(n) for n in have if n not in want and n not in routed
+        ]
         return (*up, *traffic, *down, *deletes, *self.events)
 
     def analysis_request(self, status: ModelDeploymentStatus) -> AnalysisRequest | None:
