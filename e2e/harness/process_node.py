@@ -19,8 +19,10 @@ would, on 127.0.0.1 instead of in a network namespace:
 - volumes: ``emptyDir``, ``configMap`` and ``secret`` become folders under the run folder;
   every argument or env value that starts with a ``mountPath`` (or the
   ``terminationMessagePath``) is rewritten to the host path; configMap and secret folders are
-  refreshed when the object changes, atomically, the way the kubelet's atomic writer does
-  (``..data`` symlink swap), so a reader never sees half a file; ``--host 0.0.0.0`` (an
+  refreshed every ``E2E_VOLUME_SYNC`` seconds (3) when the object changed, atomically, the
+  way the kubelet's atomic writer does (``..data`` symlink swap), so a reader never sees
+  half a file and, as in a cluster, a route table reaches the router a while after it was
+  written; ``--host 0.0.0.0`` (an
   address inside the Pod's own network namespace) becomes the Pod's address;
 - status: phase, podIP, hostIP, conditions, containerStatuses (started, ready, restartCount,
   state, lastState); readiness from the ``startupProbe`` and ``readinessProbe`` (``httpGet``
@@ -73,6 +75,9 @@ VENV_BIN = Path(sys.executable).parent
 POD_ENV = Path(__file__).with_name("pod_env")
 PROBE_PERIOD_CAP = float(os.environ.get("E2E_PROBE_PERIOD", "1"))
 BACKOFF_START, BACKOFF_MAX = 1.0, 30.0
+# How often mounted ConfigMaps and Secrets follow their objects. A kubelet takes up to its
+# sync period plus its cache's TTL (about a minute); a few seconds keep the lag visible.
+VOLUME_SYNC_SECONDS = float(os.environ.get("E2E_VOLUME_SYNC", "3"))
 # The kubelet's limits on a termination message (pkg/kubelet/kuberuntime).
 MAX_MESSAGE_BYTES = 4096
 FALLBACK_LOG_LINES, FALLBACK_LOG_BYTES = 80, 2048
@@ -667,6 +672,7 @@ class ProcessKubelet(FakeKubelet):
     services_file: Path = Path()
     _services: dict[str, dict[str, dict[str, list[list[Any]]]]] = field(default_factory=dict)
     _services_text: str = "{}"
+    _volumes_due: dict[str, float] = field(default_factory=dict)
     _net: int = field(default_factory=lambda: random.randint(16, 250))
     _next_ip: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -744,9 +750,11 @@ class ProcessKubelet(FakeKubelet):
             return
         for kind in ("configmaps", "secrets"):
             self._list(ns, kind)
-        for worker in list(self.workers.values()):
-            if worker.ns == ns:
-                worker.refresh_volumes()
+        if time.monotonic() >= self._volumes_due.get(ns, 0.0):
+            self._volumes_due[ns] = time.monotonic() + VOLUME_SYNC_SECONDS
+            for worker in list(self.workers.values()):
+                if worker.ns == ns:
+                    worker.refresh_volumes()
         self._services[ns] = self._endpoints(ns)
         self._write_services()
 
