@@ -201,7 +201,9 @@ def references(
 # ---------------------------------------------------------------------- the cluster side
 
 
-def model_deployment(s3: str, version: str, rollout: dict[str, Any]) -> dict[str, Any]:
+def model_deployment(
+    s3: str, version: str, rollout: dict[str, Any], artifacts: str = ARTIFACTS
+) -> dict[str, Any]:
     return {
         "apiVersion": "onnxship.io/v1alpha1",
         "kind": "ModelDeployment",
@@ -213,7 +215,7 @@ def model_deployment(s3: str, version: str, rollout: dict[str, Any]) -> dict[str
                 "credentialsSecret": "s3-creds",
             },
             "compression": {"quantize": {"mode": "dynamic"}},
-            "artifacts": {"uri": ARTIFACTS, "endpoint": s3, "credentialsSecret": "s3-creds"},
+            "artifacts": {"uri": artifacts, "endpoint": s3, "credentialsSecret": "s3-creds"},
             "serving": {"replicas": 2, "batching": {"maxBatchSize": 8, "maxDelayMs": 1}},
             "rollout": rollout,
         },
@@ -476,3 +478,135 @@ def test_full_path_compress_serve_shift_and_roll_back(
         f"{len(users.answers)} requests, shares {[(w, round(s, 2), n) for w, s, n in shares]}, "
         f"{len(failed)} v3 errors over {exposure:.1f}s"
     )
+
+
+def test_operator_killed_at_five_moments_of_one_canary_loses_no_request(
+    admin: Api,
+    namespace: str,
+    process_node: ProcessKubelet,
+    operator: Callable[..., Operator],
+    s3: str,
+    bucket: Any,
+    models: dict[str, Path],
+) -> None:
+    """SIGKILL and restart of the operator right after the spec change, while the v2 Job
+    runs, at 30%, in the pause at 60% and once v2 takes all traffic, all in one canary, with
+    users sending requests throughout: it ends as an undisturbed canary does (v2 stable, one
+    Job a revision, only v2's Pods and Service), and every request is answered (200), so
+    none went to a deleted revision."""
+    ns = namespace
+    t_begin = time.monotonic()
+    artifacts = "s3://onnxship-artifacts/e2e-kill/"  # compressed afresh: the Job really runs
+    admin.create(
+        f"/api/v1/namespaces/{ns}/secrets",
+        {"metadata": {"name": "s3-creds"}, "stringData": KEYS},
+    )
+    network = process_node.pod_network_env()
+    op = operator(**network)
+    admin.create(
+        MDS.format(ns=ns),
+        model_deployment(s3, "v1", CANARY, artifacts),
+        fieldValidation="Strict",
+    )
+    try:
+        wait_for(lambda: status(admin, ns).get("phase") == "Ready", timeout=240, what="v1 Ready")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {explain(admin, ns, process_node, op)}") from None
+    v1 = status(admin, ns)["stableRevision"]
+    router = wait_for(
+        lambda: next(iter(ready_pods(admin, ns, "onnxship.io/component=router")), None),
+        timeout=60,
+        what="a ready router Pod",
+    )
+    rng = random.Random(7)
+    requests = [token_request(rng) for _ in range(32)]
+    users = Users(
+        process_node.local_address(router["status"]["podIP"]),
+        8080,
+        requests,
+        references(models, requests),
+    )
+    world: dict[str, Any] = {"job": None, "v2": None, "routes": {}}
+    moments: dict[str, Callable[[], bool]] = {
+        "right after the spec change": lambda: True,
+        "while the v2 Job runs": lambda: bool(world["job"]) and not _job_done(admin, ns, world),
+        "at 30% to the canary": lambda: world["routes"].get(world["v2"]) == 30,
+        "during the pause at 60%": lambda: world["routes"].get(world["v2"]) == 60,
+        "once v2 takes all traffic": lambda: world["routes"] == {world["v2"]: 100},
+    }
+    killed: list[tuple[str, float]] = []
+    seen: list[dict[str, int]] = []
+    users.start()
+    try:
+        time.sleep(2)
+        spec = model_deployment(s3, "v2", CANARY, artifacts)["spec"]
+        admin.merge_patch(f"{MDS.format(ns=ns)}/enc", {"spec": spec})
+        t_v2 = time.monotonic()
+
+        def step() -> bool:
+            nonlocal op
+            world["job"] = world["job"] or next(
+                (
+                    j["metadata"]["name"]
+                    for j in admin.items(f"/apis/batch/v1/namespaces/{ns}/jobs")
+                    if not j["metadata"]["name"].startswith(v1)
+                ),
+                None,
+            )
+            if world["job"]:
+                world["v2"] = world["job"].removesuffix("-default")
+            world["routes"] = routes(admin, ns)
+            if world["routes"] and (not seen or seen[-1] != world["routes"]):
+                seen.append(world["routes"])
+            if len(killed) < len(moments):
+                name = list(moments)[len(killed)]
+                if moments[name]():
+                    op.kill()
+                    killed.append((name, time.monotonic() - t_v2))
+                    op = operator(**network)
+            s = status(admin, ns)
+            return len(killed) == len(moments) and bool(
+                world["v2"]
+                and s.get("stableRevision") == world["v2"]
+                and s.get("phase") == "Ready"
+                and not admin.items(
+                    f"/api/v1/namespaces/{ns}/pods", f"onnxship.io/revision={v1},{MODEL_PODS}"
+                )
+            )
+
+        try:
+            wait_for(step, timeout=300, what="v2 stable after five kills", every=0.2)
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}; killed at {killed}; weights {seen}: {explain(admin, ns, process_node, op)}"
+            ) from None
+        time.sleep(2)
+    finally:
+        users.stop()
+    v2 = world["v2"]
+    assert [k for k, _ in killed] == list(moments), killed
+    st = status(admin, ns)
+    assert st["observedGeneration"] == 2 and st["phase"] == "Ready", st
+    jobs = {j["metadata"]["name"] for j in admin.items(f"/apis/batch/v1/namespaces/{ns}/jobs")}
+    assert jobs == {f"{v1}-default", f"{v2}-default"}, "one Job a revision"
+    services = {
+        s["metadata"]["name"]
+        for s in admin.items(f"/api/v1/namespaces/{ns}/services", "onnxship.io/deployment=enc")
+    }
+    assert services == {"enc", f"{v2}-default"}
+    assert all(set(r) <= {v1, v2} for r in seen), seen
+    answers = users.since(t_v2)
+    bad = [a for a in answers if a.status != 200]
+    assert not bad, f"{len(bad)} of {len(answers)} requests failed: {bad[:5]}"
+    assert {a.revision for a in answers} == {v1, v2}
+    worst = min(a.cosine for a in answers if a.cosine is not None)
+    assert worst >= GATE, worst
+    print(
+        f"\nfive kills: {[(k, round(t, 1)) for k, t in killed]}; {len(answers)} requests, "
+        f"all 200; weights seen {seen}; {time.monotonic() - t_begin:.0f}s in all"
+    )
+
+
+def _job_done(admin: Api, ns: str, world: dict[str, Any]) -> bool:
+    job = admin.get(f"/apis/batch/v1/namespaces/{ns}/jobs/{world['job']}") or {}
+    return bool((job.get("status") or {}).get("succeeded"))
