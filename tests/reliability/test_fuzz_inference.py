@@ -270,6 +270,12 @@ def test_typed_grpc_contents_keep_their_ranges(planes: Any, loop: Any) -> None:
     run_grpc(planes, loop, GrpcCase("INT8", req, False, None))
     with pytest.raises(Aborted, match="out of range"):
         loop.run_until_complete(InferenceServicer(planes["INT8"]).ModelInfer(req, FakeContext()))  # type: ignore[arg-type]
+    # uint64_contents past 2**63: NumPy infers float64 from the container; still exact
+    req = pb.ModelInferRequest(model_name="echo_UINT64")
+    t = req.inputs.add(name="x", datatype="UINT64", shape=[1, 3])
+    t.contents.uint64_contents.extend([0, 2**63, 2**64 - 1])
+    expect = np.array([[0, 2**63, 2**64 - 1]], dtype=np.uint64)
+    run_grpc(planes, loop, GrpcCase("UINT64", req, True, expect))
 
 
 def test_data_planes_are_idle_and_ready_after_fuzzing(planes: Any, loop: Any) -> None:

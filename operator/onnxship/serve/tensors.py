@@ -181,10 +181,13 @@ def _refuse_element(spec: TensorSpec, data: Any, dtype: np.dtype) -> None:
     """Raise InvalidInput naming the first element that is not of the input's kind."""
     if isinstance(data, list):
         flat = _flatten(data)
-    elif isinstance(data, str | bytes | dict) or not hasattr(data, "__iter__"):
+    elif isinstance(data, str | bytes | dict):
         flat = [data]
     else:
-        flat = list(data)
+        try:  # typed gRPC contents: a sequence, not always with __iter__
+            flat = list(data)
+        except TypeError:
+            flat = [data]
     for i, item in enumerate(flat):
         if isinstance(item, list | tuple):
             return  # ragged nesting: NumPy's own error says so
