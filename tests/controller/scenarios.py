@@ -1,6 +1,7 @@
 """One full life of ModelDeployments against KMock, for tests that look at everything the
 operator did rather than at one step: compress (two environments), serve, canary, promote,
-roll back, a failed compression, the Gateway API router, and deletion.
+roll back, replicas changed in place, a failed compression, the Gateway API router, and
+deletion.
 
 The test plays the kubelet and the Job controller: every Job ends (with the exit code and
 termination message a test asks for), every Deployment becomes ready.
@@ -105,6 +106,14 @@ async def full_run(cluster: Cluster) -> dict[str, Any]:
             lambda: status(cluster).get("stableRevision") == v1 and phase() == "Ready",
             what="rolled back to v1",
         )
+        # More replicas: applied in place, no new revision.
+        await cluster.patch_md("enc", {"spec": {"serving": {**ENVIRONMENTS, "replicas": 3}}})
+        await cluster.wait_for(
+            lambda: {d["spec"]["replicas"] for d in cluster.objects(DEPLOYS).values()
+                     if d["metadata"]["name"].startswith(v1)} == {3},
+            what="3 replicas of v1",
+        )  # fmt: skip
+        assert status(cluster)["stableRevision"] == v1
         # v3 fails its accuracy gate: Degraded, v1 keeps serving.
         failing["enc-"] = (5, "accuracy gate failed: cosine 0.91 below 0.99")
         jobs_before = set(cluster.objects(JOBS))
@@ -135,7 +144,7 @@ async def full_run(cluster: Cluster) -> dict[str, Any]:
                 f"/apis/onnxship.io/v1alpha1/namespaces/default/modeldeployments/{name}"
             )
         await cluster.wait_for(
-            lambda: not cluster.objects(DEPLOYS) and not cluster.objects(SVCS),
+            lambda: not any(cluster.objects(k) for k in (DEPLOYS, SVCS, CMS, JOBS)),
             what="children deleted",
         )
     seen |= {"v1": v1, "v2": v2}

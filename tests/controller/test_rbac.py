@@ -7,6 +7,7 @@ from typing import Any
 from onnxship.controller.rbac import CLUSTER_RULES, RULES, allows
 
 from .conftest import Cluster, compress_result
+from .scenarios import full_run
 from .test_lifecycle import DEPLOYS, JOBS, md, status
 
 VERBS = {
@@ -17,6 +18,9 @@ VERBS = {
     "update": "patch",
     "delete": "delete",
 }
+# The operator's requests: kopf's own, and our Kubernetes client's. The test's own client
+# (playing the kubelet and the user) is not the operator.
+OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator/")
 
 
 async def test_every_api_call_is_covered(cluster: Cluster, operator: Any) -> None:
@@ -36,7 +40,7 @@ async def test_every_api_call_is_covered(cluster: Cluster, operator: Any) -> Non
 
     # The operator's requests: kopf's own, and our Kubernetes client's. The test's own
     # client (playing the kubelet and the user) is not the operator.
-    operator_agents = ("kopf/", "OpenAPI-Generator/")
+    operator_agents = OPERATOR_AGENTS
     checked, missing = set(), set()
     for request in cluster.server:
         if request.resource is None or request.action is None or not request.resource.plural:
@@ -57,3 +61,61 @@ async def test_every_api_call_is_covered(cluster: Cluster, operator: Any) -> Non
         "patch",
     ) in checked
     assert not missing, f"requests not covered by controller/rbac.py: {sorted(missing)}"
+
+
+# What the operator is granted but a full run against KMock does not use, and why it stays.
+NOT_IN_A_RUN: dict[tuple[str, str, str], str] = {
+    ("", "services", "patch"): "Kube.apply patches a Service whose desired form changed (an "
+    "operator upgrade that changes ports or labels); within one version none changes",
+    ("", "namespaces", "list"): "kopf with -A lists namespaces (scanning is off under KopfRunner)",
+    ("", "namespaces", "watch"): "kopf with -A watches namespaces (scanning is off here)",
+    ("apiextensions.k8s.io", "customresourcedefinitions", "list"): "kopf with -A lists CRDs "
+    "to follow resources that appear (scanning is off here)",
+    ("apiextensions.k8s.io", "customresourcedefinitions", "watch"): "kopf with -A watches CRDs",
+    **{
+        ("kopf.dev", peering, verb): "kopf peering (--peering, the chart's replicas > 1) lists, "
+        "watches and patches the peering object the chart creates; these tests run --standalone"
+        for peering in ("kopfpeerings", "clusterkopfpeerings")
+        for verb in ("list", "watch", "patch")
+    },
+}
+
+
+def granted() -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for rule in RULES + CLUSTER_RULES
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+async def test_every_rule_is_used_by_a_full_run_or_says_why_it_is_needed(
+    cluster: Cluster, operator: Any
+) -> None:
+    """Least privilege: over compress, serve, canary, promote, rollback, replicas changed, a
+    failed gate, the Gateway API and deletion, every (group, resource, verb) the chart grants
+    is used by an operator request, or NOT_IN_A_RUN says why it is needed anyway."""
+    with operator():
+        await full_run(cluster)
+    used = set()
+    for request in cluster.server:
+        if request.resource is None or request.action is None or not request.resource.plural:
+            continue
+        agent = {k.lower(): v for k, v in request.headers.items()}.get("user-agent", "")
+        if not agent.startswith(OPERATOR_AGENTS):
+            continue
+        verb = VERBS[str(request.action.value).lower()]
+        if verb == "patch" and str(request.method.value).upper() == "PUT":
+            verb = "update"
+        res = request.resource
+        resource = res.plural + (f"/{request.subresource}" if request.subresource else "")
+        used.add((res.group or "", resource, verb))
+    rules = granted()
+    assert not {k for k in used if not allows(RULES + CLUSTER_RULES, *k)}, "see the test above"
+    unused = sorted(rules - used - set(NOT_IN_A_RUN))
+    assert not unused, f"granted, never used, not explained (drop them from rbac.py): {unused}"
+    stale = sorted(k for k in NOT_IN_A_RUN if k in used or k not in rules)
+    assert not stale, f"NOT_IN_A_RUN entries that are used or not granted: {stale}"
+    print(f"{len(rules)} permissions: {len(rules & used)} used, {len(NOT_IN_A_RUN)} explained")
