@@ -40,3 +40,21 @@ def test_debug_is_filtered_at_info() -> None:
     configure_logging("INFO", "json", stream=stream)
     logging.getLogger("onnxship.test").debug("noise")
     assert stream.getvalue() == ""
+
+
+def test_kopf_object_lines_name_the_object_and_carry_no_settings_dump() -> None:
+    """kopf's per-object logger adds its OperatorSettings to every record: in JSON lines
+    that was ~2.5 KB of settings on each line; the object is what a reader needs."""
+    import kopf
+
+    stream = io.StringIO()
+    configure_logging("DEBUG", "json", stream=stream)
+    body = kopf.Body({"apiVersion": "onnxship.io/v1alpha1", "kind": "ModelDeployment",
+                      "metadata": {"name": "enc", "namespace": "ml", "uid": "u1"}})  # fmt: skip
+    kopf.ObjectLogger(body=body, settings=kopf.OperatorSettings()).info("Handler 'x' succeeded.")
+    line = stream.getvalue().strip()
+    entry = json.loads(line)
+    assert entry["message"] == "Handler 'x' succeeded."
+    assert entry["object"] == "ml/enc" and entry["kind"] == "ModelDeployment"
+    assert "settings" not in entry and "k8s_skip" not in entry and "k8s_ref" not in entry
+    assert len(line) < 400, line

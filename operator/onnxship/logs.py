@@ -10,6 +10,9 @@ from typing import Any, TextIO
 
 # Attributes every LogRecord has; anything else was passed through `extra=` and is a field.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# kopf's plumbing on its per-object records (its own JSON formatter leaves them out too):
+# ``settings`` is the whole OperatorSettings, kilobytes on every line.
+_KOPF = {"settings", "k8s_skip", "k8s_ref"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -22,8 +25,14 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        ref = getattr(record, "k8s_ref", None)
+        if isinstance(ref, dict) and ref.get("name"):
+            # kopf's per-object loggers: the object, in the form our own lines use.
+            ns = ref.get("namespace")
+            entry["object"] = f"{ns}/{ref['name']}" if ns else str(ref["name"])
+            entry["kind"] = str(ref.get("kind", ""))
         for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
+            if key not in _STANDARD and key not in _KOPF and not key.startswith("_"):
                 entry[key] = (
                     value if isinstance(value, str | int | float | bool | None) else str(value)
                 )
