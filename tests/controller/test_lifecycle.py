@@ -8,6 +8,7 @@ from typing import Any
 
 from onnxship.controller.commands import annotation_patch, new_command
 from onnxship.plan.observed import CommandKind
+from onnxship.plan.workloads import L_REVISION
 
 from .conftest import Cluster, compress_result
 
@@ -309,3 +310,19 @@ async def test_stable_is_rebuilt_from_its_own_record_during_a_canary(
         [c0] = before["spec"]["template"]["spec"]["containers"]
         assert c["args"][c["args"].index("--model-version") + 1] == "v1"
         assert (c["image"], c["args"]) == (c0["image"], c0["args"])
+
+
+async def test_a_revision_without_its_service_gets_it_back(cluster: Cluster, operator: Any) -> None:
+    """An operator killed between creating a revision's Deployment and its Service (found by
+    the SIGKILL test), or a Service deleted by hand: the router sends to a name that does not
+    resolve, so every request fails. The next pass makes the Service again."""
+    with operator():
+        v1 = await serve_first_revision(cluster, md())
+        await cluster.wait_for(lambda: routes(cluster) == {v1: 100}, what="routes to v1")
+        await cluster.server.delete(f"/api/v1/namespaces/default/services/{v1}-default")
+        assert cluster.get(SVCS, f"{v1}-default") is None
+        await cluster.patch_md("enc", {"spec": {"serving": {"replicas": 2}}})  # a pass
+        again = await cluster.wait_for(
+            lambda: cluster.get(SVCS, f"{v1}-default"), what="the Service made again"
+        )
+        assert again["spec"]["selector"][L_REVISION] == v1

@@ -426,6 +426,10 @@ def _execute(
                         "revision %s has no artifact for environment %s", action.revision, env_name
                     )
                     continue
+                # The Service first: the Deployment's existence is what tells later passes
+                # that the revision is there, so a crash between the two must not leave a
+                # Deployment without its Service.
+                kube.apply(w.revision_service(owner, action.revision, env))
                 kube.apply(
                     w.revision_deployment(
                         owner,
@@ -440,7 +444,6 @@ def _execute(
                         image=rec.image if rec else "",
                     )
                 )
-                kube.apply(w.revision_service(owner, action.revision, env))
         elif isinstance(action, ScaleRevision):
             for env_name, replicas in action.replicas.items():
                 name = w.workload_name(action.revision, env_name)
@@ -454,6 +457,12 @@ def _execute(
             _set_traffic(wiring, owner, spec, action.split, runtime)
         elif isinstance(action, EmitEvent):
             emit(action.type, action.reason, action.message)
+    # The Services of the revisions traffic can reach, re-applied every pass (a GET when
+    # unchanged): one lost (an operator killed before the Service-first order, or deleted by
+    # hand) would make the router send to a name that does not resolve.
+    for revision in {decision.status.stable_revision, decision.status.canary_revision} - {""}:
+        for env in envs.values():
+            kube.apply(w.revision_service(owner, revision, env))
     if decision.status.stable_revision:
         # The router exists once there is something to route to; re-applied every pass
         # (a GET when unchanged) so that a deleted router comes back.
