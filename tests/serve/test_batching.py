@@ -125,9 +125,17 @@ def test_over_the_queue_limit_answers_503_at_once(
     async def run() -> list[tuple[httpx.Response, float]]:
         async with httpx.AsyncClient(timeout=20) as client:
             # The first four are admitted before the rest arrive.
-            return await asyncio.gather(
+            refused = asyncio.create_task(not_even_read(client))
+            answers = await asyncio.gather(
                 *(timed_post(client, 0 if i < 4 else 0.3) for i in range(12))
             )
+            assert (await refused).status_code == 503
+            return answers
+
+    async def not_even_read(client: httpx.AsyncClient) -> httpx.Response:
+        # A full queue refuses before the body is read: a broken one gets the 503 too.
+        await asyncio.sleep(0.3)
+        return await client.post(f"{server.url}/v2/models/mlp/infer", content=b"{not json")
 
     results = asyncio.run(run())
     codes = sorted(r.status_code for r, _ in results)
@@ -139,5 +147,5 @@ def test_over_the_queue_limit_answers_503_at_once(
             assert seconds < 1.0, "a refused request must not wait for the queue"
     assert httpx.post(f"{server.url}/v2/models/mlp/infer", json=body, timeout=20).status_code == 200
     assert (
-        metric(server, 'onnxship_inference_requests_total{code="503",model="mlp",version="1"}') == 8
-    )
+        metric(server, 'onnxship_inference_requests_total{code="503",model="mlp",version="1"}') == 9
+    )  # the 8, and the broken one refused unread

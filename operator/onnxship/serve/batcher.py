@@ -82,10 +82,7 @@ class Scheduler:
 
     async def submit(self, feeds: Feeds, outputs: list[str]) -> dict[str, np.ndarray]:
         """The outputs for one request; raises Overloaded when the queue is full."""
-        if self.depth >= self.max_queue_size:
-            raise Overloaded(
-                f"server is at capacity ({self.depth} requests queued or running); retry later"
-            )
+        self.check_capacity()
         self.depth += 1
         self._on_depth(self.depth)
         try:
@@ -100,6 +97,14 @@ class Scheduler:
         finally:
             self.depth -= 1
             self._on_depth(self.depth)
+
+    def check_capacity(self) -> None:
+        """Raises Overloaded when the queue is full: a front end asks before it reads and
+        decodes a body that would be refused anyway."""
+        if self.depth >= self.max_queue_size:
+            raise Overloaded(
+                f"server is at capacity ({self.depth} requests queued or running); retry later"
+            )
 
     def _item(self, feeds: Feeds, outputs: list[str], loop: asyncio.AbstractEventLoop) -> _Item:
         arrays = list(feeds.values())

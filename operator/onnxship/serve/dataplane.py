@@ -223,6 +223,14 @@ class DataPlane:
                 self._idle.set()
             self.metrics.request(outcome.code, time.perf_counter() - outcome.started)
 
+    def admit(self, name: str, version: str | None) -> None:
+        """What a request can be refused for before its body is read: an unknown model or
+        version (404), not ready (503), a full queue (503)."""
+        self.check_model(name, version)
+        self._require_model()
+        assert self.scheduler is not None
+        self.scheduler.check_capacity()
+
     def check_model(self, name: str, version: str | None) -> None:
         if name != self.name:
             raise ModelNotFound(f"unknown model {name!r}; this server serves {self.name!r}")

@@ -127,9 +127,10 @@ class RestFrontEnd:
                 return web.json_response({"error": "internal server error"}, status=500)
 
     async def _parse(self, request: web.Request) -> tuple[InferRequest, dict[str, bool]]:
-        # An unknown model or version is a 404 whatever the body holds.
+        # An unknown model or version is a 404 whatever the body holds, and a full queue a
+        # 503 before the body costs anything to read and decode.
         name, version = request.match_info["name"], request.match_info.get("version")
-        self.dp.check_model(name, version)
+        self.dp.admit(name, version)
         if request.content_length is not None and request.content_length > self.max_body_bytes:
             raise _too_large(request.content_length, self.max_body_bytes)
         try:
