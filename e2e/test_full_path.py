@@ -8,7 +8,8 @@ builtin analysis scrapes the router Pod's real /metrics.
 
 The models are the demo's (examples/demo/build_model.py): v1, v2 (a fine-tune of v1: its
 canary goes to 100%) and v3 (a broken export: padded requests fail inside ONNX Runtime with
-HTTP 500, so the analysis rolls it back).
+HTTP 500, so the analysis rolls it back); v4 has v3's bug and weights of another run (its
+answers disagree with v2's).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import random
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,6 +45,7 @@ MDS = "/apis/onnxship.io/v1alpha1/namespaces/{ns}/modeldeployments"
 KEYS = {"AWS_ACCESS_KEY_ID": "e2e-access", "AWS_SECRET_ACCESS_KEY": "e2e-secret"}
 ARTIFACTS = "s3://onnxship-artifacts/e2e/"
 MODEL_PODS = "onnxship.io/component=model"
+VERSIONS = ("v1", "v2", "v3", "v4")
 # A table written to the ConfigMap reaches the router within the node's volume sync period
 # and the router's 0.5 s poll of its file.
 ROUTER_LAG = VOLUME_SYNC_SECONDS + 1.0
@@ -82,7 +85,15 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    return module.build(tmp_path_factory.mktemp("models"))  # type: ignore[no-any-return]
+    folder = tmp_path_factory.mktemp("models")
+    paths: dict[str, Path] = module.build(folder)
+    # v4: v3's export bug with weights of yet another run (a model v3's revision is not).
+    shape = module.Shape()
+    v4 = module.encoder(shape, module.weights(shape, seed=4), "v4", broken_positions=True)
+    paths["v4"] = folder / "v4" / "model.onnx"
+    paths["v4"].parent.mkdir()
+    paths["v4"].write_bytes(v4.SerializeToString())
+    return paths
 
 
 @pytest.fixture
@@ -98,7 +109,7 @@ def bucket(s3: str, models: dict[str, Path]) -> Any:
     for name in ("models", "onnxship-artifacts"):
         if name not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
             client.create_bucket(Bucket=name)
-    for version in ("v1", "v2", "v3"):
+    for version in VERSIONS:
         client.upload_file(str(models[version]), "models", f"enc/{version}/model.onnx")
     return client
 
@@ -181,7 +192,7 @@ def references(
 ) -> dict[str, list[np.ndarray | None]]:
     """ONNX Runtime on each original model, per request (None where the model fails)."""
     out: dict[str, list[np.ndarray | None]] = {}
-    for version in ("v1", "v2", "v3"):
+    for version in VERSIONS:
         options = ort.SessionOptions()
         options.log_severity_level = 4  # v3's failures are expected, not worth a log line
         session = ort.InferenceSession(
@@ -657,3 +668,91 @@ def test_a_model_that_is_not_there_fails_the_job_and_says_why(
     result = json.loads(ends[0]["message"])  # what `onnxship compress --result-file` wrote
     assert result["ok"] is False and "no such object" in json.dumps(result), result
     assert not admin.items(f"/apis/apps/v1/namespaces/{ns}/deployments", MODEL_PODS)
+
+
+def test_a_broken_version_caught_in_the_mirror_step_never_answers_a_user(
+    admin: Api,
+    namespace: str,
+    process_node: ProcessKubelet,
+    operator: Callable[..., Operator],
+    s3: str,
+    bucket: Any,
+    models: dict[str, Path],
+) -> None:
+    """A ``mirror`` step first: the router answers users from the stable and sends copies to
+    the canary; the analysis sees the copies fail and disagree, and rolls back before the
+    canary gets any weight. Users get only the stable's answers."""
+    ns = namespace
+    admin.create(
+        f"/api/v1/namespaces/{ns}/secrets",
+        {"metadata": {"name": "s3-creds"}, "stringData": KEYS},
+    )
+    op = operator(**process_node.pod_network_env())
+    mirror_first = {
+        **CANARY,
+        "steps": [
+            {"mirror": {"percent": 50, "duration": "30s"}},
+            {"setWeight": 25},
+            {"pause": {"duration": "30s"}},
+        ],
+        "analysis": {
+            **CANARY["analysis"],  # type: ignore[dict-item]
+            "minOutputAgreement": {"metric": "cosine", "min": 0.95},
+        },
+    }
+    admin.create(
+        MDS.format(ns=ns), model_deployment(s3, "v2", mirror_first), fieldValidation="Strict"
+    )
+    try:
+        wait_for(lambda: status(admin, ns).get("phase") == "Ready", timeout=240, what="v2 Ready")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {explain(admin, ns, process_node, op)}") from None
+    v2 = status(admin, ns)["stableRevision"]
+    router = wait_for(
+        lambda: next(iter(ready_pods(admin, ns, "onnxship.io/component=router")), None),
+        timeout=60,
+        what="a ready router Pod",
+    )
+    router_ip = process_node.local_address(router["status"]["podIP"])
+    rng = random.Random(11)
+    requests = [token_request(rng) for _ in range(32)]
+    users = Users(router_ip, 8080, requests, references(models, requests))
+    users.start()
+    try:
+        time.sleep(2)
+        t_v4 = time.monotonic()
+        spec = model_deployment(s3, "v4", mirror_first)["spec"]
+        admin.merge_patch(f"{MDS.format(ns=ns)}/enc", {"spec": spec})
+        try:
+            wait_for(
+                lambda: (s := status(admin, ns)).get("aborted") and s.get("canaryRevision"),
+                timeout=240,
+                what="v4 rolled back",
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {explain(admin, ns, process_node, op)}") from None
+        time.sleep(ROUTER_LAG)
+    finally:
+        users.stop()
+    st = status(admin, ns)
+    v4 = st["canaryRevision"]
+    assert v4 != v2 and st["stableRevision"] == v2 and st["canaryWeight"] == 0, st
+    degraded = {c["type"]: c for c in st["conditions"]}["Degraded"]
+    assert degraded["status"] == "True", degraded
+    assert "error rate" in degraded["message"] or "agreement" in degraded["message"], degraded
+    # The router did send v4 copies (and counted them), yet no user got a v4 answer.
+    with urllib.request.urlopen(f"http://{router_ip}:8080/metrics", timeout=10) as resp:
+        metrics = resp.read().decode()
+    mirrored = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("onnxship_router_requests_total{")
+        and f'revision="{v4}"' in line
+        and 'role="mirror"' in line
+    ]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in mirrored) >= 10, mirrored
+    answers = users.since(t_v4)
+    assert answers and {(a.status, a.revision, a.version) for a in answers} == {(200, v2, "v2")}
+    worst = min(a.cosine for a in answers if a.cosine is not None)
+    assert worst >= GATE, worst
+    print(f"\nmirror: {len(answers)} answers, all from v2; {degraded['message']}")
