@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 from onnxship.controller.commands import annotation_patch, new_command
@@ -326,3 +327,44 @@ async def test_a_revision_without_its_service_gets_it_back(cluster: Cluster, ope
             lambda: cluster.get(SVCS, f"{v1}-default"), what="the Service made again"
         )
         assert again["spec"]["selector"][L_REVISION] == v1
+
+
+class _SlowServiceReads(list[tuple[str, str, str]]):
+    """The operator's request log, recording (in its worker thread) and making each Service
+    read slow once armed: a reconcile pass is then surely in flight at a chosen moment."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.in_flight = False
+
+    def append(self, request: tuple[str, str, str]) -> None:
+        super().append(request)
+        if self.armed and request[:2] == ("get", "Service"):
+            self.in_flight = True
+            time.sleep(0.5)
+
+
+async def test_deleting_during_a_pass_leaves_nothing_behind(
+    cluster: Cluster, operator: Any
+) -> None:
+    """kopf runs the deletion handler while it stops the daemon: a pass that read the object
+    before its deletion must not make children again after the clean-up removed them."""
+    log = _SlowServiceReads()
+    cluster.requests = log
+    with operator():
+        await serve_first_revision(cluster, md())
+        log.armed = True
+        await cluster.patch_md("enc", {"spec": {"serving": {"replicas": 2}}})  # a pass
+        await cluster.wait_for(lambda: log.in_flight, what="a pass in flight")
+        await cluster.server.delete(
+            "/apis/onnxship.io/v1alpha1/namespaces/default/modeldeployments/enc"
+        )
+        children = (DEPLOYS, SVCS, CMS)
+        await cluster.wait_for(
+            lambda: not any(cluster.objects(k) for k in children), what="children deleted"
+        )
+        await asyncio.sleep(2.0)  # the pass in flight has ended
+        assert not any(cluster.objects(k) for k in children), {
+            k: list(cluster.objects(k)) for k in children
+        }

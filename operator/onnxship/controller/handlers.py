@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -43,7 +44,7 @@ def register(
     kubernetes client). A registry of our own does not get kopf's default login handlers, so
     we add it; tests that log in to a mock server pass False and bring their own.
     """
-    shared: dict[str, Any] = {"metrics": metrics or OperatorMetrics(), "wakers": {}}
+    shared: dict[str, Any] = {"metrics": metrics or OperatorMetrics(), "wakers": {}, "passes": {}}
 
     if login:
 
@@ -71,6 +72,12 @@ def register(
 
     def waker(namespace: str, name: str) -> asyncio.Event:
         return shared["wakers"].setdefault((namespace, name), asyncio.Event())  # type: ignore[no-any-return]
+
+    def in_pass(namespace: str, name: str) -> threading.Lock:
+        """Held by the worker thread of a reconcile pass. kopf cancels the daemon and calls
+        the deletion handler at once, but a pass already in its thread goes on: one that read
+        the object before its deletion would make children again after the clean-up."""
+        return shared["passes"].setdefault((namespace, name), threading.Lock())  # type: ignore[no-any-return]
 
     @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, id="rollout", cancellation_timeout=5.0)
     async def rollout(
@@ -111,7 +118,8 @@ def register(
 
                 def run(queued: float = queued) -> Any:
                     started = loop.time()
-                    result = reconcile(wire, namespace, name, emit)
+                    with in_pass(namespace, name):
+                        result = reconcile(wire, namespace, name, emit)
                     log.debug(
                         "pass of %s/%s: waited %.3fs for a worker, ran %.3fs",
                         namespace,
@@ -191,7 +199,13 @@ def register(
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, id="cleanup", optional=True)
     async def cleanup(namespace: str, name: str, uid: str, logger: Any, **_: Any) -> None:
         owner = w.Owner(name=name, namespace=namespace, uid=uid)
-        removed = await asyncio.to_thread(delete_children, wiring(), owner)
+
+        def delete() -> int:
+            with in_pass(namespace, name):  # after the pass in flight; later ones see deletion
+                return delete_children(wiring(), owner)
+
+        removed = await asyncio.to_thread(delete)
+        shared["passes"].pop((namespace, name), None)
         logger.info(f"deleted {removed} objects; artifacts stay in the store")
 
     return shared
