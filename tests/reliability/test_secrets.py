@@ -47,6 +47,7 @@ SOURCE_KEYS = {
     "AWS_SECRET_ACCESS_KEY": SECRETS["source secret key"],
 }
 REGION = "us-east-1"
+CREDENTIAL_VARS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
 
 
 # ---------------------------------------------------------------- the scanner finds leaks
@@ -281,6 +282,13 @@ async def test_no_secret_in_logs_status_events_objects_or_the_store(
         assert {"ONNXSHIP_SOURCE_AWS_ACCESS_KEY_ID", "ONNXSHIP_SOURCE_AWS_SECRET_ACCESS_KEY"} <= (
             by_ref
         )
+    served = 0
+    for name, deploy in cluster.objects(DEPLOYS).items():
+        for c in deploy["spec"]["template"]["spec"]["containers"]:
+            creds = [e for e in c.get("env", []) if e["name"] in CREDENTIAL_VARS]
+            assert all("value" not in e and "secretKeyRef" in e["valueFrom"] for e in creds)
+            served += name != "enc-router" and len(creds) >= 2
+    assert served >= 2, "the model servers of v2 and enc-b read the store with the keys"
     places = " ".join(scan.scanned)
     assert "events default/" in places and "modeldeployments default/enc " in places, places
     # The scanner finds the values as the API server keeps them (base64 in the Secrets).
