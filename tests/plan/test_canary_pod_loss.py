@@ -80,3 +80,35 @@ def test_the_stables_pods_lost_mid_canary_is_reported_and_users_stay_on_it() -> 
     assert available is not None and available.status == "True"
     w.advance(61)
     assert w.weights() == {"app-r1": 40, "app-r2": 60}
+
+
+def test_a_canary_whose_pods_never_come_back_is_rolled_back_after_the_progress_deadline() -> None:
+    w = canary_at_30()
+    w.no_ready_pods.add("app-r2")
+    d = w.settle()
+    assert d.requeue_after == 600, "woken at the deadline (progressDeadline 10m)"
+    w.advance(599)
+    assert w.status.phase == Phase.progressing and w.weights() == {"app-r1": 100}
+    w.advance(2)
+    assert w.status.phase == Phase.degraded and w.status.aborted
+    degraded = find_condition(w.status.conditions, ConditionType.degraded)
+    assert degraded is not None and degraded.reason == Reason.progress_deadline_exceeded
+    assert "app-r2 lost its ready pods" in degraded.message and "10m" in degraded.message
+    assert w.weights() == {"app-r1": 100} and w.status.stable_revision == "app-r1"
+
+
+def test_the_deadline_counts_from_the_last_loss_not_the_first() -> None:
+    w = canary_at_30()
+    w.no_ready_pods.add("app-r2")
+    w.settle()
+    w.advance(500)
+    w.no_ready_pods.discard("app-r2")  # back for a while
+    w.settle()
+    assert w.status.unavailable_since == ""
+    w.no_ready_pods.add("app-r2")  # lost again
+    w.settle()
+    w.advance(500)
+    assert not w.status.aborted, "500 s since this loss: not yet"
+    assert w.weights() == {"app-r1": 100}
+    w.advance(101)
+    assert w.status.phase == Phase.degraded

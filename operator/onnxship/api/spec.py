@@ -420,7 +420,9 @@ class Rollout(ApiModel):
     analysis: Analysis = Field(default_factory=Analysis)
     traffic: Traffic = Field(default_factory=Traffic)
     progress_deadline: Duration = Field(
-        "10m", description="A canary not ready within this time is rolled back."
+        "10m",
+        description="A canary not ready within this time, or left with no ready pod for this "
+        "long, is rolled back.",
     )
 
     @field_validator("steps")

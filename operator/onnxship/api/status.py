@@ -77,6 +77,9 @@ class ModelDeploymentStatus(ApiModel):
     current_step: int = 0
     step_started_at: str = ""
     canary_started_at: str = ""
+    unavailable_since: str = Field(
+        "", description="When the canary, ready before, was last left with no ready pod."
+    )
     paused: bool = Field(False, description="Waiting for `onnxship promote` (or resume).")
     aborted: bool = False
     last_command: str = Field("", description="Id of the last user command handled.")

@@ -152,6 +152,7 @@ class _Run:
         self.step_idx = status.current_step
         self.step_started = status.step_started_at
         self.canary_started = status.canary_started_at
+        self.unavailable_since = status.unavailable_since
         self.paused = status.paused
         self.aborted = status.aborted
         self.analysis = status.analysis
@@ -178,7 +179,7 @@ class _Run:
     def reset_canary_progress(self) -> None:
         self.weight = self.mirror = 0
         self.step_idx = 0
-        self.step_started = self.canary_started = ""
+        self.step_started = self.canary_started = self.unavailable_since = ""
         self.paused = self.aborted = False
         self.analysis = None
 
@@ -324,10 +325,24 @@ class _Run:
                     self.due_in(deadline - waited)
             elif pods is None or not pods.can_serve:
                 # Its pods were ready once and none is now (killed, evicted, crashing): the
-                # requests of its share would fail, so the stable takes them until it is back.
+                # requests of its share would fail, so the stable takes them until it is back,
+                # for the progress deadline at most.
                 self.canary_down = True
                 self.weight = self.mirror = 0
+                self.unavailable_since = self.unavailable_since or format_time(self.now)
+                deadline = parse_duration(self.spec.rollout.progress_deadline)
+                waited = seconds_between(self.unavailable_since, self.now)
+                if waited >= deadline:
+                    self.canary_down = False
+                    self.abort(
+                        Reason.progress_deadline_exceeded,
+                        f"{self.canary} lost its ready pods and had none for "
+                        f"{self.spec.rollout.progress_deadline}",
+                    )
+                else:
+                    self.due_in(deadline - waited)
             return  # once ready, a pod that restarts holds the steps, it does not abort
+        self.unavailable_since = ""
         if not self.step_started:
             self.step_started = format_time(self.now)
         else:
@@ -587,6 +602,7 @@ class _Run:
                 "current_step": self.step_idx,
                 "step_started_at": self.step_started,
                 "canary_started_at": self.canary_started,
+                "unavailable_since": self.unavailable_since,
                 "paused": self.paused,
                 "aborted": self.aborted,
                 "last_command": self.last_command,
