@@ -96,3 +96,26 @@ async def test_the_stables_pod_killed_mid_canary_is_reported_and_the_canary_not_
         )
         await cluster.patch_md("enc", annotation_patch(new_command(CommandKind.promote)))
         await cluster.wait_for(lambda: routes(cluster) == {v2: 100}, what="promoted")
+
+
+async def test_a_canary_whose_pods_never_come_back_is_rolled_back_at_the_deadline(
+    cluster: Cluster, operator: Any
+) -> None:
+    steps = {"rollout": {"steps": [{"setWeight": 30}, {"pause": {}}], "progressDeadline": "2s"}}
+    with operator():
+        v1, v2 = await start_canary(cluster, steps)
+        await cluster.wait_for(lambda: routes(cluster) == {v1: 70, v2: 30}, what="30% canary")
+        await kill_pods(cluster, f"{v2}-default")
+        await cluster.wait_for(lambda: routes(cluster) == {v1: 100}, what="stable takes all")
+        await cluster.wait_for(
+            lambda: condition(cluster, "Degraded").get("reason") == "ProgressDeadlineExceeded",
+            timeout=10,
+            what="rolled back at the deadline",
+        )
+        assert f"{v2} lost its ready pods" in condition(cluster, "Degraded")["message"]
+        st = status(cluster)
+        assert (st["stableRevision"], st["aborted"], st["phase"]) == (v1, True, "Degraded")
+        await cluster.wait_for(
+            lambda: cluster.get("apps/v1/deployments", f"{v2}-default")["spec"]["replicas"] == 0,
+            what="the canary scaled to zero",
+        )
