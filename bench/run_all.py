@@ -430,6 +430,33 @@ def serve_figures(d: dict[str, Any]) -> list[Figure]:
                     better="higher",
                 )
             )
+    # The server's own cost: a model that costs almost nothing, CPU counted from /proc.
+    o = d.get("overhead")
+    for peer, name in (("fastapi", "FastAPI+uvicorn"), ("kserve", "KServe model server")):
+        if not o or f"{peer}_json" not in o["rate"]:
+            continue
+        for ours, label in (("onnxship_json", "JSON"), ("onnxship_binary", "binary")):
+            out.append(
+                fig(
+                    s,
+                    f"server CPU per request, tiny model, {label}, vs {name}",
+                    o["cpu_us_per_request"][ours],
+                    o["cpu_us_per_request"][f"{peer}_json"],
+                    "us",
+                    f"{name} (JSON)",
+                )
+            )
+        out.append(
+            fig(
+                s,
+                f"throughput at {clients} clients, tiny model, JSON, vs {name}",
+                o["rate"]["onnxship_json"],
+                o["rate"][f"{peer}_json"],
+                "req/s",
+                f"{name} (JSON)",
+                better="higher",
+            )
+        )
     errs = {k: v for k, v in d.get("errors", {}).items() if v}
     if errs:
         out.append(
