@@ -219,6 +219,14 @@ def test_serve_arguments_are_what_onnxship_serve_accepts() -> None:
     parsed = _parse("serve", w.serve_args(OWNER, s, s.serving.environments[1], "key", STORE))
     assert parsed["cache_key"] == "key" and parsed["execution_provider"] == "CUDA"
     assert parsed["store_endpoint"] == "http://minio:9000"
+    assert parsed["instances"] == 1 and parsed["threads"] == 0  # 0: from the CPU limit
+
+
+def test_throughput_settings_reach_the_server() -> None:
+    s = spec(serving={"threads": 1, "instances": 4})
+    env = s.serving.effective_environments()[0]
+    parsed = _parse("serve", w.serve_args(OWNER, s, env, "key", STORE))
+    assert parsed["threads"] == 1 and parsed["instances"] == 4
 
 
 def test_router_arguments_are_what_onnxship_route_accepts() -> None:

@@ -236,6 +236,16 @@ class Serving(ApiModel):
         "", description="Runtime image; empty = the operator's configured default."
     )
     threads: int = Field(0, ge=0, le=256, description="Intra-op threads; 0 = from the CPU limit.")
+    instances: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description=(
+            "Session runs in flight at once per pod. 1 with threads from the CPU limit is the "
+            "lowest latency; for throughput on CPU, instances = CPUs with threads 1 (each run "
+            "on its own core, no intra-op barriers)."
+        ),
+    )
     batching: Batching = Field(default_factory=Batching)
     resources: Resources | None = None
     environments: list[Environment] = Field(

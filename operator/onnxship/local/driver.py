@@ -485,6 +485,8 @@ class LocalDriver:
         threads = self.options.serve_threads or spec.serving.threads
         if threads:
             args += ["--threads", str(threads)]
+        if spec.serving.instances > 1:
+            args += ["--instances", str(spec.serving.instances)]
         if env.execution_provider and env.execution_provider != "CPU":
             args += ["--execution-provider", env.execution_provider]
         child = Child(

@@ -398,6 +398,8 @@ def serve_args(
     ]
     if spec.serving.threads:
         args += ["--threads", str(spec.serving.threads)]
+    if spec.serving.instances > 1:
+        args += ["--instances", str(spec.serving.instances)]
     return args
 
 
