@@ -332,6 +332,24 @@ def raw_throughput(
     return rows / (time.perf_counter() - start)
 
 
+def raw_parallel_throughput(
+    session: ort.InferenceSession,
+    data: dict[str, np.ndarray],
+    batch: int,
+    seconds: float,
+    callers: int,
+) -> float:
+    """Rows/s of ``callers`` threads calling one session at once (ORT releases the GIL): the
+    ceiling of a server running several single-threaded runs side by side."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(callers) as pool:
+        rates = list(
+            pool.map(lambda _: raw_throughput(session, data, batch, seconds), range(callers))
+        )
+    return sum(rates)
+
+
 # ---------------------------------------------------------------------------- peers
 
 FASTAPI_PEER = """
@@ -507,7 +525,13 @@ def main() -> None:
     so_default.intra_op_num_threads = args.threads
     so_default.inter_op_num_threads = 1
     raw_default = ort.InferenceSession(str(model), so_default, providers=["CPUExecutionProvider"])
-    for s in (raw, raw_default):
+    so_one = ort.SessionOptions()
+    so_one.intra_op_num_threads = 1
+    so_one.inter_op_num_threads = 1
+    so_one.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    raw_one = ort.InferenceSession(str(model), so_one, providers=["CPUExecutionProvider"])
+    cpus = os.cpu_count() or 1
+    for s in (raw, raw_default, raw_one):
         raw_latency(s, rows, 10)
 
     batch_sizes = (1, 2, 4, 8, 16, 32)
@@ -543,6 +567,9 @@ def main() -> None:
         onnxship("on", *batching)
         onnxship("on_x2", *batching, "--instances", "2")
         onnxship("spin", "--spin")  # ORT's default spinning, against raw_ort_defaults
+        # The throughput setting (serving.instances = CPUs, threads 1): one run per core.
+        onnxship("tput", "--threads", "1", "--instances", str(cpus),
+                 "--max-batch-size", str(min(4, max_batch)), "--max-batch-delay-ms", str(args.max_batch_delay_ms))  # fmt: skip
         if args.fastapi_python:
             port = free_port()
             script = tmp / "fastapi_peer.py"
@@ -550,6 +577,12 @@ def main() -> None:
             servers.append(Proc([args.fastapi_python, str(script), str(model), str(port), str(args.threads)],
                                 f"http://127.0.0.1:{port}/v2/health/ready", tmp / "fastapi.log"))  # fmt: skip
             ports["fastapi"] = (port, 0)
+            # The same peer with one intra-op thread: its thread pool then runs one request
+            # per core side by side, its own best setting for throughput.
+            port = free_port()
+            servers.append(Proc([args.fastapi_python, str(script), str(model), str(port), "1"],
+                                f"http://127.0.0.1:{port}/v2/health/ready", tmp / "fastapi_t1.log"))  # fmt: skip
+            ports["fastapi_t1"] = (port, 0)
         if args.kserve_python:
             port = free_port()
             script = tmp / "kserve_peer.py"
@@ -613,14 +646,20 @@ def main() -> None:
                 ports["on_x2"][0], bin_bodies, path, args.clients, args.seconds, True
             ),
         }
-        for peer in ("fastapi", "kserve"):
+        loads["onnxship_tput_binary"] = lambda: http_load(
+            ports["tput"][0], bin_bodies, path, args.clients, args.seconds, True
+        )
+        loads["onnxship_tput_json"] = lambda: http_load(
+            ports["tput"][0], json_bodies, path, args.clients, args.seconds, False
+        )
+        for peer in ("fastapi", "fastapi_t1", "kserve"):
             if peer in ports:
                 loads[f"{peer}_json"] = lambda p=ports[peer][0]: http_load(
                     p, json_bodies, path, args.clients, args.seconds, False
                 )
         tput: dict[str, list[float]] = {k: [] for k in loads}
         errors: dict[str, int] = dict.fromkeys(loads, 0)
-        ceilings: list[dict[int, float]] = []
+        ceilings: list[dict[str, float]] = []
         print(
             f"throughput, {args.tput_rounds} rounds, {args.clients} clients x {args.seconds:.0f} s ...",
             flush=True,
@@ -634,10 +673,12 @@ def main() -> None:
             line = []
             for tag in order:
                 if tag == "raw":
+                    t = max(2.0, args.seconds / 3)
                     ceilings.append(
-                        {
-                            b: raw_throughput(raw, data, b, max(2.0, args.seconds / 3))
-                            for b in batch_sizes
+                        {str(b): raw_throughput(raw, data, b, t) for b in batch_sizes}
+                        | {
+                            f"{b}x{cpus}t1": raw_parallel_throughput(raw_one, data, b, t, cpus)
+                            for b in (1, 4)
                         }
                     )
                     c = ceilings[-1]
@@ -685,7 +726,7 @@ def main() -> None:
     )
     for k, v in tput.items():
         print(f"{k:24s} {med(v):8.1f} {t_ratio[k]:10.3f}  errors {errors[k]}")
-    peers = [p for p in ("fastapi_json", "kserve_json") if p in tput]
+    peers = [p for p in ("fastapi_json", "fastapi_t1_json", "kserve_json") if p in tput]
     if peers:
         print(
             f"\n{'32 clients, ours / peer':24s} "
