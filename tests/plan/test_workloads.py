@@ -100,6 +100,10 @@ def test_an_s3_model_is_fetched_from_the_stores_endpoint() -> None:
     assert "--source-endpoint" not in w.compress_args(spec(), spec().compression, env, aws)
     https = parse_spec({"model": {"uri": "https://example.com/model.onnx"}})
     assert "--source-endpoint" not in w.compress_args(https, https.compression, env, STORE)
+    # A model elsewhere than the artifacts (on AWS, artifacts on MinIO) names its own.
+    own = spec(model={"uri": "s3://m/model.onnx", "endpoint": "https://s3.eu-west-1.amazonaws.com"})
+    args = w.compress_args(own, own.compression, env, STORE)
+    assert args[args.index("--source-endpoint") + 1] == "https://s3.eu-west-1.amazonaws.com"
 
 
 def test_revision_deployment_places_pods_on_their_pool() -> None:

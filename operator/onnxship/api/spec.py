@@ -65,6 +65,13 @@ class ModelSource(ApiModel):
     credentials_secret: OptionalSecretName = Field(
         "", description="Secret with AWS-style keys (s3) or a bearer `token` (https)."
     )
+    endpoint: Annotated[str, StringConstraints(pattern=r"^$|^https?://", max_length=2048)] = Field(
+        "",
+        description=(
+            "S3 endpoint of an s3:// model and its sample inputs; empty = the artifact "
+            "store's endpoint (spec.artifacts.endpoint, or AWS when that is empty too)."
+        ),
+    )
     sample_inputs: Annotated[
         str, StringConstraints(pattern=r"^$|" + MODEL_URI[1:], max_length=2048)
     ] = Field("", description=".npz of sample inputs for calibration and the accuracy gate.")

@@ -272,10 +272,11 @@ def compress_args(
         "--result-file",
         TERMINATION_LOG,
     ]
-    if spec.model.uri.startswith("s3://") and store.endpoint:
-        # The spec names one S3-compatible endpoint, the store's; an s3:// model without
-        # it would be looked for on AWS (a MinIO user's models live beside the artifacts).
-        args += ["--source-endpoint", store.endpoint]
+    source_endpoint = spec.model.endpoint or store.endpoint
+    if spec.model.uri.startswith("s3://") and source_endpoint:
+        # Without an endpoint of its own, an s3:// model is looked for beside the artifacts
+        # (a MinIO user's models live there), not on AWS.
+        args += ["--source-endpoint", source_endpoint]
     if spec.model.sha256:
         args += ["--sha256", spec.model.sha256]
     if spec.model.sample_inputs:
