@@ -258,6 +258,16 @@ def ready_pods(admin: Api, ns: str, selector: str) -> list[dict[str, Any]]:
     ]
 
 
+def router_address(admin: Api, ns: str, node: ProcessKubelet) -> str:
+    """The local address of a ready router Pod, where users send their requests."""
+    router = wait_for(
+        lambda: next(iter(ready_pods(admin, ns, "onnxship.io/component=router")), None),
+        timeout=60,
+        what="a ready router Pod",
+    )
+    return node.local_address(router["status"]["podIP"])
+
+
 def explain(admin: Api, ns: str, node: ProcessKubelet, op: Operator) -> str:
     st = status(admin, ns)
     pods = {
@@ -362,12 +372,7 @@ def test_full_path_compress_serve_shift_and_roll_back(
     assert job["status"].get("succeeded") == 1, job["status"]
     assert len(ready_pods(admin, ns, f"onnxship.io/revision={v1},{MODEL_PODS}")) == 2
 
-    router = wait_for(
-        lambda: next(iter(ready_pods(admin, ns, "onnxship.io/component=router")), None),
-        timeout=60,
-        what="a ready router Pod",
-    )
-    router_ip = process_node.local_address(router["status"]["podIP"])
+    router_ip = router_address(admin, ns, process_node)
 
     rng = random.Random(5)
     requests = [token_request(rng) for _ in range(48)]
@@ -527,19 +532,10 @@ def test_operator_killed_at_five_moments_of_one_canary_loses_no_request(
     except AssertionError as exc:
         raise AssertionError(f"{exc}: {explain(admin, ns, process_node, op)}") from None
     v1 = status(admin, ns)["stableRevision"]
-    router = wait_for(
-        lambda: next(iter(ready_pods(admin, ns, "onnxship.io/component=router")), None),
-        timeout=60,
-        what="a ready router Pod",
-    )
+    router_ip = router_address(admin, ns, process_node)
     rng = random.Random(7)
     requests = [token_request(rng) for _ in range(32)]
-    users = Users(
-        process_node.local_address(router["status"]["podIP"]),
-        8080,
-        requests,
-        references(models, requests),
-    )
+    users = Users(router_ip, 8080, requests, references(models, requests))
     world: dict[str, Any] = {"job": None, "v2": None, "routes": {}}
     moments: dict[str, Callable[[], bool]] = {
         "right after the spec change": lambda: True,
@@ -708,12 +704,7 @@ def test_a_broken_version_caught_in_the_mirror_step_never_answers_a_user(
     except AssertionError as exc:
         raise AssertionError(f"{exc}: {explain(admin, ns, process_node, op)}") from None
     v2 = status(admin, ns)["stableRevision"]
-    router = wait_for(
-        lambda: next(iter(ready_pods(admin, ns, "onnxship.io/component=router")), None),
-        timeout=60,
-        what="a ready router Pod",
-    )
-    router_ip = process_node.local_address(router["status"]["podIP"])
+    router_ip = router_address(admin, ns, process_node)
     rng = random.Random(11)
     requests = [token_request(rng) for _ in range(32)]
     users = Users(router_ip, 8080, requests, references(models, requests))
