@@ -258,6 +258,15 @@ def ready_pods(admin: Api, ns: str, selector: str) -> list[dict[str, Any]]:
     ]
 
 
+def wait_ready(admin: Api, ns: str, what: str, node: ProcessKubelet, op: Operator) -> str:
+    """Waits for phase Ready and returns the stable revision; a timeout says what it saw."""
+    try:
+        wait_for(lambda: status(admin, ns).get("phase") == "Ready", timeout=240, what=what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {explain(admin, ns, node, op)}") from None
+    return str(status(admin, ns)["stableRevision"])
+
+
 def router_address(admin: Api, ns: str, node: ProcessKubelet) -> str:
     """The local address of a ready router Pod, where users send their requests."""
     router = wait_for(
@@ -348,10 +357,7 @@ def test_full_path_compress_serve_shift_and_roll_back(
 
     # -- v1: the Job compresses from S3 into S3, two replicas serve it, the router routes.
     admin.create(MDS.format(ns=ns), model_deployment(s3, "v1", CANARY), fieldValidation="Strict")
-    try:
-        wait_for(lambda: status(admin, ns).get("phase") == "Ready", timeout=240, what="v1 Ready")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}: {why()}") from None
+    wait_ready(admin, ns, "v1 Ready", process_node, op)
     t_v1 = time.monotonic() - t_begin
     st = status(admin, ns)
     v1 = st["stableRevision"]
@@ -527,11 +533,7 @@ def test_operator_killed_at_five_moments_of_one_canary_loses_no_request(
         model_deployment(s3, "v1", CANARY, artifacts),
         fieldValidation="Strict",
     )
-    try:
-        wait_for(lambda: status(admin, ns).get("phase") == "Ready", timeout=240, what="v1 Ready")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}: {explain(admin, ns, process_node, op)}") from None
-    v1 = status(admin, ns)["stableRevision"]
+    v1 = wait_ready(admin, ns, "v1 Ready", process_node, op)
     router_ip = router_address(admin, ns, process_node)
     rng = random.Random(7)
     requests = [token_request(rng) for _ in range(32)]
@@ -699,11 +701,7 @@ def test_a_broken_version_caught_in_the_mirror_step_never_answers_a_user(
     admin.create(
         MDS.format(ns=ns), model_deployment(s3, "v2", mirror_first), fieldValidation="Strict"
     )
-    try:
-        wait_for(lambda: status(admin, ns).get("phase") == "Ready", timeout=240, what="v2 Ready")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}: {explain(admin, ns, process_node, op)}") from None
-    v2 = status(admin, ns)["stableRevision"]
+    v2 = wait_ready(admin, ns, "v2 Ready", process_node, op)
     router_ip = router_address(admin, ns, process_node)
     rng = random.Random(11)
     requests = [token_request(rng) for _ in range(32)]

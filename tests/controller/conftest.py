@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -193,6 +193,18 @@ def _resource_str(res: Any) -> str:
     version = getattr(res, "version", "")
     plural = getattr(res, "plural", "")
     return f"{group}/{version}/{plural}" if group else f"{version}/{plural}"
+
+
+@asynccontextmanager
+async def in_background(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """Runs ``work`` (a test playing the kubelet, say) for the length of the block."""
+    task = asyncio.create_task(work)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
 
 
 def compress_result(cache_key: str, ratio: float = 0.26, cache_hit: bool = False) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 from onnxship.controller.commands import annotation_patch, new_command
 from onnxship.plan.observed import CommandKind
 
-from .conftest import Cluster, compress_result
+from .conftest import Cluster, compress_result, in_background
 from .test_lifecycle import CMS, DEPLOYS, JOBS, SHA1, SHA2, SVCS, md, status
 
 SHA3 = "3" * 64
@@ -62,13 +62,8 @@ async def kubelet(cluster: Cluster, failing: dict[str, tuple[int, str]]) -> Asyn
                     await cluster.make_ready(name)
             await asyncio.sleep(0.05)
 
-    task = asyncio.create_task(play())
-    try:
+    async with in_background(play()):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def _spec(version: str, sha: str, rollout: dict[str, Any]) -> dict[str, Any]:
@@ -129,8 +124,10 @@ async def full_run(cluster: Cluster) -> dict[str, Any]:
             "enc-gw", {"spec": md(version="v2", sha=SHA2, rollout=GATEWAY)["spec"]}
         )
         await cluster.wait_for(
-            lambda: len(status(cluster, "enc-gw").get("revisions", [])) == 2
-            and phase("enc-gw") == "Ready",
+            lambda: (
+                len(status(cluster, "enc-gw").get("revisions", [])) == 2
+                and phase("enc-gw") == "Ready"
+            ),
             what="enc-gw v2 stable",
         )
         routes = cluster.objects("gateway.networking.k8s.io/v1/httproutes")

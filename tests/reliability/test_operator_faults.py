@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.controller.conftest import Cluster, compress_result
+from tests.controller.conftest import Cluster, compress_result, in_background
 from tests.controller.test_lifecycle import (
     DEPLOYS,
     JOBS,
@@ -75,13 +75,8 @@ async def kubelet(cluster: Cluster, stuck: set[str] | None = None) -> AsyncItera
                     await cluster.make_ready(name)
             await asyncio.sleep(0.05)
 
-    task = asyncio.create_task(play())
-    try:
+    async with in_background(play()):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def revisions_by_version(cluster: Cluster) -> dict[str, list[str]]:

@@ -26,7 +26,7 @@ import pytest
 
 from onnxship.api import parse_spec
 from onnxship.plan.revision import revision_name
-from tests.controller.conftest import Cluster, compress_result
+from tests.controller.conftest import Cluster, compress_result, in_background
 from tests.controller.test_lifecycle import CMS, DEPLOYS, JOBS, SVCS, md, routes, status
 
 from .operator_process import RUNTIME_IMAGE, OperatorProcess
@@ -103,13 +103,8 @@ async def kubelet(cluster: Cluster, rng: random.Random) -> AsyncIterator[None]:
                     await cluster.make_ready(name)
             await asyncio.sleep(0.05)
 
-    task = asyncio.create_task(play())
-    try:
+    async with in_background(play()):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def assert_jobs_sound(cluster: Cluster) -> None:

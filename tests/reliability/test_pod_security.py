@@ -88,9 +88,7 @@ BREAKS: dict[str, Callable[[dict[str, Any]], None]] = {
     "SELinux type spc_t": lambda j: pod(j)["securityContext"].update(
         seLinuxOptions={"type": "spc_t"}
     ),
-    "procMount Unmasked": lambda j: container(j)["securityContext"].update(
-        procMount="Unmasked"
-    ),
+    "procMount Unmasked": lambda j: container(j)["securityContext"].update(procMount="Unmasked"),
     "an init container without the context": lambda j: pod(j).update(
         initContainers=[{"name": "init", "image": "busybox"}]
     ),

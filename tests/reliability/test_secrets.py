@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.controller.conftest import Cluster
+from tests.controller.conftest import Cluster, in_background
 from tests.controller.test_lifecycle import DEPLOYS, JOBS, status
 from tests.helpers import models
 from tests.store.conftest import S3Server
@@ -149,13 +149,8 @@ async def kubelet(cluster: Cluster, work: Path, scan: SecretScan) -> AsyncIterat
                     await cluster.make_ready(name)
             await asyncio.sleep(0.05)
 
-    task = asyncio.create_task(play())
-    try:
+    async with in_background(play()):
         yield ran
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def model_doc(name: str, version: str, sha: str, endpoint: str, buckets: dict[str, str]) -> Any:
