@@ -28,6 +28,17 @@ class QuantizeMode(StrEnum):
     dynamic = "dynamic"
     static = "static"
     fp16 = "fp16"
+    # Weight-only integer MatMuls (MatMulNBits): the mode of decoder LLMs.
+    weight_only = "weightOnly"
+    # Measure candidates against the gate and publish the smallest that passes.
+    auto = "auto"
+
+
+class ModelKind(StrEnum):
+    """What a model is, found from its files unless the spec says so."""
+
+    onnx = "onnx"  # one graph, one request in, one answer out (encoders, classifiers, CNNs)
+    causal_lm = "causal-lm"  # a decoder LLM: past_key_values in, logits and present.* out
 
 
 class ExecutionProvider(StrEnum):
@@ -74,7 +85,14 @@ class ModelSource(ApiModel):
     )
     sample_inputs: Annotated[
         str, StringConstraints(pattern=r"^$|" + MODEL_URI[1:], max_length=2048)
-    ] = Field("", description=".npz of sample inputs for calibration and the accuracy gate.")
+    ] = Field(
+        "",
+        description=".npz of sample inputs (a JSONL of prompts for a causal LM) for calibration "
+        "and the accuracy gate.",
+    )
+    kind: ModelKind | None = Field(
+        None, description="onnx | causal-lm; empty = found from the model's files."
+    )
 
 
 # ---------------------------------------------------------------- compression
@@ -98,14 +116,38 @@ class Quantize(ApiModel):
     calibration: Literal["minmax", "entropy", "percentile"] = Field(
         "minmax", description="Activation range calibration of static int8 on the sample inputs."
     )
+    bits: Literal[4, 8] = Field(4, description="weightOnly: bits per weight.")
+    block_size: Literal[16, 32, 64, 128, 256] = Field(
+        32, description="weightOnly: weights sharing one scale (and zero point)."
+    )
+    symmetric: bool = Field(True, description="weightOnly: no zero points.")
+    accuracy_level: int = Field(
+        4, ge=0, le=4, description="weightOnly: MatMulNBits accuracy_level (4: int8 compute)."
+    )
+    algorithm: Literal["rtn", "kquant", "kquantMixed", "hqq", "gptq"] = Field(
+        "rtn", description="weightOnly: how weights are rounded (gptq calibrates on the prompts)."
+    )
+    embedding: Literal["keep", "int8", "int4"] = Field(
+        "int8", description="weightOnly: the token embedding (and a tied lm_head)."
+    )
 
 
 class AccuracyGate(ApiModel):
-    metric: Literal["cosine", "top1"] = Field(
+    metric: Literal["cosine", "top1", "kl", "tokens"] = Field(
         "cosine",
-        description="cosine: mean cosine similarity of outputs; top1: argmax agreement.",
+        description="cosine: mean cosine similarity of outputs; top1: argmax agreement "
+        "(teacher-forced next-token agreement for a causal LM); kl: mean KL divergence per "
+        "position (causal LM, judged against max); tokens: free-run greedy token agreement.",
     )
     min: float = Field(0.99, ge=0.0, le=1.0, description="The gate fails below this value.")
+    max: float | None = Field(
+        None, ge=0.0, description="metric kl: the gate fails above this value."
+    )
+    outputs: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Outputs the gate reads (names); empty = all.",
+    )
 
 
 class Compression(ApiModel):
