@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import models
+from tests.helpers import tiny_llm as tiny_llm_builder
 
 
 def _free_port() -> int:
@@ -27,3 +28,10 @@ def free_port() -> Callable[[], int]:
 def mlp_model(tmp_path: Path) -> Path:
     """A small float32 MLP saved as model.onnx in a temporary folder."""
     return models.save(models.mlp(), tmp_path / "src" / "model.onnx")
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ONNX Runtime GenAI decoder folder (tests/helpers/tiny_llm.py), built once per
+    session and shared: copy it before changing or damaging any of its files."""
+    return tiny_llm_builder.build_tiny_llm(tmp_path_factory.mktemp("tiny_llm"))
