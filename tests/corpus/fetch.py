@@ -122,8 +122,11 @@ def _license(entry: Entry, archive: zipfile.ZipFile) -> None:
     metadata = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
     headers = HeaderParser().parsestr(archive.read(metadata).decode("utf-8", "replace"))
     declared = " ".join(
-        [headers.get("License", ""), headers.get("License-Expression", "")]
-        + headers.get_all("Classifier", [])
+        [
+            headers.get("License", ""),
+            headers.get("License-Expression", ""),
+            *headers.get_all("Classifier", []),
+        ]
     )
     words = {"Apache-2.0": "Apache", "MIT": "MIT"}
     if words[entry.license] not in declared:

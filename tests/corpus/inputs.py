@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Text for the rendered images: plain English from this repository's own README-like prose,
 # fixed here so that the images do not change when the README does.
-TEXT = (
+TEXT = (  # noqa: SIM905 (prose reads better than a list of words)
     "onnxship compresses the model checks that it still answers like the original stores it "
     "as a content addressed artifact rolls it out beside the version in service and shifts "
     "traffic to it step by step while it watches error rate latency and output agreement "
@@ -93,10 +93,11 @@ def ocr_rec(model: Path, rows: int = 16) -> dict[str, np.ndarray]:
         text = _phrase(rng, rng.randint(1, 4))
         font = _font(size)
         left, top, right, bottom = font.getbbox(text)
-        crop = Image.new("RGB", (right - left + 12, bottom - top + 10), (rng.randint(200, 255),) * 3)
+        paper = (rng.randint(200, 255),) * 3
+        crop = Image.new("RGB", (right - left + 12, bottom - top + 10), paper)
         ImageDraw.Draw(crop).text((6 - left, 5 - top), text, fill=(10, 10, 10), font=font)
         ratio = crop.width / crop.height
-        resized_w = min(w, int(math.ceil(h * ratio)))
+        resized_w = min(w, math.ceil(h * ratio))
         arr = np.asarray(crop.resize((resized_w, h), Image.BILINEAR), dtype=np.float32)
         arr = arr.transpose(2, 0, 1) / 255
         arr = (arr - 0.5) / 0.5
@@ -234,7 +235,7 @@ def _captcha(rng: random.Random, text: str) -> Image.Image:
     for ch in text:
         glyph = Image.new("RGBA", (34, 44), (0, 0, 0, 0))
         ImageDraw.Draw(glyph).text((4, 2), ch, font=_font(30),
-                                   fill=tuple(rng.randint(0, 90) for _ in range(3)) + (255,))
+                                   fill=(*(rng.randint(0, 90) for _ in range(3)), 255))
         glyph = glyph.rotate(rng.uniform(-25, 25), resample=Image.BICUBIC)
         img.paste(glyph, (x, rng.randint(0, 8)), glyph)
         x += rng.randint(20, 28)
