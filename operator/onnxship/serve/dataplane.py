@@ -140,6 +140,9 @@ class DataPlane:
                 "load_seconds": round(seconds, 3),
                 "batching": self.scheduler.batching,
                 "threads": model.session.get_session_options().intra_op_num_threads,
+                "warmup": "off"
+                if model.warmup is None
+                else f"{model.warmup.source} ({'ok' if model.warmup.ok else 'failed'})",
             },
         )
 

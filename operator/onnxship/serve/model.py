@@ -11,10 +11,10 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from .config import ServeConfig
-from .datatypes import OIP_TO_NUMPY
 from .errors import InferenceFailed, InvalidInput
 from .session import create_session
 from .signature import ModelSignature
+from .warmup import WarmupResult, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ class LoadedModel:
         self.signature = ModelSignature.from_session(session)
         self.load_seconds = load_seconds
         self.output_order = list(self.signature.outputs)
+        self.warmup: WarmupResult | None = None
 
     @classmethod
     def load(cls, path: Path, config: ServeConfig) -> LoadedModel:
@@ -34,7 +35,10 @@ class LoadedModel:
         session = create_session(path, config)
         model = cls(session, path, 0.0)
         if config.warmup:
-            model.warm_up()
+            # A failed warm-up is logged inside, never raised: see warmup.py.
+            model.warmup = warm_up(
+                lambda feeds: model.session.run(None, feeds), model.signature, path.parent
+            )
         model.load_seconds = time.perf_counter() - start
         return model
 
@@ -53,17 +57,6 @@ class LoadedModel:
             log.warning("inference failed", extra={"error": message})
             raise InferenceFailed(f"inference failed: {message}") from None
         return dict(zip(outputs, values, strict=True))
-
-    def warm_up(self) -> None:
-        """One inference on a dummy batch (dynamic dims = 1), so the first user pays nothing."""
-        feeds: dict[str, np.ndarray] = {}
-        for spec in self.signature.inputs.values():
-            shape = tuple(d if d >= 0 else 1 for d in spec.shape)
-            if spec.datatype == "BYTES":
-                feeds[spec.name] = np.full(shape, "", dtype=object)
-            else:
-                feeds[spec.name] = np.zeros(shape, dtype=OIP_TO_NUMPY[spec.datatype])
-        self.session.run(None, feeds)
 
 
 def _ort_message(exc: Exception) -> str:
