@@ -16,7 +16,6 @@ from typing import Any
 
 from onnxship.api import (
     ConditionType,
-    EnvironmentStatus,
     ModelDeploymentSpec,
     ModelDeploymentStatus,
     Phase,
@@ -41,12 +40,13 @@ from onnxship.plan.compression_jobs import (
     JobPhase,
     artifact_view,
     job_phase,
+    revision_record,
 )
 from onnxship.plan.conditions import find_condition, set_condition
 from onnxship.plan.observed import ArtifactState, DesiredRevision, Observed, RevisionPods
 from onnxship.plan.revision import revision_name
 from onnxship.plan.rollout import step
-from onnxship.plan.times import format_time, parse_time
+from onnxship.plan.times import parse_time
 from onnxship.plan.traffic import TrafficSplit, split_of
 
 from .commands import command_of
@@ -221,7 +221,9 @@ def _observe_artifacts(
     envs = [v.environment for v in views.values() if v.environment is not None]
     record = None
     if len(envs) == len(views):
-        record = recorded or _revision_record(name, spec, envs, now, image)
+        record = recorded or revision_record(
+            name, spec, envs, now, model_sha256=spec.model.sha256, image=image
+        )
     return DesiredRevision(
         name=name,
         artifacts={k: v.state for k, v in views.items()},
@@ -254,25 +256,6 @@ def _create(wiring: Wiring, obj: dict[str, Any]) -> None:
     except KubeError as exc:
         if exc.status != 409:  # made by an earlier pass that died before writing status
             raise
-
-
-def _revision_record(
-    name: str, spec: ModelDeploymentSpec, envs: list[EnvironmentStatus], now: datetime, image: str
-) -> RevisionStatus:
-    first = envs[0]
-    summary = first.compression
-    return RevisionStatus(
-        name=name,
-        model_version=spec.model.version,
-        model_sha256=spec.model.sha256,
-        artifact_uri=first.artifact_uri,
-        size_bytes=summary.compressed_bytes if summary else 0,
-        compression_ratio=summary.ratio if summary else 0.0,
-        accuracy=summary.accuracy if summary else None,
-        environments=envs,
-        image=image,
-        created_at=format_time(now),
-    )
 
 
 def _observe_job(wiring: Wiring, owner: w.Owner, name: str) -> JobObservation:

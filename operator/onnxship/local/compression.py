@@ -14,13 +14,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from onnxship.api import CompressionSummary, EnvironmentStatus, Reason, RevisionStatus
+from onnxship.api import Reason, RevisionStatus
+from onnxship.plan.compression_jobs import environment_record, revision_record
 from onnxship.plan.observed import ArtifactState, DesiredRevision
 from onnxship.plan.revision import revision_name
-from onnxship.plan.times import format_time
 
 from .events import Say
 from .spec import LocalSpec, file_sha256
@@ -55,7 +55,7 @@ class Compressions:
         desired = self.desired.get(revision)
         return desired.record if desired else None
 
-    def observe(self, local: LocalSpec) -> DesiredRevision:
+    def observe(self, local: LocalSpec, now: datetime) -> DesiredRevision:
         """The spec's revision and its artifacts: compress (or find in the cache) as needed."""
         self.problem = ""
         spec = local.spec
@@ -104,7 +104,7 @@ class Compressions:
             if reason == str(Reason.store_unavailable):
                 self.failed_at[name] = time.monotonic()
             return result
-        record = _record(name, local, sha, outcomes)
+        record = _record(name, local, sha, outcomes, now)
         reused = all(getattr(o, "cache_hit", False) for _, o in outcomes)
         if reused:
             self.cache_hits.append(name)
@@ -156,45 +156,27 @@ class Compressions:
 
 
 def _record(
-    name: str, local: LocalSpec, sha: str, outcomes: list[tuple[str, Any]]
+    name: str, local: LocalSpec, sha: str, outcomes: list[tuple[str, Any]], now: datetime
 ) -> RevisionStatus:
-    spec = local.spec
-    envs = {e.name: e for e in spec.serving.effective_environments()}
-    statuses = []
-    for env_name, outcome in outcomes:
-        m = outcome.manifest
-        report = m.report
-        acc = report.accuracy
-        statuses.append(
-            EnvironmentStatus(
-                name=env_name,
-                execution_provider=str(envs[env_name].execution_provider),
-                cache_key=m.cache_key,
-                artifact_uri=getattr(outcome, "artifact_uri", "")
-                or _manifest_uri(local.store_uri, m.cache_key),
-                replicas=1,
-                compression=CompressionSummary(
-                    original_bytes=report.original_bytes,
-                    compressed_bytes=report.compressed_bytes,
-                    ratio=report.ratio,
-                    accuracy_metric=acc.metric if acc else "",
-                    accuracy=acc.mean if acc else None,
-                    cache_hit=bool(outcome.cache_hit),
-                ),
-            )
-        )
-    first = statuses[0].compression if statuses else None
-    return RevisionStatus(
-        name=name,
-        model_version=spec.model.version,
-        model_sha256=sha or (outcomes[0][1].manifest.source.sha256 if outcomes else ""),
-        artifact_uri=statuses[0].artifact_uri if statuses else "",
-        size_bytes=first.compressed_bytes if first else 0,
-        compression_ratio=first.ratio if first else 0.0,
-        accuracy=first.accuracy if first else None,
-        environments=statuses,
-        created_at=format_time(datetime.now(UTC)),
-    )
+    """The revision's record from its outcomes, read as the controller reads a Job's result."""
+    from onnxship.compress.result import compact_result
+
+    envs = {e.name: e for e in local.spec.serving.effective_environments()}
+    statuses = [
+        environment_record(
+            env_name,
+            str(envs[env_name].execution_provider),
+            compact_result(
+                outcome.manifest,
+                outcome.artifact_uri or _manifest_uri(local.store_uri, outcome.manifest.cache_key),
+                bool(outcome.cache_hit),
+            ),
+            reused=False,
+        ).model_copy(update={"replicas": 1})
+        for env_name, outcome in outcomes
+    ]
+    sha = sha or (outcomes[0][1].manifest.source.sha256 if outcomes else "")
+    return revision_record(name, local.spec, statuses, now, model_sha256=sha)
 
 
 def _in_background(fn: Callable[[], Any], name: str) -> Future[Any]:

@@ -118,6 +118,7 @@ class LocalDriver:
             self.analysis.verdict,
             command,
             self.feed,
+            now,
         )
         decision = step(local.spec, self.status, observed, now)
         self.executor.run(decision.actions, local, self._record_of)

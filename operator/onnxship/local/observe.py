@@ -7,6 +7,8 @@ pending command: the controller's ``_observe_*`` steps, with processes instead o
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from onnxship.plan.analysis import Verdict
 from onnxship.plan.observed import Command, Observed
 
@@ -26,8 +28,9 @@ def observe(
     verdict: Verdict | None,
     command: Command | None,
     feed: Feed,
+    now: datetime,
 ) -> Observed:
-    desired = compressions.observe(local)
+    desired = compressions.observe(local, now)
     if compressions.problem:  # the source model went away: it stands until a new apply
         feed.problem = compressions.problem
     return Observed(

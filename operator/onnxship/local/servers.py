@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from onnxship.api import EnvironmentStatus, RevisionStatus
 from onnxship.plan.observed import RevisionPods
+from onnxship.plan.workloads import Owner, StoreRef, serve_args
 
 from . import processes
 from .events import Say
@@ -118,43 +119,21 @@ class Servers:
     def _start(
         self, local: LocalSpec, revision: str, record: RevisionStatus, env: EnvironmentStatus
     ) -> Child:
-        spec = local.spec
         http_port, grpc_port = processes.free_port(), processes.free_port()
-        args = [
-            *processes.onnxship_command(),
-            "serve",
-            "--store",
-            local.store_uri,
-            "--cache-key",
+        # The pod's arguments (plan.workloads), on this machine's address, ports and cache.
+        args = processes.onnxship_command() + serve_args(
+            Owner(local.name, namespace="", uid=""),
+            local.spec,
+            env,
             env.cache_key,
-            "--name",
-            local.name,
-            "--model-version",
+            StoreRef(local.store_uri, local.spec.artifacts.endpoint, local.spec.artifacts.region),
             record.model_version or revision,
-            "--cache-dir",
-            str(self.state.root / "cache"),  # a folder per cache key inside
-            "--host",
-            self.options.host,
-            "--http-port",
-            str(http_port),
-            "--grpc-port",
-            str(grpc_port),
-            "--max-batch-size",
-            str(spec.serving.batching.max_batch_size),
-            "--max-batch-delay-ms",
-            str(spec.serving.batching.max_delay_ms),
-        ]
-        if spec.artifacts.endpoint:
-            args += ["--store-endpoint", spec.artifacts.endpoint]
-        if spec.artifacts.region:
-            args += ["--store-region", spec.artifacts.region]
-        threads = self.options.serve_threads or spec.serving.threads
-        if threads:
-            args += ["--threads", str(threads)]
-        if spec.serving.instances > 1:
-            args += ["--instances", str(spec.serving.instances)]
-        if env.execution_provider and env.execution_provider != "CPU":
-            args += ["--execution-provider", env.execution_provider]
+            host=self.options.host,
+            http_port=http_port,
+            grpc_port=grpc_port,
+            cache_dir=str(self.state.root / "cache"),  # a folder per cache key inside
+            threads=self.options.serve_threads or None,
+        )
         child = Child(
             role=f"serve {revision}/{env.name}",
             args=args,

@@ -8,13 +8,22 @@ computes the digest and publishes, and its Pod's termination message says how it
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from onnxship.api import CompressionSummary, EnvironmentStatus, Reason
+from onnxship.api import (
+    CompressionSummary,
+    EnvironmentStatus,
+    ModelDeploymentSpec,
+    Reason,
+    RevisionStatus,
+)
 
 from .observed import ArtifactState
+from .times import format_time
 
 # Exit codes of `onnxship compress` (cli.app.ExitCode) that no retry will fix.
 _EXIT_REASONS = {
@@ -93,6 +102,33 @@ def environment_record(
             accuracy=accuracy.get("mean"),
             cache_hit=reused or bool(result.get("cacheHit", False)),
         ),
+    )
+
+
+def revision_record(
+    name: str,
+    spec: ModelDeploymentSpec,
+    environments: Sequence[EnvironmentStatus],
+    created_at: datetime,
+    *,
+    model_sha256: str,
+    image: str = "",
+) -> RevisionStatus:
+    """What status records of a revision once every environment's artifact is stored (both
+    shells); its size, ratio and accuracy are those of the first environment."""
+    first = environments[0] if environments else None
+    summary = first.compression if first else None
+    return RevisionStatus(
+        name=name,
+        model_version=spec.model.version,
+        model_sha256=model_sha256,
+        artifact_uri=first.artifact_uri if first else "",
+        size_bytes=summary.compressed_bytes if summary else 0,
+        compression_ratio=summary.ratio if summary else 0.0,
+        accuracy=summary.accuracy if summary else None,
+        environments=list(environments),
+        image=image,
+        created_at=format_time(created_at),
     )
 
 

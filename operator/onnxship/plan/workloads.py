@@ -18,6 +18,7 @@ from onnxship.api import (
     KIND,
     Compression,
     Environment,
+    EnvironmentStatus,
     ModelDeploymentSpec,
     Resources,
 )
@@ -366,12 +367,24 @@ def compress_job(
 def serve_args(
     owner: Owner,
     spec: ModelDeploymentSpec,
-    env: Environment,
+    env: Environment | EnvironmentStatus,
     cache_key: str,
     store: StoreRef,
     model_version: str = "",
+    *,
+    host: str = "0.0.0.0",  # inside the pod; the Service is the way in
+    http_port: int = HTTP_PORT,
+    grpc_port: int = GRPC_PORT,
+    cache_dir: str = MODEL_CACHE,
+    threads: int | None = None,
 ) -> list[str]:
-    """``model_version``: the revision's own label (a rollback serves an older one)."""
+    """`onnxship serve`'s arguments for one revision in one environment, in a pod or (with
+    the keyword arguments: its address, ports, cache folder) as a process of `onnxship up`.
+
+    ``env``: the spec's environment, or the revision's record of it (a rollback serves a
+    revision the spec no longer names). ``model_version``: the revision's own label.
+    ``threads``: None means the spec's ``serving.threads``.
+    """
     b = spec.serving.batching
     args = [
         "serve",
@@ -383,11 +396,11 @@ def serve_args(
         "--model-version",
         model_version or spec.model.version or "1",
         "--host",
-        "0.0.0.0",  # inside the pod; the Service is the way in
+        host,
         "--http-port",
-        str(HTTP_PORT),
+        str(http_port),
         "--grpc-port",
-        str(GRPC_PORT),
+        str(grpc_port),
         "--execution-provider",
         str(env.execution_provider),
         "--max-batch-size",
@@ -395,10 +408,11 @@ def serve_args(
         "--max-batch-delay-ms",
         str(b.max_delay_ms),
         "--cache-dir",
-        MODEL_CACHE,
+        cache_dir,
     ]
-    if spec.serving.threads:
-        args += ["--threads", str(spec.serving.threads)]
+    threads = spec.serving.threads if threads is None else threads
+    if threads:
+        args += ["--threads", str(threads)]
     if spec.serving.instances > 1:
         args += ["--instances", str(spec.serving.instances)]
     return args
