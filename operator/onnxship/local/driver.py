@@ -28,7 +28,7 @@ from .compression import Compressions
 from .events import Feed
 from .execute import Executor
 from .inputs import Inputs
-from .observe import observe
+from .observe import Observer
 from .options import UpOptions
 from .processes import Child
 from .routing import RouterProcess
@@ -63,6 +63,9 @@ class LocalDriver:
         self.executor = Executor(self.servers, self.routing, options, self.feed)
         self.endpoint = self.routing.endpoint
         self.analysis = RouterAnalysis(self.endpoint)
+        self.observer = Observer(
+            self.compressions, self.servers, self.routing, self.analysis, self.feed
+        )
         self.started_at = time.time()
 
     @property
@@ -99,6 +102,7 @@ class LocalDriver:
     # ================================================================ one reconcile
 
     def tick(self) -> None:
+        """Take what the user asked, observe, plan, execute, measure, save the status."""
         now = now_utc()
         self.inputs.take_commands()
         if self.options.watch:
@@ -109,17 +113,7 @@ class LocalDriver:
         if local is None:
             return
         command = self.inputs.command
-        observed = observe(
-            local,
-            self.inputs.applied.generation,
-            self.compressions,
-            self.servers,
-            self.routing,
-            self.analysis.verdict,
-            command,
-            self.feed,
-            now,
-        )
+        observed = self.observer.observe(local, self.inputs.applied.generation, command, now)
         decision = step(local.spec, self.status, observed, now)
         self.executor.run(decision.actions, local, self._record_of)
         self.analysis.measure(decision.analysis, local.spec.rollout.analysis, now)

@@ -7,11 +7,12 @@ pending command: the controller's ``_observe_*`` steps, with processes instead o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
-from onnxship.plan.analysis import Verdict
 from onnxship.plan.observed import Command, Observed
 
+from .analysis import RouterAnalysis
 from .compression import Compressions
 from .events import Feed
 from .routing import RouterProcess
@@ -19,25 +20,25 @@ from .servers import Servers
 from .spec import LocalSpec
 
 
-def observe(
-    local: LocalSpec,
-    generation: int,
-    compressions: Compressions,
-    servers: Servers,
-    router: RouterProcess,
-    verdict: Verdict | None,
-    command: Command | None,
-    feed: Feed,
-    now: datetime,
-) -> Observed:
-    desired = compressions.observe(local, now)
-    if compressions.problem:  # the source model went away: it stands until a new apply
-        feed.problem = compressions.problem
-    return Observed(
-        desired=desired,
-        generation=generation,
-        revisions=servers.observe(local),
-        traffic=router.split,
-        verdict=verdict,
-        command=command,
-    )
+@dataclass(frozen=True)
+class Observer:
+    compressions: Compressions
+    servers: Servers
+    routing: RouterProcess
+    analysis: RouterAnalysis
+    feed: Feed
+
+    def observe(
+        self, local: LocalSpec, generation: int, command: Command | None, now: datetime
+    ) -> Observed:
+        desired = self.compressions.observe(local, now)
+        if self.compressions.problem:  # the source model went away: it stands until an apply
+            self.feed.problem = self.compressions.problem
+        return Observed(
+            desired=desired,
+            generation=generation,
+            revisions=self.servers.observe(local),
+            traffic=self.routing.split,
+            verdict=self.analysis.verdict,
+            command=command,
+        )
