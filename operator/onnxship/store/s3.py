@@ -136,6 +136,25 @@ def _missing(exc: ClientError) -> bool:
     return code in {"404", "NoSuchKey", "NotFound"}
 
 
+def ranged_get(client: Any, bucket: str, key: str, size: int) -> Iterator[bytes]:
+    """An object's bytes in order, fetched as parallel ranged GETs of ``PART`` bytes (at most
+    ``RANGE_WINDOW`` parts in flight, so memory stays bounded whatever the size)."""
+
+    def part(start: int) -> bytes:
+        end = min(size, start + PART) - 1
+        obj = client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end}")
+        return bytes(obj["Body"].read())
+
+    with ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="s3-range") as pool:
+        window: deque[Future[bytes]] = deque()
+        for start in range(0, size, PART):
+            window.append(pool.submit(part, start))
+            if len(window) >= RANGE_WINDOW:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+
 class S3Store(ContentStore):
     """An artifact store under ``s3://bucket/prefix/``."""
 
@@ -233,20 +252,7 @@ class S3Store(ContentStore):
             raise explain(exc, where) from None
 
     def _ranged(self, key: str, size: int) -> Iterator[bytes]:
-        def part(start: int) -> bytes:
-            end = min(size, start + PART) - 1
-            obj = self._s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end}")
-            return bytes(obj["Body"].read())
-
-        starts = iter(range(0, size, PART))
-        with ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="s3-range") as pool:
-            window: deque[Future[bytes]] = deque()
-            for start in starts:
-                window.append(pool.submit(part, start))
-                if len(window) >= RANGE_WINDOW:
-                    yield window.popleft().result()
-            while window:
-                yield window.popleft().result()
+        return ranged_get(self._s3, self.bucket, key, size)
 
     def _get_text(self, key: str) -> str | None:
         try:
