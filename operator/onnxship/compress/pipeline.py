@@ -25,6 +25,7 @@ from onnxship.api import (
     Compression,
     CompressionReport,
     ExecutionProvider,
+    ModelKind,
     QuantizeMode,
     SourceInfo,
     ToolVersions,
@@ -100,6 +101,7 @@ def compress(
     source_access: SourceAccess | None = None,
     model_version: str = "",
     work_dir: Path | None = None,
+    model_kind: ModelKind | str | None = None,
 ) -> CompressionOutcome:
     """Compress the model at ``source_uri`` with ``compression`` and publish it to ``store``.
 
@@ -108,6 +110,8 @@ def compress(
     - ``execution_provider``: the ORT provider the artifact is for (CPU, CUDA, ...).
     - ``expected_sha256``: pin of the source model file; a mismatch publishes nothing.
     - ``progress``: listener for byte and step progress (see ``onnxship.store.Progress``).
+    - ``model_kind``: spec.model.kind; None = found from the files (a folder, or a graph with
+      a decoder's signature, is a causal LM: compressed by ``llm.pipeline.compress_llm``).
 
     The same source digest, settings and tool versions give the same cache key; when the
     store already has it, nothing is computed (``cache_hit=True``) but the gate is still
@@ -132,8 +136,26 @@ def compress(
                 expected_sha256=expected_sha256,
                 access=source_access,
                 progress=progress,
+                kind=model_kind,
             ),
         )
+        if fetched.folder is not None:  # a causal LM: its own pipeline from here on
+            from .llm.pipeline import compress_llm
+
+            return compress_llm(
+                fetched,
+                compression,
+                store,
+                source_uri=source_uri,
+                work=work,
+                steps=steps,
+                started=started,
+                sample_inputs=sample_inputs,
+                execution_provider=execution_provider,
+                progress=progress,
+                source_access=source_access,
+                model_version=model_version,
+            )
         info: ModelInfo = steps.run("validate", lambda: validate_model(fetched.path))
         source_digest = (
             fetched.sha256
