@@ -17,6 +17,8 @@ from onnxship.api.routes import RouteTable
 from onnxship.router.proxy import ProxySettings
 from onnxship.router.server import RouterSettings, serve
 
+from .sse_backend import SseBackend, start_sse_backend
+
 TOKEN = "s3cret"
 
 
@@ -76,6 +78,22 @@ async def backends() -> AsyncIterator[Callable[..., Awaitable[Backend]]]:
         await b.runner.setup()
         b.port = free_port()
         await web.TCPSite(b.runner, "127.0.0.1", b.port).start()
+        started.append(b)
+        return b
+
+    yield start
+    for b in started:
+        assert b.runner is not None
+        await b.runner.cleanup()
+
+
+@pytest.fixture
+async def sse_backends() -> AsyncIterator[Callable[..., Awaitable[SseBackend]]]:
+    """Language-model stand-ins that stream server-sent events (sse_backend.py)."""
+    started: list[SseBackend] = []
+
+    async def start(name: str, **kw: Any) -> SseBackend:
+        b = await start_sse_backend(name, **kw)
         started.append(b)
         return b
 

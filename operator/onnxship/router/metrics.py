@@ -3,11 +3,20 @@
 ``role`` is ``primary`` for requests whose answer went to the user and ``mirror`` for copies
 sent to the canary in a mirror step. ``plan`` never sees these names: ``metrics_source``
 turns two scrapes into ``plan.analysis.Measurements``.
+
+Generations (``streams.is_generation`` paths) add, per revision and environment, for the
+answers users got: time to first token and inter-token latency histograms, and generated
+tokens; streamed answers are counted by how they ended. A stream the backend broke off
+after its head is counted in ``requests_total`` with code 502 (504 when it stalled), as a
+buffered answer would have been: the user got a 200 head, but not the answer.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .streams import StreamMeter
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -18,12 +27,25 @@ COSINE = "onnxship_router_mirror_cosine"
 TOP1 = "onnxship_router_mirror_top1_agreements_total"
 AGREEMENT = "onnxship_router_mirror_agreement"
 MAX_ABS_DIFF = "onnxship_router_mirror_max_abs_diff"
+TTFT = "onnxship_router_time_to_first_token_seconds"
+ITL = "onnxship_router_inter_token_latency_seconds"
+OUTPUT_TOKENS = "onnxship_router_output_tokens_total"
+STREAMS = "onnxship_router_streams_total"
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
 )  # fmt: skip
 COSINE_BUCKETS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0)
 DIFF_BUCKETS = (1e-6, 1e-4, 1e-3, 1e-2, 0.05, 0.1, 0.5, 1.0, 10.0)
+# Fine where analysis thresholds sit (TTFT 0.1-2 s, ITL 10-200 ms): p99 is interpolated.
+TTFT_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0,
+    5.0, 7.5, 10.0, 20.0, 30.0, 60.0,
+)  # fmt: skip
+ITL_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2,
+    0.3, 0.5, 0.75, 1.0, 2.5, 5.0,
+)  # fmt: skip
 
 
 class RouterMetrics:
@@ -104,6 +126,35 @@ class RouterMetrics:
             ["revision", "url"],
             registry=r,
         )
+        self.ttft = Histogram(
+            TTFT,
+            "Time from the router receiving a generation request to the first token of its "
+            "streamed answer (first byte when not an event stream), by revision and environment.",
+            ["revision", "environment"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            ITL,
+            "Time between consecutive token-carrying events of a streamed answer.",
+            ["revision", "environment"],
+            buckets=ITL_BUCKETS,
+            registry=r,
+        )
+        self.output_tokens = Counter(
+            OUTPUT_TOKENS.removesuffix("_total"),
+            "Tokens generated in answers users got (usage.completion_tokens when reported, "
+            "else token-carrying events).",
+            ["revision", "environment"],
+            registry=r,
+        )
+        self.streams = Counter(
+            STREAMS.removesuffix("_total"),
+            "Streamed answers by how they ended: complete, broken (the backend broke off or "
+            "stalled) or abandoned (the client left; the backend's request was closed).",
+            ["revision", "environment", "outcome"],
+            registry=r,
+        )
         self._children: dict[tuple[str, str, int, str], tuple[Any, Any]] = {}
         self._agreement_sums: dict[tuple[str, str], tuple[float, int]] = {}
 
@@ -121,6 +172,24 @@ class RouterMetrics:
             self._children[key] = pair
         pair[0].inc()
         pair[1].observe(seconds)
+
+    def streamed(self, revision: str, environment: str, meter: StreamMeter, outcome: str) -> None:
+        """One streamed answer, at its end."""
+        self.streams.labels(revision, environment, outcome).inc()
+        ttft = meter.ttft
+        if ttft is not None:
+            self.ttft.labels(revision, environment).observe(ttft)
+        if meter.gaps:
+            itl = self.itl.labels(revision, environment)
+            for gap in meter.gaps:
+                itl.observe(gap)
+        if meter.tokens:
+            self.output_tokens.labels(revision, environment).inc(meter.tokens)
+
+    def generated(self, revision: str, environment: str, tokens: int) -> None:
+        """Tokens of a generation answered whole (not streamed)."""
+        if tokens:
+            self.output_tokens.labels(revision, environment).inc(tokens)
 
     def compared(
         self, revision: str, baseline: str, cosine: float, top1: float, diff: float

@@ -17,7 +17,40 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from onnxship.plan.analysis import AnalysisRequest, Measurements
 
-from .metrics import COMPARISONS, COSINE, DURATION, MAX_ABS_DIFF, REQUESTS, TOP1
+from .metrics import (
+    COMPARISONS,
+    COSINE,
+    DURATION,
+    ITL,
+    MAX_ABS_DIFF,
+    OUTPUT_TOKENS,
+    REQUESTS,
+    STREAMS,
+    TOP1,
+    TTFT,
+)
+
+Pairs = tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True)
+class TokenCounters:
+    """Cumulative generation counters of one revision in one environment at one scrape."""
+
+    ttft: Pairs = ()  # time-to-first-token histogram (upper bound, cumulative count)
+    itl: Pairs = ()  # inter-token latency histogram
+    tokens: float = 0.0
+    streams: float = 0.0
+    broken: float = 0.0  # streams the backend broke off or stalled
+
+    def __add__(self, other: TokenCounters) -> TokenCounters:
+        return TokenCounters(
+            _add_pairs(self.ttft, other.ttft),
+            _add_pairs(self.itl, other.itl),
+            self.tokens + other.tokens,
+            self.streams + other.streams,
+            self.broken + other.broken,
+        )
 
 
 @dataclass(frozen=True)
@@ -34,6 +67,15 @@ class Counters:
     top1: float = 0.0
     diff_buckets: tuple[tuple[float, float], ...] = ()  # max-abs-diff histogram, cumulative
     environments: tuple[tuple[str, float, float], ...] = ()  # (environment, requests, errors)
+    generation: tuple[tuple[str, TokenCounters], ...] = ()  # per environment, sorted
+
+    @property
+    def tokens(self) -> TokenCounters:
+        """Generation counters over all environments."""
+        total = TokenCounters()
+        for _, t in self.generation:
+            total = total + t
+        return total
 
 
 def _add_pairs(
@@ -53,6 +95,9 @@ def summed(parts: Iterable[Counters], revision: str) -> Counters:
         for env, requests, errors in c.environments:
             r0, x0 = envs.get(env, (0.0, 0.0))
             envs[env] = (r0 + requests, x0 + errors)
+        gen = dict(total.generation)
+        for env, t in c.generation:
+            gen[env] = gen.get(env, TokenCounters()) + t
         total = Counters(
             revision,
             total.requests + c.requests,
@@ -64,6 +109,7 @@ def summed(parts: Iterable[Counters], revision: str) -> Counters:
             total.top1 + c.top1,
             _add_pairs(total.diff_buckets, c.diff_buckets),
             tuple(sorted((e, r, x) for e, (r, x) in envs.items())),
+            tuple(sorted(gen.items())),
         )
     return total
 
@@ -79,6 +125,25 @@ class _Acc:
     top1: float = 0.0
     diff_buckets: dict[float, float] = field(default_factory=lambda: defaultdict(float))
     envs: dict[str, list[float]] = field(default_factory=lambda: defaultdict(lambda: [0.0, 0.0]))
+    gen: dict[str, _GenAcc] = field(default_factory=lambda: defaultdict(_GenAcc))
+
+
+@dataclass
+class _GenAcc:
+    ttft: dict[float, float] = field(default_factory=lambda: defaultdict(float))
+    itl: dict[float, float] = field(default_factory=lambda: defaultdict(float))
+    tokens: float = 0.0
+    streams: float = 0.0
+    broken: float = 0.0
+
+    def frozen(self) -> TokenCounters:
+        return TokenCounters(
+            tuple(sorted(self.ttft.items())),
+            tuple(sorted(self.itl.items())),
+            self.tokens,
+            self.streams,
+            self.broken,
+        )
 
 
 def _samples(text: str) -> Iterable[tuple[str, dict[str, str], float]]:
@@ -115,6 +180,17 @@ def parse_counters(text: str) -> dict[str, Counters]:
             a.top1 += value
         elif name == MAX_ABS_DIFF + "_bucket":
             a.diff_buckets[float(labels["le"])] += value
+        elif name == TTFT + "_bucket":
+            a.gen[labels.get("environment", "")].ttft[float(labels["le"])] += value
+        elif name == ITL + "_bucket":
+            a.gen[labels.get("environment", "")].itl[float(labels["le"])] += value
+        elif name == OUTPUT_TOKENS:
+            a.gen[labels.get("environment", "")].tokens += value
+        elif name == STREAMS:
+            g = a.gen[labels.get("environment", "")]
+            g.streams += value
+            if labels.get("outcome") == "broken":
+                g.broken += value
     return {
         rev: Counters(
             rev,
@@ -127,6 +203,7 @@ def parse_counters(text: str) -> dict[str, Counters]:
             a.top1,
             tuple(sorted(a.diff_buckets.items())),
             tuple(sorted((e, r, x) for e, (r, x) in a.envs.items())),
+            tuple(sorted((e, g.frozen()) for e, g in a.gen.items())),
         )
         for rev, a in acc.items()
     }
@@ -204,8 +281,58 @@ def measurements_between(
     )
 
 
+@dataclass(frozen=True)
+class GenerationMeasurements:
+    """What a revision's generations did between two scrapes (all environments, and each)."""
+
+    revision: str
+    streams: int = 0
+    broken: int = 0
+    tokens: int = 0
+    ttft_p50_ms: float | None = None
+    ttft_p99_ms: float | None = None
+    itl_p50_ms: float | None = None
+    itl_p99_ms: float | None = None
+    environments: tuple[GenerationMeasurements, ...] = ()  # revision field = the environment
+
+
+def _ms(q: float, buckets: Pairs) -> float | None:
+    value = quantile(q, buckets)
+    return value * 1000 if value is not None else None
+
+
+def _generation(name: str, after: TokenCounters, before: TokenCounters) -> GenerationMeasurements:
+    ttft, itl = _bucket_delta(after.ttft, before.ttft), _bucket_delta(after.itl, before.itl)
+    return GenerationMeasurements(
+        name,
+        streams=round(_delta(after.streams, before.streams)),
+        broken=round(_delta(after.broken, before.broken)),
+        tokens=round(_delta(after.tokens, before.tokens)),
+        ttft_p50_ms=_ms(0.5, ttft),
+        ttft_p99_ms=_ms(0.99, ttft),
+        itl_p50_ms=_ms(0.5, itl),
+        itl_p99_ms=_ms(0.99, itl),
+    )
+
+
+def generation_between(revision: str, before: Counters, after: Counters) -> GenerationMeasurements:
+    """Time to first token, inter-token latency (p50/p99, ms) and tokens of ``revision``'s
+    generations between two scrapes, overall and per environment (when it has several)."""
+    reset = after.requests < before.requests
+    base = Counters(revision) if reset else before
+    old = dict(base.generation)
+    envs = tuple(
+        _generation(env, t, old.get(env, TokenCounters())) for env, t in after.generation if env
+    )
+    total = _generation(revision, after.tokens, base.tokens)
+    return GenerationMeasurements(
+        **{**total.__dict__, "environments": envs if len(envs) > 1 else ()}
+    )
+
+
 def revision_stats(text: str) -> dict[str, dict[str, Any]]:
-    """Totals per revision since the router started, for dashboards (``onnxship status``)."""
+    """Totals per revision since the router started, for dashboards (``onnxship status``);
+    revisions that generated text add time to first token, inter-token latency and tokens."""
     out: dict[str, dict[str, Any]] = {}
     for rev, c in parse_counters(text).items():
         p50, p99 = quantile(0.5, c.buckets), quantile(0.99, c.buckets)
@@ -216,6 +343,15 @@ def revision_stats(text: str) -> dict[str, dict[str, Any]]:
             "p99_ms": p99 * 1000 if p99 is not None else None,
             "mirrored": int(c.mirrored),
         }
+        gen = c.tokens
+        if gen.streams or gen.tokens:
+            out[rev].update(
+                ttft_p50_ms=_ms(0.5, gen.ttft),
+                ttft_p99_ms=_ms(0.99, gen.ttft),
+                itl_p99_ms=_ms(0.99, gen.itl),
+                tokens=int(gen.tokens),
+                streams=int(gen.streams),
+            )
     return out
 
 

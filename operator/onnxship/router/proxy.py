@@ -4,6 +4,12 @@ Bodies are read once and forwarded as bytes, never parsed (binary tensors includ
 mirrored answers are decoded, after the user has been answered. A route change swaps one
 ``Routing`` object: requests in flight keep the backend they were given, and the client
 connection pool outlives any table, so weight changes under load drop nothing.
+
+Answers with a Content-Length are forwarded whole. Chunked, close-delimited and event-stream
+answers (a language model's tokens) are passed on piece by piece as they arrive; a client
+that leaves closes the backend's request (the server is told to stop, through
+``handler_cancellation``), and a backend that breaks off a stream cuts the client's
+connection (so it sees an incomplete answer, not a hang) and counts as the revision's error.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from onnxship.api.routes import Backend, RouteTable
 from .balance import ENVIRONMENT_HEADER, REVISION_HEADER, Routing
 from .compare import HEADER_LENGTH, compare_answers
 from .metrics import RouterMetrics
-from .upstream import UpstreamError, UpstreamPool, UpstreamTimeout
+from .streams import EVENT_STREAM, StreamMeter, answer_tokens, is_generation
+from .upstream import Stream, UpstreamError, UpstreamPool, UpstreamTimeout
 
 log = logging.getLogger("onnxship.router")
 
@@ -148,13 +155,90 @@ class Router:
             [(k, v) for k, v in request.headers.items() if k.lower() not in _SKIP_REQUEST],
             await _read_body(request),
         )
-        answer = await self._send(backend, call, "primary")
+        started = time.perf_counter()
+        try:
+            status, raw, body = await self.upstream.open(
+                backend.url, call.method, call.path_qs, call.headers, call.body,
+                self.settings.timeout,
+            )  # fmt: skip
+        except UpstreamTimeout:
+            answer = _error(504, f"revision {backend.revision} timed out")
+            self._failed(backend)
+        except UpstreamError as exc:
+            answer = _error(502, f"revision {backend.revision} unreachable: {exc}")
+            self._failed(backend)
+        else:
+            self.health.ok(backend)
+            headers = CIMultiDict((k, v) for k, v in raw if k.lower() not in _SKIP_RESPONSE)
+            if isinstance(body, Stream):
+                copy_to = routing.mirror_for(backend)
+                if copy_to is not None:
+                    self._mirror(copy_to, backend, call, None)
+                return await self._stream(request, backend, status, headers, body, started)
+            answer = _Answer(status, headers, body)
+        self.metrics.observe(
+            backend.revision, backend.environment, answer.status, "primary",
+            time.perf_counter() - started,
+        )  # fmt: skip
+        if answer.status == 200 and is_generation(call.path_qs):
+            piece = answer_tokens(answer.body)
+            if piece is not None and piece.usage:
+                self.metrics.generated(backend.revision, backend.environment, piece.usage)
         copy_to = routing.mirror_for(backend)
         if copy_to is not None:
             self._mirror(copy_to, backend, call, answer)
         # Which revision answered (its errors too): what a user checks during a canary.
         answer.headers[REVISION_HEADER] = backend.revision
         return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+
+    async def _stream(
+        self,
+        request: web.BaseRequest,
+        backend: Backend,
+        status: int,
+        headers: CIMultiDict[str],
+        body: Stream,
+        started: float,
+    ) -> web.StreamResponse:
+        """Pass a streamed answer on as it comes, metering its tokens; count it at its end."""
+        headers[REVISION_HEADER] = backend.revision
+        sse = headers.get("Content-Type", "").lower().startswith(EVENT_STREAM)
+        meter = StreamMeter(started, sse)
+        resp = web.StreamResponse(status=status, headers=headers)
+        code, outcome = status, "abandoned"
+        timeout = self.settings.timeout
+        clock = time.perf_counter
+        try:
+            await resp.prepare(request)
+            while True:
+                try:
+                    piece = await body.read(timeout)
+                except UpstreamError as exc:
+                    code, outcome = (504 if isinstance(exc, UpstreamTimeout) else 502), "broken"
+                    self._failed(backend)
+                    log.warning(
+                        "revision %s broke off a streamed answer to %s: %s",
+                        backend.revision, request.path, exc,
+                    )  # fmt: skip
+                    # No last chunk: the client sees an incomplete answer end, not a hang.
+                    if request.transport is not None:
+                        request.transport.close()
+                    return resp
+                if not piece:
+                    break
+                meter.feed(piece, clock())
+                await resp.write(piece)
+            await resp.write_eof()
+            outcome = "complete"
+        except ConnectionError:
+            pass  # the client left while we wrote; aiohttp closes its side quietly
+        finally:
+            # Early (the client left, or a cancel): closing drops the backend's connection.
+            body.close()
+            env = backend.environment
+            self.metrics.observe(backend.revision, env, code, "primary", clock() - started)
+            self.metrics.streamed(backend.revision, env, meter, outcome)
+        return resp
 
     async def _send(self, backend: Backend, call: _Call, role: str) -> _Answer:
         """One round trip to ``backend``, counted; transport failures become 502/504."""
@@ -187,7 +271,9 @@ class Router:
 
     # ------------------------------------------------------------ mirroring
 
-    def _mirror(self, canary: Backend, stable: Backend, call: _Call, answer: _Answer) -> None:
+    def _mirror(
+        self, canary: Backend, stable: Backend, call: _Call, answer: _Answer | None
+    ) -> None:
         if len(self.mirrors) >= self.settings.max_mirrors_in_flight:
             self.metrics.mirror_dropped.inc()
             return
@@ -195,14 +281,16 @@ class Router:
         self.mirrors.add(task)
         task.add_done_callback(self.mirrors.discard)
 
-    async def _shadow(self, canary: Backend, stable: Backend, call: _Call, answer: _Answer) -> None:
+    async def _shadow(
+        self, canary: Backend, stable: Backend, call: _Call, answer: _Answer | None
+    ) -> None:
         """Send the copy, count it, compare the answers; the user has been answered."""
         try:
             copy = await self._send(canary, call, "mirror")
         except Exception:  # a mirror must never take the router down
             log.exception("mirror to %s failed", canary.url)
             return
-        if copy.status != 200 or answer.status != 200 or call.method != "POST":
+        if answer is None or copy.status != 200 or answer.status != 200 or call.method != "POST":
             return
         args = (answer.body, answer.header_length, copy.body, copy.header_length)
         if len(copy.body) > 1 << 20:  # big tensors: decode off the event loop

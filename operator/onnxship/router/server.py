@@ -1,8 +1,9 @@
 """``onnxship route``: the router process. Inference port, admin port, a watched routes file.
 
-The inference port proxies ``/v2/...`` and serves ``/metrics`` and ``/healthz``; it cannot
-change routes. The admin port (``GET``/``PUT /onnxship/routes``, bearer token when one is
-set) and the routes file can. In the cluster the file is a mounted ConfigMap, which the
+The inference port proxies ``/v2/...`` (Open Inference Protocol) and ``/v1/...`` (the OpenAI
+API of language models) and serves ``/metrics`` and ``/healthz``; it cannot change routes.
+The admin port (``GET``/``PUT /onnxship/routes``, bearer token when one is set) and the
+routes file can. In the cluster the file is a mounted ConfigMap, which the
 kubelet swaps atomically; the watcher polls its modification time and size.
 """
 
@@ -99,7 +100,7 @@ def inference_server(router: Router) -> web.Server:
 
     async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
         path = request.path
-        if path == "/v2" or path.startswith("/v2/"):
+        if path.startswith(("/v2/", "/v1/")) or path == "/v2":
             return await router.handle(request)
         if path == "/metrics" and request.method == "GET":
             return web.Response(body=router.metrics.exposition(), content_type="text/plain")
@@ -118,7 +119,9 @@ def inference_server(router: Router) -> web.Server:
             message, payload, protocol, writer, task, loop, client_max_size=max_body
         )
 
-    return web.Server(dispatch, request_factory=make_request)
+    # A client that disconnects cancels its handler, which closes the backend's request: a
+    # language model stops generating for nobody.
+    return web.Server(dispatch, request_factory=make_request, handler_cancellation=True)
 
 
 def admin_app(router: Router, token: str, routes_file: Path | None) -> web.Application:

@@ -5,12 +5,18 @@ response objects, tracing hooks, timers); the router's whole budget is half a mi
 This client does one thing: send a request with a known body to a backend that speaks
 HTTP/1.1, and read back status, headers and body (Content-Length, chunked, or until close).
 Bodies are bytes in and bytes out; nothing is parsed.
+
+``request`` reads the whole answer. ``open`` does too for answers with a Content-Length (the
+inference protocol's, at the same cost), but hands back a ``Stream`` as soon as the head of
+a chunked, close-delimited or server-sent-events answer arrives: its pieces are read as they
+come, the backend is paused while the reader falls behind, and closing it early closes the
+backend's connection (the backend sees the disconnect).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+from collections import defaultdict, deque
 from urllib.parse import urlsplit
 
 
@@ -23,7 +29,12 @@ class UpstreamTimeout(UpstreamError):
 
 
 Headers = list[tuple[str, str]]
-Reply = tuple[int, Headers, bytes, bool]  # status, headers, body, keep-alive
+Reply = tuple[int, Headers, bytes | None, bool]  # status, headers, body (None: streamed), keep
+
+# Pause reading a streamed answer while this much waits for the client (resumed once read).
+STREAM_HIGH = 1 << 20
+# Answers streamed even when they carry a Content-Length.
+_STREAMED_TYPES = ("text/event-stream", "application/x-ndjson", "application/jsonl")
 
 
 class _Connection(asyncio.Protocol):
@@ -39,6 +50,8 @@ class _Connection(asyncio.Protocol):
     def _reset(self) -> None:
         self.no_body = False
         self.received = False
+        self.stream_ok = False
+        self.streaming = False
         self._reset_head()
 
     def _reset_head(self) -> None:
@@ -49,6 +62,7 @@ class _Connection(asyncio.Protocol):
         self.chunked = False
         self.chunks = bytearray()
         self.keep_alive = True
+        self.content_type = ""
 
     # -------------------------------------------------------------- asyncio.Protocol
 
@@ -59,7 +73,9 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.received = True
         self.buf += data
-        if self.waiter is not None and not self.waiter.done():
+        if self.streaming:
+            self.stream.feed()
+        elif self.waiter is not None and not self.waiter.done():
             try:
                 self._parse()
             except (ValueError, IndexError) as exc:
@@ -67,6 +83,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.streaming:
+            self.stream.lost(exc)
+            return
         waiter = self.waiter
         if waiter is None or waiter.done():
             return
@@ -78,10 +97,11 @@ class _Connection(asyncio.Protocol):
 
     # -------------------------------------------------------------- request / response
 
-    def send(self, data: bytes, head_only: bool) -> asyncio.Future[Reply]:
+    def send(self, data: bytes, head_only: bool, stream_ok: bool = False) -> asyncio.Future[Reply]:
         assert self.transport is not None
         self._reset()
         self.no_body = head_only
+        self.stream_ok = stream_ok
         self.used = True
         self.waiter = self.loop.create_future()
         self.transport.write(data)
@@ -117,6 +137,8 @@ class _Connection(asyncio.Protocol):
                     continue
                 elif low == "connection":
                     self.keep_alive = "close" not in value.lower()
+                elif low == "content-type":
+                    self.content_type = value.lower()
                 self.headers.append((name, value))
             if 100 <= self.status < 200:
                 # An interim answer (100 Continue): the real one follows on the same stream.
@@ -130,6 +152,11 @@ class _Connection(asyncio.Protocol):
                 self.length = 0
             if self.chunked:
                 self.length = None
+            if self.stream_ok and self.length != 0 and (
+                self.length is None or self.content_type.startswith(_STREAMED_TYPES)
+            ):
+                self._start_stream()
+                return
         if self.chunked:
             if _dechunk(buf, self.chunks):
                 self._done(bytes(self.chunks))
@@ -141,6 +168,154 @@ class _Connection(asyncio.Protocol):
     def _done(self, body: bytes) -> None:
         assert self.waiter is not None
         self.waiter.set_result((self.status, self.headers, body, self.keep_alive))
+
+    def _start_stream(self) -> None:
+        """The head is in: hand it over now and pass the body on as it comes."""
+        assert self.waiter is not None
+        self.streaming = True
+        self.stream = _Body(self)
+        self.waiter.set_result((self.status, self.headers, None, self.keep_alive))
+        if self.buf:
+            self.stream.feed()
+
+
+class _Body:
+    """The body of one streamed answer on one connection: framing undone, pieces queued."""
+
+    def __init__(self, conn: _Connection) -> None:
+        self.conn = conn
+        self.pieces: deque[bytes] = deque()
+        self.queued = 0
+        self.paused = False
+        self.done = False  # the whole body has arrived
+        self.error: UpstreamError | None = None
+        self.reader: asyncio.Future[None] | None = None
+        # chunked: bytes left in the current chunk; -1 a size line is next; -2 its CRLF is
+        self.left = -1 if conn.chunked else (conn.length if conn.length is not None else -1)
+
+    def feed(self) -> None:
+        conn = self.conn
+        buf = conn.buf
+        if self.done or self.error is not None:
+            if buf:  # bytes after the end of the answer: do not reuse this connection
+                conn.keep_alive = False
+                buf.clear()
+            return
+        try:
+            if conn.chunked:
+                piece = self._dechunk(buf)
+            elif conn.length is not None:
+                piece = bytes(buf[: self.left])
+                del buf[: self.left]
+                self.left -= len(piece)
+                self.done = self.left == 0
+                if buf:
+                    conn.keep_alive = False
+                    buf.clear()
+            else:  # until the connection closes
+                piece = bytes(buf)
+                buf.clear()
+        except (ValueError, IndexError) as exc:
+            self.error = UpstreamError(f"malformed chunked answer: {exc}")
+            conn.close()
+            self._wake()
+            return
+        if piece:
+            self.pieces.append(piece)
+            self.queued += len(piece)
+            if self.queued > STREAM_HIGH and not self.paused and conn.transport is not None:
+                self.paused = True
+                conn.transport.pause_reading()
+        if piece or self.done:
+            self._wake()
+
+    def _dechunk(self, buf: bytearray) -> bytes:
+        """The chunk data at the start of ``buf``, partial chunks included (consumed)."""
+        out = bytearray()
+        while True:
+            if self.left > 0:
+                take = min(self.left, len(buf))
+                if take == 0:
+                    break
+                out += buf[:take]
+                del buf[:take]
+                self.left -= take
+                if self.left:
+                    break
+                self.left = -2
+            if self.left == -2:
+                if len(buf) < 2:
+                    break
+                if buf[:2] != b"\r\n":
+                    raise ValueError("chunk data not followed by CRLF")
+                del buf[:2]
+                self.left = -1
+            eol = buf.find(b"\r\n")
+            if eol < 0:
+                if len(buf) > 4096:
+                    raise ValueError("chunk size line too long")
+                break
+            size = int(bytes(buf[:eol]).split(b";", 1)[0], 16)
+            if size == 0:
+                if buf[eol + 2 : eol + 4] == b"\r\n":  # no trailers
+                    end = eol + 4
+                else:
+                    end = buf.find(b"\r\n\r\n", eol)
+                    if end < 0:
+                        break
+                    end += 4
+                del buf[:end]
+                self.done = True
+                if buf:
+                    self.conn.keep_alive = False
+                    buf.clear()
+                break
+            del buf[: eol + 2]
+            self.left = size
+        return bytes(out)
+
+    def lost(self, exc: Exception | None) -> None:
+        if not self.done and self.error is None:
+            if self.conn.chunked or self.conn.length is not None:
+                self.error = UpstreamError(
+                    f"the backend broke off the answer: {exc or 'connection closed'}"
+                )
+            else:
+                self.done = True
+        self._wake()
+
+    def _wake(self) -> None:
+        reader = self.reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
+
+    async def read(self, timeout: float) -> bytes:
+        """What has arrived since the last read (waiting for it); b"" at the end."""
+        while not self.pieces:
+            if self.error is not None:
+                raise self.error
+            if self.done:
+                return b""
+            loop = self.conn.loop
+            self.reader = reader = loop.create_future()
+            timer = loop.call_later(timeout, _expire_read, reader, timeout)
+            try:
+                await reader
+            finally:
+                timer.cancel()
+                self.reader = None
+        piece = self.pieces.popleft() if len(self.pieces) == 1 else b"".join(self.pieces)
+        self.pieces.clear()
+        self.queued = 0
+        if self.paused and self.conn.transport is not None:
+            self.paused = False
+            self.conn.transport.resume_reading()
+        return piece
+
+
+def _expire_read(reader: asyncio.Future[None], timeout: float) -> None:
+    if not reader.done():
+        reader.set_exception(UpstreamTimeout(f"no data from the backend for {timeout:g}s"))
 
 
 def _dechunk(buf: bytearray, out: bytearray) -> bool:
@@ -174,6 +349,35 @@ def _expire(future: asyncio.Future[Reply], url: str, timeout: float) -> None:
         future.set_exception(UpstreamTimeout(f"{url} did not answer within {timeout:g}s"))
 
 
+class Stream:
+    """A streamed answer's body: ``read`` it until b"", then ``close`` (always: early, it
+    drops the backend's connection; at the end, it gives the connection back to the pool).
+    """
+
+    def __init__(self, pool: UpstreamPool, key: tuple[str, int], conn: _Connection) -> None:
+        self.pool, self.key, self.conn = pool, key, conn
+        self.body = conn.stream
+        self.closed = False
+
+    async def read(self, timeout: float) -> bytes:
+        return await self.body.read(timeout)
+
+    @property
+    def complete(self) -> bool:
+        return self.body.done and not self.body.pieces
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        conn = self.conn
+        if self.complete and conn.keep_alive and not conn.closed:
+            conn.streaming = False
+            self.pool.release(self.key, conn)
+        else:
+            conn.close()
+
+
 class UpstreamPool:
     """Idle keep-alive connections per backend, created on demand."""
 
@@ -204,6 +408,37 @@ class UpstreamPool:
         body: bytes,
         timeout: float,
     ) -> tuple[int, Headers, bytes]:
+        """One round trip, the whole answer read."""
+        status, out_headers, out_body = await self._exchange(
+            url, method, path_qs, headers, body, timeout, False
+        )
+        assert isinstance(out_body, bytes)
+        return status, out_headers, out_body
+
+    async def open(
+        self,
+        url: str,
+        method: str,
+        path_qs: str,
+        headers: Headers,
+        body: bytes,
+        timeout: float,
+    ) -> tuple[int, Headers, bytes | Stream]:
+        """Like ``request``, but a chunked, close-delimited or event-stream answer comes back
+        as a ``Stream`` once its head has arrived (``timeout`` bounds the head, then each
+        wait for more of the body)."""
+        return await self._exchange(url, method, path_qs, headers, body, timeout, True)
+
+    async def _exchange(
+        self,
+        url: str,
+        method: str,
+        path_qs: str,
+        headers: Headers,
+        body: bytes,
+        timeout: float,
+        stream_ok: bool,
+    ) -> tuple[int, Headers, bytes | Stream]:
         host, port, prefix = self._address(url)
         head = [f"{method} {prefix}{path_qs} HTTP/1.1\r\nHost: {host}:{port}\r\n"]
         for name, value in headers:
@@ -220,7 +455,7 @@ class UpstreamPool:
             reused = conn is not None
             if conn is None:
                 conn = await self._connect(host, port, url, deadline)
-            future = conn.send(data, method == "HEAD")
+            future = conn.send(data, method == "HEAD", stream_ok)
             # A timer handle, not asyncio.wait_for: wait_for costs a task per request.
             timer = loop.call_at(deadline, _expire, future, url, timeout)
             try:
@@ -234,15 +469,28 @@ class UpstreamPool:
                 if reused and attempt == 0 and not conn.received:
                     continue
                 raise
+            except asyncio.CancelledError:
+                conn.close()  # the client went away: so does the backend's request
+                raise
             finally:
                 timer.cancel()
-            if keep and not conn.closed and len(self.idle[key]) < self.max_idle:
-                conn.waiter = None
-                self.idle[key].append(conn)
+            if out_body is None:
+                return status, out_headers, Stream(self, key, conn)
+            if keep and not conn.closed:
+                self.release(key, conn)
             else:
                 conn.close()
             return status, out_headers, out_body
         raise UpstreamError("unreachable")  # pragma: no cover
+
+    def release(self, key: tuple[str, int], conn: _Connection) -> None:
+        """Keep ``conn`` for the next request to the same backend (or close it)."""
+        stack = self.idle[key]
+        if len(stack) < self.max_idle:
+            conn.waiter = None
+            stack.append(conn)
+        else:
+            conn.close()
 
     def _address(self, url: str) -> tuple[str, int, str]:
         found = self.addresses.get(url)

@@ -1,0 +1,176 @@
+"""Reading a generation's answer as it passes through the router: events, tokens, their times.
+
+The router measures what a user of a language model waits for: the time to the first token,
+the gaps between tokens, and how many tokens came out. A streamed answer is read as
+server-sent events (``data:`` lines, events split by a blank line); an event carries a token
+when its text is not empty, in the shapes the field uses:
+
+- OpenAI (``/v1/chat/completions``, ``/v1/completions``): ``choices[].delta.content`` or
+  ``choices[].text``; the role-only first chunk and the usage-only last chunk carry none;
+- the Open Inference Protocol's generate extension: ``text_output``;
+- Text Generation Inference: ``token.text``;
+- anything else (not JSON, or JSON of another shape): every data event but ``[DONE]``.
+
+The token count is ``usage.completion_tokens`` when the answer reports it (a server may send
+several tokens in one event), else the number of events that carried a token. A streamed
+answer that is not an event stream has a first byte (its time to first token) and nothing
+else. ``collect`` keeps the generated text and any token ids, for mirror comparisons.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+EVENT_STREAM = "text/event-stream"
+
+
+def is_generation(path: str) -> bool:
+    """A path whose answers are generations (OpenAI completions, OIP generate)."""
+    path = path.split("?", 1)[0].rstrip("/")
+    return path.endswith(("/completions", "/generate", "/generate_stream"))
+
+
+@dataclass(frozen=True)
+class Piece:
+    """What one event or answer body says about the generation."""
+
+    token: bool = False  # carries generated text
+    text: str = ""
+    usage: int | None = None  # completion_tokens, when reported
+    ids: tuple[int, ...] = ()  # token ids, when the server sends them
+
+
+def read_event(doc: Any) -> Piece:
+    """The generated text, usage and token ids in one decoded event (or whole answer)."""
+    if not isinstance(doc, dict):
+        return Piece(token=True)
+    usage = doc.get("usage")
+    completion = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    used = completion if isinstance(completion, int) else None
+    if "choices" in doc:
+        texts: list[str] = []
+        ids: list[int] = []
+        for choice in doc.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta")
+            source = delta if isinstance(delta, dict) else choice
+            content = source.get("content") if isinstance(delta, dict) else None
+            if content is None:
+                message = choice.get("message")
+                content = message.get("content") if isinstance(message, dict) else None
+            if content is None:
+                content = choice.get("text")
+            if isinstance(content, str):
+                texts.append(content)
+            ids += _ids(choice.get("token_ids") or source.get("token_ids"))
+        text = "".join(texts)
+        return Piece(bool(text), text, used, tuple(ids))
+    if "text_output" in doc:
+        text = doc.get("text_output")
+        text = text if isinstance(text, str) else ""
+        return Piece(bool(text), text, used, _ids(doc.get("token_ids")))
+    token = doc.get("token")
+    if isinstance(token, dict):
+        text = token.get("text")
+        text = text if isinstance(text, str) else ""
+        tid = token.get("id")
+        ids = (tid,) if isinstance(tid, int) and not token.get("special") else ()
+        return Piece(bool(text) or bool(ids), text, used, ids)
+    return Piece(token=used is None, usage=used)
+
+
+def _ids(value: Any) -> tuple[int, ...]:
+    if isinstance(value, list) and all(isinstance(v, int) for v in value):
+        return tuple(value)
+    return ()
+
+
+def answer_tokens(body: bytes) -> Piece | None:
+    """A whole (not streamed) generation answer read like one event; None if not JSON."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return read_event(doc)
+
+
+@dataclass
+class StreamMeter:
+    """Times and tokens of one streamed answer, fed with its bytes as they pass."""
+
+    started: float  # when the router received the request (perf_counter)
+    sse: bool
+    collect: bool = False
+    first: float | None = None  # first token (first byte when not an event stream)
+    last: float | None = None  # latest token
+    gaps: list[float] = field(default_factory=list)  # between token-carrying events
+    events: int = 0  # token-carrying events
+    usage: int | None = None
+    finished: bool = False  # `data: [DONE]` seen
+    texts: list[str] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    _pending: bytes = b""
+
+    @property
+    def tokens(self) -> int:
+        return self.usage if self.usage is not None else self.events
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first is None else self.first - self.started
+
+    @property
+    def text(self) -> str:
+        return "".join(self.texts)
+
+    def feed(self, data: bytes, now: float) -> None:
+        if not self.sse:
+            if self.first is None and data:
+                self.first = now
+            return
+        buf = self._pending + data if self._pending else data
+        if b"\r" in buf:  # SSE allows CRLF and CR line ends; a CR at the end may start a CRLF
+            keep_cr = buf.endswith(b"\r")
+            buf = buf[:-1] if keep_cr else buf
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + (b"\r" if keep_cr else b"")
+        start = 0
+        while True:
+            end = buf.find(b"\n\n", start)
+            if end < 0:
+                break
+            self._event(buf[start:end], now)
+            start = end + 2
+        self._pending = buf[start:]
+
+    def _event(self, block: bytes, now: float) -> None:
+        data: list[bytes] = []
+        for line in block.split(b"\n"):
+            if line.startswith(b"data:"):
+                value = line[5:]
+                data.append(value[1:] if value.startswith(b" ") else value)
+        if not data:
+            return  # a comment, a keep-alive or an event without data
+        payload = b"\n".join(data)
+        if payload.strip() == b"[DONE]":
+            self.finished = True
+            return
+        try:
+            piece = read_event(json.loads(payload))
+        except (ValueError, UnicodeDecodeError):
+            piece = Piece(token=True, text=payload.decode("utf-8", "replace"))
+        if piece.usage is not None:
+            self.usage = piece.usage
+        if not piece.token:
+            return
+        self.events += 1
+        if self.first is None:
+            self.first = now
+        elif self.last is not None:
+            self.gaps.append(now - self.last)
+        self.last = now
+        if self.collect:
+            self.texts.append(piece.text)
+            self.ids += piece.ids
