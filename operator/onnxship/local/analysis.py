@@ -35,6 +35,8 @@ class Window:
 
 
 class RouterAnalysis:
+    """One canary window at a time; its verdict waits for the next tick's observe."""
+
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint  # the router's
         self.window: Window | None = None

@@ -18,6 +18,7 @@ from onnxship.plan.actions import (
     SetTraffic,
 )
 from onnxship.plan.traffic import TrafficSplit, route_table
+from onnxship.plan.workloads import environment_weights
 
 from .events import Say
 from .options import UpOptions
@@ -30,6 +31,8 @@ Records = Callable[[str], RevisionStatus | None]
 
 
 class Executor:
+    """Applies a Decision's actions to the servers and the router."""
+
     def __init__(
         self, servers: Servers, router: RouterProcess, options: UpOptions, say: Say
     ) -> None:
@@ -72,7 +75,7 @@ class Executor:
         """
         envs = local.spec.serving.effective_environments()
         named = len(envs) > 1  # one environment: backends carry none, as in the cluster
-        env_weights = {e.name: e.weight for e in envs if e.weight is not None} if named else {}
+        env_weights = environment_weights(local.spec) if named else {}
         urls = {}
         for revision, weight in split.weights:
             served = self.servers.served.get(revision)

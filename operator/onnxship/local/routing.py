@@ -24,6 +24,8 @@ log = logging.getLogger("onnxship.local")
 
 
 class RouterProcess:
+    """The `onnxship route` child on the user's port, restarted if it dies."""
+
     def __init__(self, state: DeploymentState, options: UpOptions, say: Say) -> None:
         self.state = state
         self.options = options
