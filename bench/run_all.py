@@ -140,6 +140,15 @@ def benches(args: argparse.Namespace) -> list[Bench]:
             timeout_full=600,
             timeout_quick=300,
         ),
+        Bench(
+            "corpus",
+            "7. real-model corpus (corpus_bench.py)",
+            words("--rounds 2"),
+            words("--rounds 1 --only magika silero-vad minilm"),
+            smoke=words("--rounds 1 --only magika --calls 4"),
+            timeout_full=1800,
+            timeout_quick=600,
+        ),
     ]
 
 
@@ -618,6 +627,64 @@ def operator_figures(runs: list[dict[str, Any]]) -> list[Figure]:
     return out
 
 
+def corpus_figures(d: dict[str, Any]) -> list[Figure]:
+    """Per real model: published with defaults or refused, size, agreement per output and
+    compress time, each against one plain quantize_dynamic pass on the same model."""
+    s = "7. real-model corpus"
+    if "skipped" in d:
+        return [Figure(s, "corpus", None, None, "", "", note=f"skipped: {d['skipped']}")]
+    models = d["models"]
+    published = [n for n, m in models.items() if m["rounds"][0]["exit"] == 0]
+    exits = ", ".join(f"{n} {m['rounds'][0]['exit']}" for n, m in models.items())
+    out = [
+        fig(s, "published with defaults", len(published), len(models), "models",
+            "models in the corpus", better="higher", note=f"exit codes: {exits}")
+    ]  # fmt: skip
+
+    def per_output(a: dict[str, Any] | None) -> str:
+        if not a or "error" in a:
+            return (a or {}).get("error", "-")
+        return " / ".join(f"{k} {v.get('cosine', '-')}" for k, v in a.items())
+
+    def worst(a: dict[str, Any] | None) -> float | None:
+        vals = [v["cosine"] for v in (a or {}).values() if isinstance(v, dict) and "cosine" in v]
+        return min(vals) if vals else None
+
+    for name, m in models.items():
+        first = m["rounds"][0]
+        fp32_mb = m["fp32_bytes"] / 1e6
+        anchor_mb = first["anchor_bytes"] / 1e6 if first.get("anchor_bytes") else None
+        if first["exit"] == 0:
+            ours_mb = first["bytes"] / 1e6
+            chosen = next((c["name"] for c in first.get("candidates", []) if c["chosen"]), "")
+            note = f"fp32 {fp32_mb:.2f} MB, {fp32_mb / ours_mb:.2f}x smaller; " + (
+                f"chose {chosen}" if chosen else ", ".join(first.get("steps", []))
+            )
+        else:
+            ours_mb = None
+            cands = [c for c in first.get("candidates", []) if c.get("bytes")]
+            best = min(cands, key=lambda c: c["bytes"]) if cands else None
+            note = f"exit {first['exit']}" + (
+                f"; smallest candidate {best['name']} {best['bytes'] / 1e6:.2f} MB" if best else ""
+            ) + (f": {first['error'][:90]}" if first.get("error") else "")
+        out.append(fig(s, f"size, {name}", ours_mb, anchor_mb, "MB",
+                       "quantize_dynamic() defaults", note=note))  # fmt: skip
+        out.append(
+            fig(s, f"agreement (worst output cosine), {name}", worst(first.get("agreement")),
+                worst(first.get("anchor_agreement")), "", "quantize_dynamic()", better="higher",
+                note=f"ours: {per_output(first.get('agreement'))}; anchor: "
+                f"{per_output(first.get('anchor_agreement'))}")
+        )  # fmt: skip
+        rounds = m["rounds"]
+        out.append(
+            fig(s, f"compress time, {name}", [r["seconds"] for r in rounds],
+                [r["anchor_seconds"] for r in rounds], "s",
+                "one quantize_dynamic() pass (own interpreter)",
+                note=f"exit {first['exit']}" + (", TRACEBACK" if first["traceback"] else ""))
+        )  # fmt: skip
+    return out
+
+
 def figures() -> tuple[list[Figure], dict[str, Any]]:
     figs: list[Figure] = []
     raw: dict[str, Any] = {}
@@ -641,6 +708,13 @@ def figures() -> tuple[list[Figure], dict[str, Any]]:
     raw["operator"] = ops or None
     if ops:
         figs += operator_figures(ops)
+    corpus = load("corpus")
+    raw["corpus"] = corpus
+    if corpus is not None:
+        try:
+            figs += corpus_figures(corpus)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+            figs.append(Figure("corpus", "report", None, None, "", "", note=f"unreadable: {exc!r}"))
     return figs, raw
 
 
@@ -835,7 +909,7 @@ def main() -> None:
         "--only",
         nargs="+",
         metavar="NAME",
-        help="compress serve router cold_start rollout operator",
+        help="compress serve router cold_start rollout operator corpus",
     )
     ap.add_argument(
         "--report-only",
