@@ -70,6 +70,12 @@ def serve_command(
         "--pad-sequences/--no-pad-sequences",
         help="Batch different sequence lengths by padding (models with attention_mask).",
     ),
+    max_sequences: int = typer.Option(
+        8, "--max-sequences", help="Causal LMs: sequences generated at once (KV cache slots)."
+    ),
+    max_context: int = typer.Option(
+        0, "--max-context", help="Causal LMs: tokens per sequence; 0 = min(4096, the model's)."
+    ),
     grace_period_s: float = typer.Option(
         30.0, "--grace-period", help="Seconds in-flight requests get after SIGTERM."
     ),
@@ -103,6 +109,8 @@ def serve_command(
             instances=instances,
             max_body_bytes=max_body_bytes,
             pad_sequences=pad_sequences,
+            max_sequences=max_sequences,
+            max_context=max_context,
             grace_period_s=grace_period_s,
             warmup=warmup,
         )

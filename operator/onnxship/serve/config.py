@@ -48,6 +48,12 @@ class ServeConfig(BaseModel):
         description="Batch different sequence lengths by padding (needs attention_mask).",
     )
 
+    # --- causal LMs (generation): sequences decoded together, each with its own KV cache slot
+    max_sequences: int = Field(8, ge=1, le=256, description="Sequences generated at once.")
+    max_context: int = Field(
+        0, ge=0, le=1 << 20, description="Tokens per sequence (prompt + answer); 0: model, <= 4096."
+    )
+
     # --- lifecycle
     warmup: bool = True
     grace_period_s: float = Field(30.0, ge=0)

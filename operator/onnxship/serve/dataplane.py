@@ -15,7 +15,8 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,9 +26,13 @@ from . import tensors
 from .batcher import Scheduler
 from .config import ServeConfig
 from .errors import InvalidInput, ModelNotFound, NotReady, ServeError
+from .llm import causal_lm_folder
 from .loader import resolve_model_file
 from .metrics import ServeMetrics
 from .model import LoadedModel
+
+if TYPE_CHECKING:
+    from .llm.service import LlmService
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +92,7 @@ class DataPlane:
         self.metrics = metrics or ServeMetrics(config.name, config.version)
         self.state = State.loading
         self.model: LoadedModel | None = None
+        self.llm: LlmService | None = None  # a causal LM: it generates (serve/llm/)
         self.scheduler: Scheduler | None = None
         self.in_flight = 0
         self._idle = asyncio.Event()
@@ -105,6 +111,8 @@ class DataPlane:
         start = time.perf_counter()
         try:
             path = await loop.run_in_executor(self._executor, resolve_model_file, self.config)
+            if (folder := causal_lm_folder(path)) is not None:
+                return await self._load_llm(folder, start)
             model = await loop.run_in_executor(self._executor, LoadedModel.load, path, self.config)
         except BaseException:
             self.state = State.failed
@@ -146,6 +154,37 @@ class DataPlane:
             },
         )
 
+    async def _load_llm(self, folder: Path, start: float) -> None:
+        from .llm.service import LlmService  # onnxruntime-genai, only for causal LMs
+
+        loop = asyncio.get_running_loop()
+        try:
+            llm = await loop.run_in_executor(self._executor, LlmService.load, folder, self.config)
+        except BaseException:
+            self.state = State.failed
+            raise
+        llm.start(self.config, self.metrics)
+        self.llm = llm
+        seconds = time.perf_counter() - start
+        self.metrics.loaded(seconds)
+        self.state = State.ready
+        self.metrics.ready(True)
+        rt = llm.runtime
+        log.info(
+            "model ready",
+            extra={
+                "model": self.name,
+                "version": self.version,
+                "kind": "causal-lm",
+                "path": str(folder),
+                "load_seconds": round(seconds, 3),
+                "sequences": rt.slots,
+                "context": rt.max_len,
+                "kv_cache_bytes": rt.kv_bytes,
+                "warmup": "one short generation" if self.config.warmup else "off",
+            },
+        )
+
     async def drain(self, grace_s: float) -> bool:
         """Stop taking requests and wait for those in flight; False if the grace ran out."""
         if self.state is State.ready:
@@ -158,6 +197,8 @@ class DataPlane:
         return True
 
     async def close(self) -> None:
+        if self.llm is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.llm.close)
         if self.scheduler is not None:
             await self.scheduler.stop()
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -179,6 +220,8 @@ class DataPlane:
 
     def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
         self.check_model(name, version)
+        if self.llm is not None and self.state is State.ready:
+            return self.llm.metadata(self.name, self.version)
         model = self._require_model()
         sig = model.signature
         return {
@@ -246,6 +289,11 @@ class DataPlane:
     def _require_model(self) -> LoadedModel:
         if self.state is State.ready and self.model is not None:
             return self.model
+        if self.state is State.ready and self.llm is not None:
+            raise InvalidInput(
+                f"model {self.name!r} is a causal LM: it generates text; use "
+                f"POST /v2/models/{self.name}/generate or /v1/chat/completions"
+            )
         if self.state is State.draining:
             raise NotReady("server is shutting down; retry on another replica")
         if self.state is State.failed:

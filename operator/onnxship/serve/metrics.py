@@ -112,3 +112,109 @@ class ServeMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+# Generation: first tokens take a prompt's run (tens of ms to seconds), whole answers up to
+# minutes; inter-token gaps are one decode step (ms to hundreds of ms).
+GENERATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+TOKEN_GAP_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
+
+
+class LlmMetrics:
+    """A causal LM's generation metrics, in the server's registry beside the ones above.
+
+    The ``vllm:*`` gauges are what the Kubernetes Gateway API Inference Extension's
+    model-server protocol reads (its reference names are vLLM's), so an inference gateway
+    (llm-d, KServe's) can route to these pods by queue length and KV cache use.
+    """
+
+    def __init__(self, metrics: ServeMetrics) -> None:
+        reg, labels = metrics.registry, ["model", "version"]
+        values = (metrics._model, metrics._version)
+
+        def hist(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, labels, buckets=buckets, registry=reg).labels(*values)
+
+        def gauge(name: str, doc: str, names: list[str] = labels) -> Gauge:
+            value = values if names is labels else (metrics._model,)
+            return Gauge(name, doc, names, registry=reg).labels(*value)
+
+        self._ttft = hist(
+            "onnxship_llm_time_to_first_token_seconds",
+            "From a generation request's arrival to its first token.",
+            GENERATION_BUCKETS,
+        )
+        self._itl = hist(
+            "onnxship_llm_inter_token_latency_seconds",
+            "Between two tokens of one sequence.",
+            TOKEN_GAP_BUCKETS,
+        )
+        self._e2e = hist(
+            "onnxship_llm_e2e_request_latency_seconds",
+            "From a generation request's arrival to its last token.",
+            GENERATION_BUCKETS,
+        )
+        self._queue = hist(
+            "onnxship_llm_queue_time_seconds",
+            "From arrival until its prompt starts running.",
+            GENERATION_BUCKETS,
+        )
+        self._prompt = Counter(
+            "onnxship_llm_prompt_tokens", "Prompt tokens run.", labels, registry=reg
+        ).labels(*values)
+        self._generated = Counter(
+            "onnxship_llm_generation_tokens", "Tokens generated.", labels, registry=reg
+        ).labels(*values)
+        self._finished = Counter(
+            "onnxship_llm_requests",
+            "Finished generations by reason (stop, length, abort, error).",
+            [*labels, "finish_reason"],
+            registry=reg,
+        )
+        self._steps_after_abort = Counter(
+            "onnxship_llm_decode_steps_after_abort",
+            "Decode steps run for a sequence after its client went away (at most 1 each).",
+            labels,
+            registry=reg,
+        ).labels(*values)
+        self._running = gauge("onnxship_llm_requests_running", "Sequences being generated.")
+        self._waiting = gauge("onnxship_llm_requests_waiting", "Requests waiting for a slot.")
+        self._kv = gauge(
+            "onnxship_llm_kv_cache_usage_ratio", "Tokens in the KV cache over its capacity (0-1)."
+        )
+        self._kv_bytes = gauge("onnxship_llm_kv_cache_bytes", "KV cache capacity in bytes.")
+        gw = ["model_name"]
+        self._gw_waiting = gauge("vllm:num_requests_waiting", "Requests waiting (GIE).", gw)
+        self._gw_running = gauge("vllm:num_requests_running", "Requests running (GIE).", gw)
+        self._gw_kv = gauge("vllm:kv_cache_usage_perc", "KV cache usage, 0-1 (GIE).", gw)
+        self._values = values
+
+    def queued(self, seconds: float) -> None:
+        self._queue.observe(seconds)
+
+    def first_token(self, seconds: float) -> None:
+        self._ttft.observe(seconds)
+
+    def inter_token(self, seconds: float) -> None:
+        self._itl.observe(seconds)
+
+    def finished(self, reason: str, seconds: float, prompt: int, completion: int) -> None:
+        self._finished.labels(*self._values, reason).inc()
+        self._prompt.inc(prompt)
+        self._generated.inc(completion)
+        if reason in ("stop", "length"):
+            self._e2e.observe(seconds)
+
+    def aborted(self, steps_after: int) -> None:
+        self._steps_after_abort.inc(steps_after)
+
+    def occupancy(self, running: int, waiting: int, kv_used: float) -> None:
+        self._running.set(running)
+        self._gw_running.set(running)
+        self._waiting.set(waiting)
+        self._gw_waiting.set(waiting)
+        self._kv.set(kv_used)
+        self._gw_kv.set(kv_used)
+
+    def capacity(self, kv_bytes: int) -> None:
+        self._kv_bytes.set(kv_bytes)

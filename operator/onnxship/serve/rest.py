@@ -19,6 +19,7 @@ from aiohttp import web
 from . import tensors
 from .dataplane import DataPlane, InferRequest, InferResult, RequestTensor
 from .errors import BodyTooLarge, InvalidInput, ServeError
+from .llm.http import LlmRoutes
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class RestFrontEnd:
         app.router.add_post("/v2/models/{name}/infer", self.infer)
         app.router.add_post("/v2/models/{name}/versions/{version}/infer", self.infer)
         app.router.add_get("/metrics", self.metrics)
+        LlmRoutes(self.dp).add_to(app)  # generation, when the model is a causal LM
         return app
 
     # ------------------------------------------------------------------ health and metadata

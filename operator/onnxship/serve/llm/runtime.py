@@ -1,0 +1,137 @@
+"""The decoder over plain ONNX Runtime: one session, a KV cache in preallocated slots.
+
+The graph is ONNX Runtime GenAI's (``past_key_values.N.key/value`` in, ``present.N.*`` and
+``logits`` out, GroupQueryAttention inside). GroupQueryAttention finds each row's length from
+``attention_mask`` (its sum) and, when a present output is bound to the very memory of its past
+input, writes the new keys and values in place: the cache is never copied. So each sequence
+owns one slot (a row of a [slots, kv_heads, max_len, head] buffer per layer), a prompt is run
+alone on its slot, and one decode step runs rows 0..n of the buffer at once, each row with its
+own length (right padding in the mask). This is what lets requests join and leave a running
+batch at any step, which onnxruntime-genai's CPU Engine (static batches) cannot.
+
+Blocking: everything here runs on the engine's one thread; ORT releases the GIL while it runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+_ORT_FLOAT = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+@dataclass(frozen=True)
+class DecoderLayout:
+    """What genai_config.json and the graph say about the KV cache."""
+
+    layers: int
+    kv_heads: int
+    head_size: int
+    context: int
+    eos: tuple[int, ...]
+    pad: int
+    kv_dtype: type[np.floating]
+    input_ids: str
+    attention_mask: str
+    past_key: str  # with %d
+    past_value: str
+    present_key: str
+    present_value: str
+    logits: str
+
+    @property
+    def bytes_per_token(self) -> int:
+        """KV cache bytes one token takes in one sequence (keys and values, every layer)."""
+        return 2 * self.layers * self.kv_heads * self.head_size * np.dtype(self.kv_dtype).itemsize
+
+    @classmethod
+    def read(cls, folder: Path, session: ort.InferenceSession) -> DecoderLayout:
+        config = json.loads((folder / "genai_config.json").read_text())
+        model = config["model"]
+        dec = model["decoder"]
+        ins, outs = dec.get("inputs", {}), dec.get("outputs", {})
+        past_key = ins.get("past_key_names", "past_key_values.%d.key")
+        kv_input = {i.name: i for i in session.get_inputs()}.get(past_key % 0)
+        if kv_input is None:
+            raise ValueError(f"the graph has no input {past_key % 0!r} (genai_config.json)")
+        eos = model.get("eos_token_id", [])
+        eos = tuple(eos) if isinstance(eos, list) else (int(eos),)
+        pad = model.get("pad_token_id", eos[0] if eos else 0)
+        return cls(
+            layers=int(dec["num_hidden_layers"]),
+            kv_heads=int(dec["num_key_value_heads"]),
+            head_size=int(dec["head_size"]),
+            context=int(model.get("context_length") or config["search"]["max_length"]),
+            eos=eos,
+            pad=int(pad[0] if isinstance(pad, list) else pad),
+            kv_dtype=_ORT_FLOAT.get(kv_input.type, np.float32),
+            input_ids=ins.get("input_ids", "input_ids"),
+            attention_mask=ins.get("attention_mask", "attention_mask"),
+            past_key=past_key,
+            past_value=ins.get("past_value_names", "past_key_values.%d.value"),
+            present_key=outs.get("present_key_names", "present.%d.key"),
+            present_value=outs.get("present_value_names", "present.%d.value"),
+            logits=outs.get("logits", "logits"),
+        )
+
+
+class DecoderRuntime:
+    """One session and the slots' KV buffers; ``prefill`` and ``decode`` return logits."""
+
+    def __init__(
+        self, session: ort.InferenceSession, layout: DecoderLayout, slots: int, max_len: int
+    ) -> None:
+        self.session = session
+        self.layout = layout
+        self.slots = slots
+        self.max_len = max_len
+        shape = (slots, layout.kv_heads, max_len, layout.head_size)
+        # np.zeros maps untouched pages lazily: memory grows with the tokens really cached.
+        self._keys = [np.zeros(shape, layout.kv_dtype) for _ in range(layout.layers)]
+        self._values = [np.zeros(shape, layout.kv_dtype) for _ in range(layout.layers)]
+        self._row_bytes = layout.kv_heads * max_len * layout.head_size
+        self._row_bytes *= np.dtype(layout.kv_dtype).itemsize
+
+    @property
+    def kv_bytes(self) -> int:
+        return self.slots * self.max_len * self.layout.bytes_per_token
+
+    def prefill(self, slot: int, ids: list[int]) -> np.ndarray:
+        """Run a whole prompt on an empty slot; the last position's logits [vocab]."""
+        tokens = np.asarray([ids], np.int64)
+        mask = np.ones_like(tokens)
+        logits = self._run(slot, 1, tokens, mask)
+        return logits[0, -1]
+
+    def decode(self, rows: int, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """One step for slots 0..rows-1: ``tokens`` [rows] the next token of each, ``lengths``
+        [rows] the tokens already cached in each (a free slot passes 0). Logits [rows, vocab]."""
+        width = int(lengths.max()) + 1
+        mask = (np.arange(width)[None, :] <= lengths[:, None]).astype(np.int64)
+        logits = self._run(0, rows, tokens.reshape(rows, 1).astype(np.int64), mask)
+        return logits[:, -1]
+
+    def _run(self, first: int, rows: int, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        lay = self.layout
+        io = self.session.io_binding()
+        io.bind_cpu_input(lay.input_ids, tokens)
+        io.bind_cpu_input(lay.attention_mask, mask)
+        shape = [rows, lay.kv_heads, self.max_len, lay.head_size]
+        offset = first * self._row_bytes
+        for i in range(lay.layers):
+            for names, bufs in (
+                ((lay.past_key, lay.present_key), self._keys),
+                ((lay.past_value, lay.present_value), self._values),
+            ):
+                ptr = bufs[i].ctypes.data + offset
+                # The same memory in and out: GroupQueryAttention appends in place.
+                io.bind_input(names[0] % i, "cpu", 0, lay.kv_dtype, shape, ptr)
+                io.bind_output(names[1] % i, "cpu", 0, lay.kv_dtype, shape, ptr)
+        io.bind_output(lay.logits, "cpu")  # bound last: the last of get_outputs()
+        self.session.run_with_iobinding(io)
+        logits: np.ndarray = io.get_outputs()[-1].numpy()
+        return logits
