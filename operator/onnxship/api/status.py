@@ -26,6 +26,13 @@ class CompressionSummary(ApiModel):
     accuracy_metric: str = ""
     accuracy: float | None = None
     cache_hit: bool = False
+    kind: str = Field("", description="onnx | causal-lm")
+    variant: str = Field("", description="The published candidate, e.g. int4-hqq-b32-emb8.")
+    top1: float | None = Field(None, description="Causal LM: teacher-forced top-1 agreement.")
+    kl_mean: float | None = Field(None, description="Causal LM: mean KL per position.")
+    token_agreement: float | None = Field(
+        None, description="Causal LM: free-run greedy token agreement."
+    )
 
 
 class EnvironmentStatus(ApiModel):

@@ -28,8 +28,10 @@ from rich.table import Table
 
 from onnxship.api import (
     AccuracyGate,
+    AccuracyReport,
     Compression,
     ModelDeploymentSpec,
+    ModelKind,
     Prune,
     Quantize,
     SpecError,
@@ -123,14 +125,22 @@ def _override(base: Compression, **flags: Any) -> Compression:
         ("weight_type", "weight_type"),
         ("per_channel", "per_channel"),
         ("calibration", "calibration"),
+        ("bits", "bits"),
+        ("block_size", "block_size"),
+        ("symmetric", "symmetric"),
+        ("accuracy_level", "accuracy_level"),
+        ("algorithm", "algorithm"),
+        ("embedding", "embedding"),
     ):
-        if flags[name] is not None:
+        if flags.get(name) is not None:
             q[key] = flags[name]
     gate = base.accuracy_gate.model_dump()
     if flags["gate_metric"] is not None:
         gate["metric"] = flags["gate_metric"]
     if flags["gate_min"] is not None:
         gate["min"] = flags["gate_min"]
+    if flags.get("gate_max") is not None:
+        gate["max"] = flags["gate_max"]
     try:
         return Compression(
             optimize=flags["optimize"] if flags["optimize"] is not None else base.optimize,
@@ -213,13 +223,17 @@ def compress_command(
     endpoint: str = typer.Option("", "--endpoint", help="S3-compatible endpoint of the store."),
     region: str = typer.Option("", "--region", help="S3 region of the store."),
     sha256: str = typer.Option("", "--sha256", help="Pin: expected SHA-256 of the model file."),
-    samples: str = typer.Option("", "--samples", help=".npz of sample inputs (URI or path)."),
+    samples: str = typer.Option(
+        "", "--samples", help=".npz of sample inputs, or a causal LM's JSONL prompts (URI or path)."
+    ),
     optimize: str | None = typer.Option(None, "--optimize", help="none | basic | extended | all"),
     sparsity: float | None = typer.Option(
         None, "--sparsity", help="Pruning: fraction of weights set to 0 (0 to <1)."
     ),
     prune_method: str | None = typer.Option(None, "--prune-method", help="magnitude | shrink"),
-    quantize: str | None = typer.Option(None, "--quantize", help="none | dynamic | static | fp16"),
+    quantize: str | None = typer.Option(
+        None, "--quantize", help="none | dynamic | static | fp16 | weightOnly | auto"
+    ),
     calibration: str | None = typer.Option(
         None, "--calibration", help="static int8: minmax | entropy | percentile"
     ),
@@ -227,8 +241,32 @@ def compress_command(
     per_channel: bool | None = typer.Option(
         None, "--per-channel/--per-tensor", help="Weight scales."
     ),
-    gate_metric: str | None = typer.Option(None, "--gate-metric", help="cosine | top1"),
+    bits: int | None = typer.Option(None, "--bits", help="weightOnly: 4 | 8"),
+    block_size: int | None = typer.Option(
+        None, "--block-size", help="weightOnly: 16 | 32 | 64 | 128 | 256 weights per scale"
+    ),
+    algorithm: str | None = typer.Option(
+        None, "--algorithm", help="weightOnly: rtn | kquant | kquantMixed | hqq | gptq"
+    ),
+    symmetric: bool | None = typer.Option(
+        None, "--symmetric/--asymmetric", help="weightOnly: zero points or not."
+    ),
+    accuracy_level: int | None = typer.Option(
+        None, "--accuracy-level", help="weightOnly: MatMulNBits accuracy_level 0-4"
+    ),
+    embedding: str | None = typer.Option(
+        None, "--embedding", help="weightOnly: keep | int8 | int4 (token embedding, tied lm_head)"
+    ),
+    kind: str | None = typer.Option(
+        None, "--kind", help="onnx | causal-lm (default: spec.model.kind, else found)"
+    ),
+    gate_metric: str | None = typer.Option(
+        None, "--gate-metric", help="cosine | top1 | kl | tokens (the last two: causal LM)"
+    ),
     gate_min: float | None = typer.Option(None, "--gate-min", help="The accuracy gate's minimum."),
+    gate_max: float | None = typer.Option(
+        None, "--gate-max", help="The accuracy gate's maximum (metric kl)."
+    ),
     execution_provider: str | None = typer.Option(
         None, "--execution-provider", help="CPU, CUDA, ..."
     ),
@@ -259,8 +297,20 @@ def compress_command(
         per_channel=per_channel,
         gate_metric=gate_metric,
         gate_min=gate_min,
+        gate_max=gate_max,
+        bits=bits,
+        block_size=block_size,
+        algorithm=algorithm,
+        symmetric=symmetric,
+        accuracy_level=accuracy_level,
+        embedding=embedding,
     )
     provider = execution_provider or env_provider
+    model_kind = kind or (spec.model.kind if spec and spec.model.kind else None)
+    if model_kind is not None and model_kind not in [k.value for k in ModelKind]:
+        raise typer.BadParameter(
+            f"--kind {model_kind!r}: one of {', '.join(k.value for k in ModelKind)}"
+        )
     model_uri = model or (spec.model.uri if spec else "")
     if not model_uri:
         reporter.fail("give a model URI, or --spec FILE with spec.model.uri", ExitCode.usage)
@@ -296,6 +346,7 @@ def compress_command(
                     progress=listener,
                     model_version=spec.model.version if spec else "",
                     source_access=access,
+                    model_kind=model_kind,
                 )
         else:
             outcome = compress(
@@ -307,6 +358,7 @@ def compress_command(
                 expected_sha256=sha256,
                 model_version=spec.model.version if spec else "",
                 source_access=access,
+                model_kind=model_kind,
             )
     except AccuracyGateError as exc:
         reporter.fail(str(exc), ExitCode.accuracy_gate, report=exc.report.to_wire())
@@ -343,6 +395,19 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:,.2f} MB" if n >= 10_000 else f"{n:,} B"
 
 
+def _llm_agreement(a: AccuracyReport) -> str:
+    """The three figures of a causal LM's gate, and which one decided."""
+    sign = "<=" if a.metric == "kl" else ">="
+    verdict = "[green]passed[/]" if a.passed else "[red]failed[/]"
+    lines = [
+        f"teacher-forced top-1 {a.top1_agreement:.4f}, mean KL {a.kl_mean:.4f}, "
+        f"free-run tokens {a.token_agreement:.4f}",
+        f"gate: {a.metric} {a.mean:.4f} {sign} {a.threshold} {verdict}; worst prompt {a.min:.4f}",
+        f"{a.samples} prompts",
+    ]
+    return "\n".join(lines)
+
+
 def report_table(outcome: CompressionOutcome) -> Table:
     m = outcome.manifest
     r = m.report
@@ -352,13 +417,19 @@ def report_table(outcome: CompressionOutcome) -> Table:
     table.add_row("source", f"{m.source.uri}\nsha256 {m.source.sha256}")
     table.add_row("artifact", f"{outcome.artifact_uri}\ncache key {m.cache_key}")
     table.add_row("cache hit", "yes (nothing recomputed)" if outcome.cache_hit else "no")
+    if m.kind == ModelKind.causal_lm:
+        variant = next((c.name for c in r.candidates if c.chosen), "")
+        table.add_row("kind", f"{m.kind} ({len(m.blobs)} files)")
+        table.add_row("variant", f"{variant or 'none'}  {_mb(r.compressed_bytes)}")
     table.add_row("steps", ", ".join(r.steps) or "none")
     table.add_row(
         "size",
         f"{_mb(r.original_bytes)} -> {_mb(r.compressed_bytes)}  (ratio {r.ratio:.3f}, "
         f"{(1 / r.ratio if r.ratio else 0):.2f}x smaller)",
     )
-    if r.accuracy is not None:
+    if r.accuracy is not None and m.kind == ModelKind.causal_lm:
+        table.add_row("agreement", _llm_agreement(r.accuracy))
+    elif r.accuracy is not None:
         a = r.accuracy
         verdict = "[green]passed[/]" if a.passed else "[red]failed[/]"
         parts = [f"{a.metric} mean {a.mean:.6f} min {a.min:.6f} (gate >= {a.threshold}) {verdict}"]

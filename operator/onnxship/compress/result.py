@@ -15,17 +15,24 @@ RESULT_LIMIT = 4000
 def compact_result(
     manifest: ArtifactManifest, artifact_uri: str, cache_hit: bool
 ) -> dict[str, Any]:
-    """``{ok, cacheHit, artifactUri, cacheKey, report}``; notes and step times are dropped
-    first when the document would not fit in a termination message."""
+    """``{ok, cacheHit, artifactUri, cacheKey, kind, variant, report}``; per-prompt figures,
+    the candidates' details, notes and step times are dropped first when the document would
+    not fit in a termination message."""
     doc: dict[str, Any] = {
         "ok": True,
         "cacheHit": cache_hit,
         "artifactUri": artifact_uri,
         "cacheKey": manifest.cache_key,
+        "kind": str(manifest.kind),
+        "variant": next((c.name for c in manifest.report.candidates if c.chosen), ""),
         "report": manifest.report.to_wire(),
     }
-    for extra in ("notes", "stepSeconds", "steps"):
+    report = doc["report"]
+    for extra in ("perPrompt", "candidates", "notes", "stepSeconds", "steps"):
         if len(json.dumps(doc, separators=(",", ":"))) <= RESULT_LIMIT:
             break
-        doc["report"].pop(extra, None)
+        if extra == "perPrompt":
+            report.get("accuracy", {}).pop("perPrompt", None)
+        else:
+            report.pop(extra, None)
     return doc

@@ -101,6 +101,11 @@ def environment_record(
             accuracy_metric=str(accuracy.get("metric", "")),
             accuracy=accuracy.get("mean"),
             cache_hit=reused or bool(result.get("cacheHit", False)),
+            kind=str(result.get("kind", "")),
+            variant=str(result.get("variant", "")),
+            top1=_figure(accuracy, "top1Agreement"),
+            kl_mean=_figure(accuracy, "klMean"),
+            token_agreement=_figure(accuracy, "tokenAgreement"),
         ),
     )
 
@@ -130,6 +135,11 @@ def revision_record(
         image=image,
         created_at=format_time(created_at),
     )
+
+
+def _figure(accuracy: dict[str, Any], key: str) -> float | None:
+    value = accuracy.get(key)
+    return float(value) if isinstance(value, int | float) else None
 
 
 def artifact_view(
