@@ -260,6 +260,17 @@ def compress_args(
         "--per-channel" if q.per_channel else "--per-tensor",
         "--calibration",
         q.calibration,
+        "--bits",
+        str(q.bits),
+        "--block-size",
+        str(q.block_size),
+        "--algorithm",
+        q.algorithm,
+        "--symmetric" if q.symmetric else "--asymmetric",
+        "--accuracy-level",
+        str(q.accuracy_level),
+        "--embedding",
+        q.embedding,
         "--gate-metric",
         compression.accuracy_gate.metric,
         "--gate-min",
@@ -282,6 +293,10 @@ def compress_args(
         args += ["--sha256", spec.model.sha256]
     if spec.model.sample_inputs:
         args += ["--samples", spec.model.sample_inputs]
+    if compression.accuracy_gate.max is not None:
+        args += ["--gate-max", str(compression.accuracy_gate.max)]
+    if spec.model.kind is not None:
+        args += ["--kind", str(spec.model.kind)]
     return args
 
 

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from onnxship.cli.app import ExitCode
 from onnxship.cli.main import app
 from onnxship.compress.result import RESULT_LIMIT
+from onnxship.plan import workloads as w
 from onnxship.plan.compression_jobs import environment_record
 from onnxship.serve.config import ServeConfig
 from onnxship.serve.loader import resolve_model_file
@@ -219,6 +220,30 @@ def test_a_graph_named_otherwise_is_published_as_model_onnx(
         "filename"
     ] == "model.onnx"
     assert len(generate(fetched.parent, "Hello")) == 8
+
+
+def test_the_operators_job_carries_the_causal_lm_settings() -> None:
+    """The compression Job runs `onnxship compress` with flags built from the spec: every
+    weight-only setting, the kl gate's max and the kind reach the command's parser."""
+    from tests.plan.test_workloads import STORE, _parse, spec
+
+    s = spec(
+        model={"uri": "s3://m/llm/", "kind": "causal-lm"},
+        compression={
+            "quantize": {
+                "mode": "weightOnly", "bits": 8, "blockSize": 64, "symmetric": False,
+                "accuracyLevel": 1, "algorithm": "kquantMixed", "embedding": "keep",
+            },
+            "accuracyGate": {"metric": "kl", "max": 0.05},
+        },
+    )  # fmt: skip
+    env = s.serving.effective_environments()[0]
+    parsed = _parse("compress", w.compress_args(s, s.compression, env, STORE))
+    assert parsed["quantize"] == "weightOnly" and parsed["kind"] == "causal-lm"
+    assert (parsed["bits"], parsed["block_size"], parsed["accuracy_level"]) == (8, 64, 1)
+    assert parsed["algorithm"] == "kquantMixed" and parsed["embedding"] == "keep"
+    assert parsed["symmetric"] is False
+    assert (parsed["gate_metric"], parsed["gate_max"]) == ("kl", 0.05)
 
 
 @pytest.mark.slow
