@@ -144,6 +144,7 @@ class Compressions:
                     expected_sha256=spec.model.sha256,
                     progress=progress,
                     model_version=spec.model.version,
+                    model_kind=spec.model.kind,
                 )
                 outcomes.append((env.name, outcome))
             return outcomes
