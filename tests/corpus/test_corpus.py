@@ -79,7 +79,8 @@ def ask(server: Server, model_name: str, feeds: dict[str, np.ndarray]) -> dict[s
 
 
 def assert_serves_like_ort(model_file: Path, args: list[str], feeds: dict[str, np.ndarray],
-                           log: Path) -> None:  # fmt: skip
+                           log: Path) -> str:  # fmt: skip
+    """The server's log, after checking its answer against ONNX Runtime's on the file."""
     session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
     expected = dict(
         zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True)
@@ -99,6 +100,7 @@ def assert_serves_like_ort(model_file: Path, args: list[str], feeds: dict[str, n
             f"{name}: served answer differs from ONNX Runtime's by up to "
             f"{np.abs(got.astype(np.float64) - value).max():.3g}"
         )
+    return output
 
 
 @pytest.mark.parametrize("name", _params())
@@ -142,12 +144,16 @@ def test_compress_with_defaults_then_serve(
         return
     key = doc["cacheKey"]
     cache = tmp_path / "serve-cache"
-    assert_serves_like_ort(
-        _fetched(store, key, cache),
+    published = _fetched(store, key, cache)
+    log = assert_serves_like_ort(
+        published,
         ["--store", store.as_uri(), "--cache-key", key, "--cache-dir", str(cache)],
         feeds,
         tmp_path / "serve-published.log",
     )
+    if (published.parent / "warmup.npz").is_file():  # the artifact kept real rows: used
+        ready = [json.loads(line) for line in log.splitlines() if '"model ready"' in line]
+        assert ready and ready[0]["warmup"] == "warmup.npz (ok)", log
 
 
 def _fetched(store: Path, key: str, cache: Path) -> Path:
