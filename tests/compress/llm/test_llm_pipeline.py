@@ -4,6 +4,7 @@ and back on disk through serve's fetch, where ONNX Runtime GenAI loads it and ge
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -220,6 +221,19 @@ def test_a_graph_named_otherwise_is_published_as_model_onnx(
         "filename"
     ] == "model.onnx"
     assert len(generate(fetched.parent, "Hello")) == 8
+
+
+def test_quantize_none_stores_the_folder_as_it_is(tiny_llm: Path, tmp_path: Path) -> None:
+    store = open_store((tmp_path / "store").as_uri())
+    result = compress_cli(str(tiny_llm), "--store", store.uri, "--quantize", "none")
+    assert result.exit_code == 0, result.output
+    assert "causal-lm" in result.stdout and "original" in result.stdout
+    (manifest,) = store.list_manifests()
+    assert manifest.kind == "causal-lm" and manifest.report.accuracy is None
+    digests = {b.name: b.digest for b in manifest.blobs}
+    assert digests == {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tiny_llm.iterdir()
+    }
 
 
 def test_the_operators_job_carries_the_causal_lm_settings() -> None:

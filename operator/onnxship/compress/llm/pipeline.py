@@ -322,6 +322,9 @@ def compress_llm(
             raise gate_error(best.accuracy, detail)
 
     out, accuracy_report, variant = chosen
+    if q.mode != QuantizeMode.none:
+        # The gate ran plain ONNX Runtime; the servers run ONNX Runtime GenAI.
+        steps.run("check genai", lambda: loads_in_genai(out, variant))
     names = list_files(out)
     names.sort(key=lambda n: (n != OUT_GRAPH, n))  # the graph first, then the rest
     blobs = describe(out, names, progress)
@@ -364,6 +367,24 @@ def compress_llm(
 def chosen_variant(manifest: ArtifactManifest) -> str:
     """The published variant's name ("" for an encoder without a search)."""
     return next((c.name for c in manifest.report.candidates if c.chosen), "")
+
+
+def loads_in_genai(folder: Path, variant: str) -> None:
+    """ONNX Runtime GenAI loads the folder and takes one step; else InvalidSettingsError."""
+    import onnxruntime_genai as og  # only for causal LMs
+
+    try:
+        model = og.Model(str(folder))
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, max_length=2)
+        generator = og.Generator(model, params)
+        generator.append_tokens([0])
+        del generator, params, model
+    except Exception as exc:
+        raise InvalidSettingsError(
+            f"variant {variant}: ONNX Runtime GenAI {og.__version__} cannot run it ({exc}); "
+            "choose other weight-only settings (spec.compression.quantize)"
+        ) from None
 
 
 def _quantize(
