@@ -19,7 +19,7 @@ from onnx import TensorProto
 from onnx import helper as oh
 
 from onnxship.serve.signature import ModelSignature
-from onnxship.serve.warmup import made_up_feeds
+from onnxship.serve.warmup import load_warmup_rows, made_up_feeds
 
 from .conftest import StartServer
 from .test_lifecycle import run_cli
@@ -185,3 +185,22 @@ def test_made_up_inputs_honour_fixed_dimensions_and_dtypes(tmp_path: Path) -> No
         "state": ((2, 1, 128), np.float32),
         "sr": ((), np.int64),
     }
+
+
+def test_warmup_rows_are_untrusted_input(picky: Path, tmp_path: Path) -> None:
+    session = ort.InferenceSession(str(picky / "model.onnx"), providers=["CPUExecutionProvider"])
+    signature = ModelSignature.from_session(session)
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, x=np.array([{"a": 1}], dtype=object), sr=np.array(16000))
+    with pytest.raises(ValueError, match="allow_pickle"):
+        load_warmup_rows(pickled, signature)
+    # 200 MB of zeros compress to a few hundred KB: refused before numpy inflates them.
+    bomb = tmp_path / "bomb.npz"
+    np.savez_compressed(bomb, x=np.zeros((1, 50_000_000), np.float32), sr=np.array(16000))
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(ValueError, match="inflates to"):
+        load_warmup_rows(bomb, signature)
+    missing = tmp_path / "missing.npz"
+    np.savez(missing, x=np.ones((1, 600), np.float32))
+    with pytest.raises(ValueError, match="no array for input 'sr'"):
+        load_warmup_rows(missing, signature)
