@@ -194,9 +194,9 @@ def test_warmup_rows_are_untrusted_input(picky: Path, tmp_path: Path) -> None:
     np.savez(pickled, x=np.array([{"a": 1}], dtype=object), sr=np.array(16000))
     with pytest.raises(ValueError, match="allow_pickle"):
         load_warmup_rows(pickled, signature)
-    # 200 MB of zeros compress to a few hundred KB: refused before numpy inflates them.
+    # 80 MB of zeros compress to under 1 MB: refused before numpy inflates them.
     bomb = tmp_path / "bomb.npz"
-    np.savez_compressed(bomb, x=np.zeros((1, 50_000_000), np.float32), sr=np.array(16000))
+    np.savez_compressed(bomb, x=np.zeros((1, 20_000_000), np.float32), sr=np.array(16000))
     assert bomb.stat().st_size < 1 << 20
     with pytest.raises(ValueError, match="inflates to"):
         load_warmup_rows(bomb, signature)
