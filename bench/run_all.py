@@ -114,6 +114,14 @@ def benches(args: argparse.Namespace) -> list[Bench]:
             timeout_full=300,
         ),
         Bench(
+            "router_stream",
+            "3b. router streaming (router_stream_bench.py)",
+            words("--rounds 3 --requests 100 --seconds 3 --llm"),
+            words("--rounds 2 --requests 40 --seconds 1.5"),
+            smoke=words("--rounds 1 --requests 5 --seconds 0.5 --tokens 8"),
+            timeout_full=600,
+        ),
+        Bench(
             "cold_start",
             "4. cold start (cold_start_bench.py)",
             words("--rounds 3 --sizes-mb 100 1000"),
@@ -583,6 +591,60 @@ def cold_start_figures(d: dict[str, Any]) -> list[Figure]:
     ]
 
 
+def router_stream_figures(d: dict[str, Any]) -> list[Figure]:
+    out: list[Figure] = []
+    s = "3b. router streaming"
+    for kind, label in (("fake", "fake SSE backend"), ("llm", "onnxship serve, tiny LLM")):
+        r = d.get(kind)
+        if not r:
+            continue
+        if "skipped" in r:
+            out.append(Figure(s, label, None, None, "", "", note=f"skipped: {r['skipped']}"))
+            continue
+        rounds = r["rounds"]
+        for q in ("p50", "p99"):
+            key = f"first_{q}_ms"
+            added = med([x["router"][key] - x["direct"][key] for x in rounds])
+            out.append(
+                fig(
+                    s,
+                    f"first token event {q}, 1 client, {label}",
+                    [x["router"][key] for x in rounds],
+                    [x["direct"][key] for x in rounds],
+                    "ms",
+                    "direct to the backend",
+                    note=f"router adds {added:+.3f} ms (goal < 1 ms)",
+                )
+            )
+        streams = d.get("streams", 8)
+        rate = f"{d.get('gap_ms', 0):g} ms apart" if kind == "fake" else "as generated"
+        out.append(
+            fig(
+                s,
+                f"events/s, {streams} streams, events {rate}, {label}",
+                [x["router"]["events_per_s"] for x in rounds],
+                [x["direct"]["events_per_s"] for x in rounds],
+                "events/s",
+                "direct to the backend",
+                better="higher",
+                note="goal >= 0.95x",
+            )
+        )
+        if "flat_events_per_s" in rounds[0]["router"]:
+            out.append(
+                fig(
+                    s,
+                    f"events/s, {streams} streams, flat out (the router's ceiling), {label}",
+                    [x["router"]["flat_events_per_s"] for x in rounds],
+                    [x["direct"]["flat_events_per_s"] for x in rounds],
+                    "events/s",
+                    "direct to the backend",
+                    better="higher",
+                )
+            )
+    return out
+
+
 def rollout_figures(d: dict[str, Any]) -> list[Figure]:
     rounds = d["rounds"]
     return [
@@ -692,6 +754,7 @@ def figures() -> tuple[list[Figure], dict[str, Any]]:
         "compress": compress_figures,
         "serve": serve_figures,
         "router": router_figures,
+        "router_stream": router_stream_figures,
         "cold_start": cold_start_figures,
         "rollout": rollout_figures,
     }
@@ -909,7 +972,7 @@ def main() -> None:
         "--only",
         nargs="+",
         metavar="NAME",
-        help="compress serve router cold_start rollout operator corpus",
+        help="compress serve router router_stream cold_start rollout operator corpus",
     )
     ap.add_argument(
         "--report-only",

@@ -158,8 +158,8 @@ class StreamMeter:
             self.finished = True
             return
         try:
-            piece = read_event(json.loads(payload))
-        except (ValueError, UnicodeDecodeError):
+            piece = read_event(json.loads(payload.decode()))  # str: json skips sniffing
+        except ValueError:  # UnicodeDecodeError included
             piece = Piece(token=True, text=payload.decode("utf-8", "replace"))
         if piece.usage is not None:
             self.usage = piece.usage

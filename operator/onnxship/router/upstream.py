@@ -230,49 +230,53 @@ class _Body:
             self._wake()
 
     def _dechunk(self, buf: bytearray) -> bytes:
-        """The chunk data at the start of ``buf``, partial chunks included (consumed)."""
-        out = bytearray()
+        """The chunk data at the start of ``buf``, partial chunks included (consumed).
+
+        Walks with an index and trims ``buf`` once: a read may hold hundreds of events."""
+        out: list[bytes] = []
+        pos, end = 0, len(buf)
         while True:
             if self.left > 0:
-                take = min(self.left, len(buf))
+                take = min(self.left, end - pos)
                 if take == 0:
                     break
-                out += buf[:take]
-                del buf[:take]
+                out.append(bytes(buf[pos : pos + take]))
+                pos += take
                 self.left -= take
                 if self.left:
                     break
                 self.left = -2
             if self.left == -2:
-                if len(buf) < 2:
+                if end - pos < 2:
                     break
-                if buf[:2] != b"\r\n":
+                if buf[pos : pos + 2] != b"\r\n":
                     raise ValueError("chunk data not followed by CRLF")
-                del buf[:2]
+                pos += 2
                 self.left = -1
-            eol = buf.find(b"\r\n")
+            eol = buf.find(b"\r\n", pos)
             if eol < 0:
-                if len(buf) > 4096:
+                if end - pos > 4096:
                     raise ValueError("chunk size line too long")
                 break
-            size = int(bytes(buf[:eol]).split(b";", 1)[0], 16)
+            size = int(bytes(buf[pos:eol]).split(b";", 1)[0], 16)
             if size == 0:
                 if buf[eol + 2 : eol + 4] == b"\r\n":  # no trailers
-                    end = eol + 4
+                    last = eol + 4
                 else:
-                    end = buf.find(b"\r\n\r\n", eol)
-                    if end < 0:
+                    last = buf.find(b"\r\n\r\n", eol)
+                    if last < 0:
                         break
-                    end += 4
-                del buf[:end]
+                    last += 4
+                pos = last
                 self.done = True
-                if buf:
+                if pos < end:
                     self.conn.keep_alive = False
-                    buf.clear()
+                    pos = end
                 break
-            del buf[: eol + 2]
+            pos = eol + 2
             self.left = size
-        return bytes(out)
+        del buf[:pos]
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def lost(self, exc: Exception | None) -> None:
         if not self.done and self.error is None:
