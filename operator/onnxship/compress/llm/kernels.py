@@ -96,7 +96,7 @@ def kquant(w: np.ndarray, bits: int, block: int) -> Quantized:
 
 def hqq(w: np.ndarray, bits: int, block: int, iters: int = 20) -> Quantized:
     """Half-quadratic quantization as ORT's HQQWeightOnlyQuantizer does it (min/max start,
-    rounded zero, then the lp-norm proximal solver refines the zero), in numpy."""
+    then the lp-norm proximal solver refines the zero), in numpy."""
     k, n = w.shape
     blocks = k // block
     x = np.ascontiguousarray(w.T).reshape(n * blocks, block)
@@ -106,7 +106,9 @@ def hqq(w: np.ndarray, bits: int, block: int, iters: int = 20) -> Quantized:
     span = hi - lo
     span[span == 0] = maxq
     scale = np.minimum(maxq / span, 2e4).astype(np.float32)  # the inverse scale, as ORT keeps it
-    zero = np.round(-lo * scale)
+    # The zero stays a float from the start (ORT rounds it first, for integer zero points; ours
+    # are stored as float block offsets): a block already on a uniform grid is kept exactly.
+    zero = -lo * scale
     zero = _hqq_solve(x, scale, zero, maxq, iters)
     q = np.clip(np.rint(x * scale + zero), 0, maxq)
     packed = pack(q.reshape(n, blocks, block), bits)
