@@ -224,16 +224,24 @@ def test_a_graph_named_otherwise_is_published_as_model_onnx(
 
 
 def test_quantize_none_stores_the_folder_as_it_is(tiny_llm: Path, tmp_path: Path) -> None:
+    """Byte for byte, files in subfolders too, and back through the store's fetch."""
+    folder = Path(shutil.copytree(tiny_llm, tmp_path / "llm"))
+    (folder / "docs").mkdir()
+    (folder / "docs" / "MODEL_CARD.md").write_text("# tiny decoder\n")
     store = open_store((tmp_path / "store").as_uri())
-    result = compress_cli(str(tiny_llm), "--store", store.uri, "--quantize", "none")
+    result = compress_cli(str(folder), "--store", store.uri, "--quantize", "none")
     assert result.exit_code == 0, result.output
     assert "causal-lm" in result.stdout and "original" in result.stdout
     (manifest,) = store.list_manifests()
     assert manifest.kind == "causal-lm" and manifest.report.accuracy is None
     digests = {b.name: b.digest for b in manifest.blobs}
+    files = [p for p in folder.rglob("*") if p.is_file()]
     assert digests == {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tiny_llm.iterdir()
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in files
     }
+    back = store.fetch(manifest, tmp_path / "back").parent
+    assert (back / "docs" / "MODEL_CARD.md").read_text() == "# tiny decoder\n"
 
 
 def test_the_operators_job_carries_the_causal_lm_settings() -> None:
@@ -261,6 +269,7 @@ def test_the_operators_job_carries_the_causal_lm_settings() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # the gate runs fp32 SmolLM2 on 16 prompts, then each candidate
 @pytest.mark.skipif(
     not (SMOLLM2 / "model.onnx.data").is_file(), reason="run scripts/materialize-smollm2.sh first"
 )
