@@ -23,6 +23,7 @@ class SseBackend:
     gap: float = 0.02  # between tokens
     usage: bool = True  # a last chunk with usage.completion_tokens
     die_after: int | None = None  # close the connection after this many tokens
+    ids: bool = False  # send token ids (choices[].token_ids), as some servers do
     port: int = 0
     runner: web.AppRunner | None = field(default=None, repr=False)
     received: list[float] = field(default_factory=list)  # perf_counter at each request
@@ -43,6 +44,9 @@ class SseBackend:
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         }
 
+    def token_ids(self) -> list[int]:
+        return [sum(map(ord, t)) for t in self.tokens]  # a stand-in vocabulary
+
     async def chat(self, request: web.Request) -> web.StreamResponse:
         self.received.append(time.perf_counter())
         doc = await request.json()
@@ -59,6 +63,7 @@ class SseBackend:
                             "index": 0,
                             "message": {"role": "assistant", "content": "".join(self.tokens)},
                             "finish_reason": "stop",
+                            **({"token_ids": self.token_ids()} if self.ids else {}),
                         }
                     ],
                     "usage": {
@@ -91,7 +96,10 @@ class SseBackend:
                     assert request.transport is not None
                     request.transport.close()  # the server dies mid-stream
                     return resp
-                await event(self.chunk({"content": token}))
+                doc = self.chunk({"content": token})
+                if self.ids:
+                    doc["choices"][0]["token_ids"] = [self.token_ids()[i]]
+                await event(doc)
                 self.sent.append(time.perf_counter())
             await event(self.chunk({}, "stop"))
             if self.usage:

@@ -1,7 +1,8 @@
 """Comparing two inference answers (stable's and the canary's) on the same request.
 
 Answers are Open Inference Protocol v2 responses, JSON or with Triton's binary tensor
-extension. Only the router's mirror path parses them, off the user's path.
+extension; or, for language models, two generations as token sequences (``compare_tokens``).
+Only the router's mirror path parses them, off the user's path.
 """
 
 from __future__ import annotations
@@ -107,3 +108,26 @@ def compare_answers(
         top1=min(p.top1 for p in parts),
         max_abs_diff=max(p.max_abs_diff for p in parts),
     )
+
+
+@dataclass(frozen=True)
+class TokenComparison:
+    """Two generations, position by position over the stable's length (the compression
+    gate's free-run token agreement)."""
+
+    agreement: float  # share of the stable's positions where the canary has the same token
+    first_divergence: int  # first position that differs; the common length when none does
+    identical: bool
+    stable_length: int
+    canary_length: int
+
+
+def compare_tokens(stable: list[Any], canary: list[Any]) -> TokenComparison:
+    same = sum(a == b for a, b in zip(stable, canary, strict=False))
+    first = next(
+        (i for i, (a, b) in enumerate(zip(stable, canary, strict=False)) if a != b),
+        min(len(stable), len(canary)),
+    )
+    # two empty answers agree; an empty stable answer against words does not
+    agreement = same / len(stable) if stable else float(not canary)
+    return TokenComparison(agreement, first, stable == canary, len(stable), len(canary))

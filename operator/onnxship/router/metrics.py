@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .compare import TokenComparison
     from .streams import StreamMeter
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -31,6 +32,10 @@ TTFT = "onnxship_router_time_to_first_token_seconds"
 ITL = "onnxship_router_inter_token_latency_seconds"
 OUTPUT_TOKENS = "onnxship_router_output_tokens_total"
 STREAMS = "onnxship_router_streams_total"
+TOKEN_COMPARISONS = "onnxship_router_mirror_generation_comparisons_total"
+TOKEN_AGREEMENT = "onnxship_router_mirror_token_agreement"
+FIRST_DIVERGENCE = "onnxship_router_mirror_first_divergence"
+IDENTICAL = "onnxship_router_mirror_identical_generations_total"
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
@@ -42,6 +47,8 @@ TTFT_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0,
     5.0, 7.5, 10.0, 20.0, 30.0, 60.0,
 )  # fmt: skip
+AGREEMENT_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.8, 0.9, 0.95, 0.99, 1.0)
+DIVERGENCE_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 ITL_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2,
     0.3, 0.5, 0.75, 1.0, 2.5, 5.0,
@@ -155,6 +162,43 @@ class RouterMetrics:
             ["revision", "environment", "outcome"],
             registry=r,
         )
+        # Mirrored generations: the canary's greedy answer against stable's, as token sequences
+        # (``unit``: token_ids when both servers sent them, else words: text split on spaces).
+        self.token_comparisons = Counter(
+            TOKEN_COMPARISONS.removesuffix("_total"),
+            "Mirrored generations whose canary answer (greedy) was compared with stable's.",
+            ["revision", "baseline", "unit"],
+            registry=r,
+        )
+        self.token_agreement = Histogram(
+            TOKEN_AGREEMENT,
+            "Share of stable's token positions where the canary's greedy answer has the same "
+            "token, per mirrored generation.",
+            ["revision", "baseline"],
+            buckets=AGREEMENT_BUCKETS,
+            registry=r,
+        )
+        self.first_divergence = Histogram(
+            FIRST_DIVERGENCE,
+            "First token position where the canary's answer differs from stable's (the common "
+            "length when none does), per mirrored generation.",
+            ["revision", "baseline"],
+            buckets=DIVERGENCE_BUCKETS,
+            registry=r,
+        )
+        self.identical = Counter(
+            IDENTICAL.removesuffix("_total"),
+            "Mirrored generations whose canary answer was token for token stable's.",
+            ["revision", "baseline"],
+            registry=r,
+        )
+        self.token_agreement_mean = Gauge(
+            "onnxship_router_mirror_token_agreement_mean",
+            "Mean token agreement of the canary with stable since the mirror started.",
+            ["revision", "baseline"],
+            registry=r,
+        )
+        self._token_sums: dict[tuple[str, str], tuple[float, int]] = {}
         self._children: dict[tuple[str, str, int, str], tuple[Any, Any]] = {}
         self._agreement_sums: dict[tuple[str, str], tuple[float, int]] = {}
 
@@ -203,6 +247,19 @@ class RouterMetrics:
         total, n = total + cosine, n + 1
         self._agreement_sums[(revision, baseline)] = (total, n)
         self.agreement.labels(revision, baseline).set(total / n)
+
+    def compared_tokens(
+        self, revision: str, baseline: str, result: TokenComparison, unit: str
+    ) -> None:
+        self.token_comparisons.labels(revision, baseline, unit).inc()
+        self.token_agreement.labels(revision, baseline).observe(result.agreement)
+        self.first_divergence.labels(revision, baseline).observe(result.first_divergence)
+        if result.identical:
+            self.identical.labels(revision, baseline).inc()
+        total, n = self._token_sums.get((revision, baseline), (0.0, 0))
+        total, n = total + result.agreement, n + 1
+        self._token_sums[(revision, baseline)] = (total, n)
+        self.token_agreement_mean.labels(revision, baseline).set(total / n)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

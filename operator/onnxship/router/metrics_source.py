@@ -21,11 +21,15 @@ from .metrics import (
     COMPARISONS,
     COSINE,
     DURATION,
+    FIRST_DIVERGENCE,
+    IDENTICAL,
     ITL,
     MAX_ABS_DIFF,
     OUTPUT_TOKENS,
     REQUESTS,
     STREAMS,
+    TOKEN_AGREEMENT,
+    TOKEN_COMPARISONS,
     TOP1,
     TTFT,
 )
@@ -68,6 +72,11 @@ class Counters:
     diff_buckets: tuple[tuple[float, float], ...] = ()  # max-abs-diff histogram, cumulative
     environments: tuple[tuple[str, float, float], ...] = ()  # (environment, requests, errors)
     generation: tuple[tuple[str, TokenCounters], ...] = ()  # per environment, sorted
+    # mirrored generations compared as token sequences
+    token_comparisons: float = 0.0
+    token_agreement_sum: float = 0.0
+    identical: float = 0.0
+    divergence_buckets: Pairs = ()
 
     @property
     def tokens(self) -> TokenCounters:
@@ -110,6 +119,10 @@ def summed(parts: Iterable[Counters], revision: str) -> Counters:
             _add_pairs(total.diff_buckets, c.diff_buckets),
             tuple(sorted((e, r, x) for e, (r, x) in envs.items())),
             tuple(sorted(gen.items())),
+            total.token_comparisons + c.token_comparisons,
+            total.token_agreement_sum + c.token_agreement_sum,
+            total.identical + c.identical,
+            _add_pairs(total.divergence_buckets, c.divergence_buckets),
         )
     return total
 
@@ -126,6 +139,10 @@ class _Acc:
     diff_buckets: dict[float, float] = field(default_factory=lambda: defaultdict(float))
     envs: dict[str, list[float]] = field(default_factory=lambda: defaultdict(lambda: [0.0, 0.0]))
     gen: dict[str, _GenAcc] = field(default_factory=lambda: defaultdict(_GenAcc))
+    token_comparisons: float = 0.0
+    token_agreement_sum: float = 0.0
+    identical: float = 0.0
+    divergence: dict[float, float] = field(default_factory=lambda: defaultdict(float))
 
 
 @dataclass
@@ -191,6 +208,14 @@ def parse_counters(text: str) -> dict[str, Counters]:
             g.streams += value
             if labels.get("outcome") == "broken":
                 g.broken += value
+        elif name == TOKEN_COMPARISONS:
+            a.token_comparisons += value
+        elif name == TOKEN_AGREEMENT + "_sum":
+            a.token_agreement_sum += value
+        elif name == IDENTICAL:
+            a.identical += value
+        elif name == FIRST_DIVERGENCE + "_bucket":
+            a.divergence[float(labels["le"])] += value
     return {
         rev: Counters(
             rev,
@@ -204,6 +229,10 @@ def parse_counters(text: str) -> dict[str, Counters]:
             tuple(sorted(a.diff_buckets.items())),
             tuple(sorted((e, r, x) for e, (r, x) in a.envs.items())),
             tuple(sorted((e, g.frozen()) for e, g in a.gen.items())),
+            a.token_comparisons,
+            a.token_agreement_sum,
+            a.identical,
+            tuple(sorted(a.divergence.items())),
         )
         for rev, a in acc.items()
     }
@@ -294,6 +323,11 @@ class GenerationMeasurements:
     itl_p50_ms: float | None = None
     itl_p99_ms: float | None = None
     environments: tuple[GenerationMeasurements, ...] = ()  # revision field = the environment
+    # mirrored generations: the canary's greedy answers against stable's
+    comparisons: int = 0
+    token_agreement: float | None = None  # mean share of stable's positions matched
+    identical: float | None = None  # share of answers identical token for token
+    first_divergence_p50: float | None = None
 
 
 def _ms(q: float, buckets: Pairs) -> float | None:
@@ -325,8 +359,19 @@ def generation_between(revision: str, before: Counters, after: Counters) -> Gene
         _generation(env, t, old.get(env, TokenCounters())) for env, t in after.generation if env
     )
     total = _generation(revision, after.tokens, base.tokens)
+    n = round(_delta(after.token_comparisons, base.token_comparisons))
+    divergence = _bucket_delta(after.divergence_buckets, base.divergence_buckets)
     return GenerationMeasurements(
-        **{**total.__dict__, "environments": envs if len(envs) > 1 else ()}
+        **{
+            **total.__dict__,
+            "environments": envs if len(envs) > 1 else (),
+            "comparisons": n,
+            "token_agreement": (
+                _delta(after.token_agreement_sum, base.token_agreement_sum) / n if n else None
+            ),
+            "identical": _delta(after.identical, base.identical) / n if n else None,
+            "first_divergence_p50": quantile(0.5, divergence) if n else None,
+        }
     )
 
 
@@ -343,6 +388,11 @@ def revision_stats(text: str) -> dict[str, dict[str, Any]]:
             "p99_ms": p99 * 1000 if p99 is not None else None,
             "mirrored": int(c.mirrored),
         }
+        if c.token_comparisons:
+            out[rev].update(
+                token_comparisons=int(c.token_comparisons),
+                token_agreement=c.token_agreement_sum / c.token_comparisons,
+            )
         gen = c.tokens
         if gen.streams or gen.tokens:
             out[rev].update(

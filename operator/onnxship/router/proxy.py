@@ -27,9 +27,9 @@ from multidict import CIMultiDict
 from onnxship.api.routes import Backend, RouteTable
 
 from .balance import ENVIRONMENT_HEADER, REVISION_HEADER, Routing
-from .compare import HEADER_LENGTH, compare_answers
+from .compare import HEADER_LENGTH, compare_answers, compare_tokens
 from .metrics import RouterMetrics
-from .streams import EVENT_STREAM, StreamMeter, answer_tokens, is_generation
+from .streams import EVENT_STREAM, Piece, StreamMeter, answer_tokens, greedy_copy, is_generation
 from .upstream import Stream, UpstreamError, UpstreamPool, UpstreamTimeout
 
 log = logging.getLogger("onnxship.router")
@@ -172,9 +172,14 @@ class Router:
             headers = CIMultiDict((k, v) for k, v in raw if k.lower() not in _SKIP_RESPONSE)
             if isinstance(body, Stream):
                 copy_to = routing.mirror_for(backend)
+                baseline: asyncio.Future[Piece | None] | None = None
                 if copy_to is not None:
-                    self._mirror(copy_to, backend, call, None)
-                return await self._stream(request, backend, status, headers, body, started)
+                    # the mirror compares with what the user gets, once it has all come
+                    baseline = asyncio.get_running_loop().create_future()
+                    self._mirror(copy_to, backend, call, baseline)
+                return await self._stream(
+                    request, backend, status, headers, body, started, baseline
+                )
             answer = _Answer(status, headers, body)
         self.metrics.observe(
             backend.revision, backend.environment, answer.status, "primary",
@@ -199,11 +204,13 @@ class Router:
         headers: CIMultiDict[str],
         body: Stream,
         started: float,
+        baseline: asyncio.Future[Piece | None] | None = None,
     ) -> web.StreamResponse:
-        """Pass a streamed answer on as it comes, metering its tokens; count it at its end."""
+        """Pass a streamed answer on as it comes, metering its tokens; count it at its end.
+        ``baseline`` (a mirror step) gets the generated text once the answer is complete."""
         headers[REVISION_HEADER] = backend.revision
         sse = headers.get("Content-Type", "").lower().startswith(EVENT_STREAM)
-        meter = StreamMeter(started, sse)
+        meter = StreamMeter(started, sse, collect=baseline is not None)
         resp = web.StreamResponse(status=status, headers=headers)
         code, outcome = status, "abandoned"
         timeout = self.settings.timeout
@@ -238,6 +245,10 @@ class Router:
             env = backend.environment
             self.metrics.observe(backend.revision, env, code, "primary", clock() - started)
             self.metrics.streamed(backend.revision, env, meter, outcome)
+            if baseline is not None and not baseline.done():
+                whole = outcome == "complete" and code == 200 and sse
+                piece = Piece(True, meter.text, meter.usage, tuple(meter.ids))
+                baseline.set_result(piece if whole else None)
         return resp
 
     async def _send(self, backend: Backend, call: _Call, role: str) -> _Answer:
@@ -272,12 +283,30 @@ class Router:
     # ------------------------------------------------------------ mirroring
 
     def _mirror(
-        self, canary: Backend, stable: Backend, call: _Call, answer: _Answer | None
+        self,
+        canary: Backend,
+        stable: Backend,
+        call: _Call,
+        answer: _Answer | asyncio.Future[Piece | None],
     ) -> None:
+        """Copy ``call`` to the canary, off the user's path; ``answer`` is stable's (a future
+        of its generated text when it is being streamed)."""
         if len(self.mirrors) >= self.settings.max_mirrors_in_flight:
             self.metrics.mirror_dropped.inc()
             return
-        task = asyncio.create_task(self._shadow(canary, stable, call, answer))
+        copy = None
+        if call.method == "POST" and is_generation(call.path_qs):
+            copy = greedy_copy(call.path_qs, call.body)
+        if copy is not None:
+            path, body, greedy = copy
+            shadow = self._shadow_generation(
+                canary, stable, _Call("POST", path, call.headers, body), greedy, answer
+            )
+        elif isinstance(answer, _Answer):
+            shadow = self._shadow(canary, stable, call, answer)
+        else:
+            shadow = self._shadow(canary, stable, call, None)
+        task = asyncio.create_task(shadow)
         self.mirrors.add(task)
         task.add_done_callback(self.mirrors.discard)
 
@@ -301,6 +330,47 @@ class Router:
             self.metrics.compared(
                 canary.revision, stable.revision, result.cosine, result.top1, result.max_abs_diff
             )
+
+
+    async def _shadow_generation(
+        self,
+        canary: Backend,
+        stable: Backend,
+        copy: _Call,
+        greedy: bool,
+        answer: _Answer | asyncio.Future[Piece | None],
+    ) -> None:
+        """The canary generates greedily; its tokens are compared with stable's greedy answer:
+        the one the user got when the request was greedy, else a greedy copy sent to stable
+        too (not counted as its traffic: a sampled answer is no baseline)."""
+
+        async def stable_greedy() -> Piece | None:
+            if greedy:
+                if isinstance(answer, _Answer):
+                    return answer_tokens(answer.body) if answer.status == 200 else None
+                return await answer
+            try:
+                status, _, out = await self.upstream.request(
+                    stable.url, copy.method, copy.path_qs, copy.headers, copy.body,
+                    self.settings.timeout,
+                )  # fmt: skip
+            except UpstreamError:
+                return None
+            return answer_tokens(out) if status == 200 else None
+
+        try:
+            mine, base = await asyncio.gather(self._send(canary, copy, "mirror"), stable_greedy())
+        except Exception:  # a mirror must never take the router down
+            log.exception("mirrored generation to %s failed", canary.url)
+            return
+        theirs = answer_tokens(mine.body) if mine.status == 200 else None
+        if base is None or theirs is None:
+            return
+        if base.ids and theirs.ids:
+            unit, a, b = "token_ids", list(base.ids), list(theirs.ids)
+        else:  # the servers do not say their token ids: compare words
+            unit, a, b = "words", base.text.split(), theirs.text.split()
+        self.metrics.compared_tokens(canary.revision, stable.revision, compare_tokens(a, b), unit)
 
 
 @dataclass(frozen=True)

@@ -174,3 +174,32 @@ class StreamMeter:
         if self.collect:
             self.texts.append(piece.text)
             self.ids += piece.ids
+
+
+def greedy_copy(path_qs: str, body: bytes) -> tuple[str, bytes, bool] | None:
+    """A mirror's copy of a generation request: greedy (temperature 0), not streamed, the same
+    ``max_tokens``; and whether the user's own request was greedy already (then the answer
+    the user got is the baseline). None when the body is not a JSON object."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    params = doc.get("parameters")
+    params = params if isinstance(params, dict) else None
+    merged = {**doc, **(params or {})}  # OIP generate: settings at the top or in parameters
+    greedy = merged.get("temperature") == 0 or merged.get("top_k") == 1
+    for d in (doc, params):
+        if d is not None:
+            for key in ("stream_options", "top_p", "top_k", "seed", "n"):
+                d.pop(key, None)
+    doc["temperature"] = 0
+    if params is not None:
+        params["temperature"] = 0
+    path, _, query = path_qs.partition("?")
+    if path.endswith("/generate_stream"):
+        path = path.removesuffix("_stream")
+    else:
+        doc["stream"] = False
+    return path + ("?" + query if query else ""), json.dumps(doc).encode(), greedy
