@@ -27,9 +27,12 @@ from tests.helpers.tiny_llm import build_tiny_llm
 ROOT = Path(__file__).resolve().parents[3]
 
 
+CALIBRATION = [[1, 9690, 198, 2683, 359], [1, 4093, 198, 1780, 314, 260]]
+
+
 def quantized(src: Path, dst: Path, **settings: object) -> Path:
     q = Quantize(mode="weightOnly", **settings)  # type: ignore[arg-type]
-    quantize_weight_only(src / "model.onnx", dst, q)
+    quantize_weight_only(src / "model.onnx", dst, q, calibration=CALIBRATION)
     copy_companions(src, dst)
     return dst
 
@@ -62,8 +65,9 @@ def folder_bytes(folder: Path) -> int:
         {"algorithm": "kquantMixed"},
         {"algorithm": "hqq", "accuracy_level": 0},
         {"algorithm": "rtn", "bits": 8},
+        {"algorithm": "gptq", "symmetric": False},
     ],
-    ids=["rtn-sym", "rtn-asym-b16", "kquant", "kquantMixed", "hqq", "int8"],
+    ids=["rtn-sym", "rtn-asym-b16", "kquant", "kquantMixed", "hqq", "int8", "gptq"],
 )
 def test_each_algorithm_writes_a_model_genai_and_plain_ort_run(
     tiny_llm: Path, tmp_path: Path, settings: dict[str, object]
@@ -129,6 +133,12 @@ def test_external_data_outside_the_folder_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidModelError, match=r"\.\./secret\.bin.*inside the model's folder"):
         quantize_weight_only(src / "model.onnx", tmp_path / "out", Quantize(mode="weightOnly"))
     assert not (tmp_path / "out" / "model.onnx").exists()
+
+
+def test_gptq_without_prompts_is_refused(tiny_llm: Path, tmp_path: Path) -> None:
+    q = Quantize(mode="weightOnly", algorithm="gptq")
+    with pytest.raises(InvalidSettingsError, match="gptq calibrates on prompts"):
+        quantize_weight_only(tiny_llm / "model.onnx", tmp_path / "out", q)
 
 
 def test_a_model_without_matmul_weights_is_refused(tmp_path: Path) -> None:
