@@ -60,7 +60,7 @@ def test_omitted_sections_get_defaults_from_the_api_server() -> None:
     spec = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     compression = spec["properties"]["compression"]
     assert compression["default"] == {}
-    assert compression["properties"]["quantize"]["properties"]["mode"]["default"] == "dynamic"
+    assert compression["properties"]["quantize"]["properties"]["mode"]["default"] == "auto"
     assert spec["properties"]["revisionHistoryLimit"]["default"] == 3
     # optional sections stay absent, so `has()` in CEL means "the user set it"
     assert (

@@ -142,9 +142,13 @@ def test_gate_failure_prints_the_measured_figure_and_the_threshold(
         "0.9999999",
         "--samples",
         str(mlp.samples),
+        "--quantize",
+        "dynamic",
     )
     assert result.exit_code == ExitCode.accuracy_gate
     assert "< 0.9999999" in result.stderr and "cosine 0.99" in result.stderr
+    # a CLI run names the flag that sets the figure, not the spec's field
+    assert "(--gate-min)" in result.stderr and "accuracyGate.min" not in result.stderr
 
 
 def test_an_invalid_spec_file_is_exit_code_3(tmp_path: Path) -> None:

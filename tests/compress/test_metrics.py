@@ -7,8 +7,31 @@ import pytest
 
 from onnxship.api import AccuracyGate
 from onnxship.compress import InvalidSettingsError
-from onnxship.compress.accuracy import agreement, cosine_rows, judge, rejudge
+from onnxship.compress.accuracy import (
+    CLI_NAMES,
+    Figures,
+    OutputInfo,
+    compare,
+    cosine_rows,
+    gate_message,
+    judge,
+    rejudge,
+)
 from onnxship.compress.prune import magnitude_prune, shrink
+from onnxship.compress.samples import Layout, Samples
+
+
+def batched(**arrays: np.ndarray) -> Samples:
+    return Samples(arrays, {k: Layout("axis", 0) for k in arrays}, synthetic=False)
+
+
+def figures_of(
+    original: list[np.ndarray], compressed: list[np.ndarray], classes: bool = False
+) -> dict[str, Figures]:
+    """One call of [N, ...] outputs named y0, y1, ..."""
+    infos = [OutputInfo(f"y{i}", classes, 0) for i in range(len(original))]
+    x = np.zeros((original[0].shape[0], 1), np.float32)
+    return compare([original], [compressed], [{"x": x}], infos, batched(x=x))
 
 
 def test_cosine_rows_per_sample_and_zero_rows_agree() -> None:
@@ -17,30 +40,56 @@ def test_cosine_rows_per_sample_and_zero_rows_agree() -> None:
     assert cosine_rows(a, b).tolist() == pytest.approx([1.0, 1.0, -1.0])
 
 
-def test_the_worst_output_decides() -> None:
+def test_the_worst_output_read_decides_and_is_named() -> None:
     rng = np.random.default_rng(0)
     good = rng.standard_normal((8, 4))
     drifted = good + rng.standard_normal((8, 4))
-    found = agreement([good, good], [good, drifted])
-    assert found.cosine_mean == pytest.approx(float(cosine_rows(good, drifted).mean()))
-    assert found.cosine_min <= found.cosine_mean < 1.0
-    assert found.max_abs_error == pytest.approx(float(np.max(np.abs(good - drifted))))
-    assert found.top1 is not None  # [8, 4] float scores look like a classifier
+    figures = figures_of([good, good], [good, drifted])
+    report = judge(figures, AccuracyGate(min=0.99), ["y0", "y1"], 8, False, CLI_NAMES)
+    assert report.deciding_output == "y1" and not report.passed
+    assert report.mean == pytest.approx(float(cosine_rows(good, drifted).mean()), abs=1e-6)
+    assert report.outputs["y0"] == pytest.approx(1.0)
+    assert report.max_abs_error == pytest.approx(float(np.max(np.abs(good - drifted))), rel=1e-5)
+    message = gate_message(report, CLI_NAMES)
+    assert "y1 cosine" in message and "(--gate-min)" in message
+    # reading only the output that agrees passes
+    assert judge(figures, AccuracyGate(min=0.99), ["y0"], 8, False).passed
 
 
-def test_gate_verdicts_and_rejudging_a_stored_report() -> None:
-    found = agreement([np.eye(4)], [np.eye(4) * 2])
-    report = judge(found, AccuracyGate(metric="cosine", min=0.99), rows=4, synthetic=False)
-    assert report.passed and report.mean == 1.0 and report.top1_agreement == 1.0
+def test_top1_only_for_class_scores() -> None:
+    embedding = figures_of([np.eye(4)], [np.eye(4) * 2])
+    report = judge(embedding, AccuracyGate(metric="cosine", min=0.99), ["y0"], 4, False)
+    assert report.passed and report.top1_agreement is None  # argmax of an embedding: nothing
+    scores = figures_of([np.eye(4)], [np.eye(4) * 2], classes=True)
+    report = judge(scores, AccuracyGate(metric="cosine", min=0.99), ["y0"], 4, False)
+    assert report.top1_agreement == 1.0
     assert rejudge(report, AccuracyGate(metric="top1", min=1.0)).passed
-    noisy = judge(agreement([np.eye(4)], [np.eye(4)[::-1]]), AccuracyGate(min=0.5), 4, False)
-    assert not noisy.passed and noisy.threshold == 0.5
+    noisy = figures_of([np.eye(4)], [np.eye(4)[::-1]], classes=True)
+    low = judge(noisy, AccuracyGate(min=0.5), ["y0"], 4, False)
+    assert not low.passed and low.threshold == 0.5
 
 
-def test_top1_gate_needs_a_classifier_output() -> None:
-    found = agreement([np.ones((4, 3, 2))], [np.ones((4, 3, 2))])
-    with pytest.raises(InvalidSettingsError, match="top1 needs a classifier"):
-        judge(found, AccuracyGate(metric="top1", min=0.9), 4, False)
+def test_top1_gate_needs_a_class_score_output() -> None:
+    figures = figures_of([np.ones((4, 3, 2))], [np.ones((4, 3, 2))])
+    with pytest.raises(InvalidSettingsError, match="top1 needs a class-score output"):
+        judge(figures, AccuracyGate(metric="top1", min=0.9), ["y0"], 4, False)
+
+
+def test_an_output_batched_on_axis_1_is_compared_per_row() -> None:
+    """A state [2, B, 128]: row i is [:, i, :], even when B is 2 in some call."""
+    rng = np.random.default_rng(4)
+    calls_a, calls_b, feeds = [], [], []
+    for rows in (5, 2):
+        state = rng.standard_normal((2, rows, 16))
+        spoiled = state.copy()
+        spoiled[:, 0, :] = -state[:, 0, :]  # the first row of each call answers backwards
+        calls_a.append([state])
+        calls_b.append([spoiled])
+        feeds.append({"x": np.zeros((rows, 3), np.float32)})
+    samples = batched(x=np.zeros((7, 3), np.float32))
+    figures = compare(calls_a, calls_b, feeds, [OutputInfo("stateN", False, 0)], samples)
+    cos = np.concatenate(figures["stateN"].cosine)
+    assert cos.shape == (7,) and cos.tolist() == pytest.approx([-1, 1, 1, 1, 1, -1, 1])
 
 
 @pytest.mark.parametrize("sparsity", [0.1, 0.5, 0.7, 0.95])
@@ -72,5 +121,8 @@ def test_padding_positions_are_left_out_of_token_outputs() -> None:
     noisy = hidden.copy()
     noisy[:, 2:, :] = rng.standard_normal((2, 2, 8))  # garbage where the mask is 0
     mask = np.array([[1, 1, 0, 0], [1, 1, 0, 0]])
-    assert agreement([hidden], [noisy], mask).cosine_min == pytest.approx(1.0)
-    assert agreement([hidden], [noisy]).cosine_min < 0.9
+    samples = batched(attention_mask=mask)
+    info = [OutputInfo("h", False, 0)]
+    masked = compare([[hidden]], [[noisy]], [{"attention_mask": mask}], info, samples)
+    assert masked["h"].cosine_min == pytest.approx(1.0)
+    assert figures_of([hidden], [noisy])["y0"].cosine_min < 0.9

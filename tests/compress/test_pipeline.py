@@ -91,25 +91,35 @@ def test_same_model_and_settings_is_a_cache_hit_that_does_no_work(
 def test_other_settings_or_another_model_never_share_an_entry(
     mlp: ModelOnDisk, encoder: ModelOnDisk, file_store: ArtifactStore
 ) -> None:
-    a = compress(mlp.uri, Compression(), file_store)
-    b = compress(mlp.uri, settings(quantize={"perChannel": False}), file_store)
-    c = compress(encoder.uri, Compression(), file_store)
+    dynamic = {"mode": "dynamic"}
+    a = compress(mlp.uri, settings(quantize=dynamic), file_store)
+    b = compress(mlp.uri, settings(quantize={**dynamic, "perChannel": False}), file_store)
+    c = compress(encoder.uri, settings(quantize=dynamic), file_store)
     assert len({a.manifest.cache_key, b.manifest.cache_key, c.manifest.cache_key}) == 3
-    # The accuracy gate decides whether to publish, not what is published: same key.
-    d = compress(mlp.uri, settings(accuracyGate={"min": 0.5}), file_store)
+    # With an explicit mode the accuracy gate decides whether to publish, not what is
+    # published: same key.
+    d = compress(mlp.uri, settings(quantize=dynamic, accuracyGate={"min": 0.5}), file_store)
     assert d.cache_hit and d.manifest.cache_key == a.manifest.cache_key
+    # quantize auto: the gate picks the candidate published, so it is part of the key.
+    e = compress(mlp.uri, Compression(), file_store)
+    f = compress(mlp.uri, settings(accuracyGate={"min": 0.5}), file_store)
+    assert not f.cache_hit and f.manifest.cache_key != e.manifest.cache_key
 
 
 def test_a_cache_hit_is_still_judged_by_the_current_gate(
     mlp: ModelOnDisk, file_store: ArtifactStore
 ) -> None:
+    dynamic = {"mode": "dynamic"}
     compress(
-        mlp.uri, settings(accuracyGate={"min": 0.5}), file_store, sample_inputs=str(mlp.samples)
+        mlp.uri,
+        settings(quantize=dynamic, accuracyGate={"min": 0.5}),
+        file_store,
+        sample_inputs=str(mlp.samples),
     )
     with pytest.raises(AccuracyGateError) as err:
         compress(
             mlp.uri,
-            settings(accuracyGate={"min": 0.999999}),
+            settings(quantize=dynamic, accuracyGate={"min": 0.999999}),
             file_store,
             sample_inputs=str(mlp.samples),
         )
@@ -165,9 +175,18 @@ def test_the_report_has_sizes_latency_step_times_and_tool_versions(
         m.report.compressed_bytes / m.report.original_bytes, rel=1e-4
     )
     assert m.report.original_latency_ms and m.report.compressed_latency_ms
-    assert {"fetch", "validate", "optimize", "quantize", "accuracy"} <= set(m.report.step_seconds)
+    assert {"fetch", "validate", "optimize", "search"} <= set(m.report.step_seconds)
     assert m.tools.onnxruntime == ort.__version__ and m.tools.onnx == onnx.__version__
-    assert m.report.steps == ["optimize:extended", "quantize:dynamic:int8:per-channel"]
+    chosen = [c for c in m.report.candidates if c.chosen]
+    assert len(chosen) == 1 and m.report.steps[-1:] == chosen[0].steps
+    assert chosen[0].bytes == m.report.compressed_bytes
+    assert all(c.bytes >= chosen[0].bytes for c in m.report.candidates if c.passed)
+    assert m.report.samples_digest and m.report.accuracy is not None
+    explicit = compress(
+        mlp.uri, settings(quantize={"mode": "dynamic"}), file_store, sample_inputs=str(mlp.samples)
+    ).manifest.report
+    assert {"quantize", "accuracy"} <= set(explicit.step_seconds)
+    assert explicit.steps == ["optimize:extended", "quantize:dynamic:int8:per-channel"]
 
 
 def test_a_sha256_pin_that_does_not_match_stops_everything(

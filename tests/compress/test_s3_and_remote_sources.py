@@ -49,7 +49,11 @@ def test_s3_source_with_external_data_to_an_s3_store_and_back(
     # Another cluster pointing at the same bucket finds the work done.
     other = s3_server.store(f"s3://{bucket}/artifacts/")
     again = compress(
-        f"s3://{bucket}/models/enc/v1/model.onnx", Compression(), other, source_access=access
+        f"s3://{bucket}/models/enc/v1/model.onnx",
+        Compression(),
+        other,
+        sample_inputs=f"s3://{bucket}/models/enc/v1/samples.npz",
+        source_access=access,
     )
     assert again.cache_hit
 

@@ -72,10 +72,23 @@ def test_cache_key_separates_models_settings_and_tools() -> None:
 
 
 def test_accuracy_gate_does_not_change_the_artifact() -> None:
-    """The gate decides whether to publish, not what is published: a stricter gate reuses it."""
-    loose = Compression.model_validate({"accuracyGate": {"min": 0.9}})
-    strict = Compression.model_validate({"accuracyGate": {"min": 0.999}})
+    """With an explicit mode the gate decides whether to publish, not what is published: a
+    stricter gate reuses it. With quantize auto it picks the candidate: another key."""
+    q = {"mode": "dynamic"}
+    loose = Compression.model_validate({"quantize": q, "accuracyGate": {"min": 0.9}})
+    strict = Compression.model_validate({"quantize": q, "accuracyGate": {"min": 0.999}})
     assert cache_key(SHA, loose, TOOLS) == cache_key(SHA, strict, TOOLS)
+    auto_loose = Compression.model_validate({"accuracyGate": {"min": 0.9}})
+    auto_strict = Compression.model_validate({"accuracyGate": {"min": 0.999}})
+    assert cache_key(SHA, auto_loose, TOOLS) != cache_key(SHA, auto_strict, TOOLS)
+
+
+def test_other_sample_inputs_are_another_cache_key() -> None:
+    c = Compression()
+    assert cache_key(SHA, c, TOOLS, samples_sha256="1" * 64) != cache_key(
+        SHA, c, TOOLS, samples_sha256="2" * 64
+    )
+    assert cache_key(SHA, c, TOOLS, samples_sha256="1" * 64) != cache_key(SHA, c, TOOLS)
 
 
 def test_canonical_json_ignores_key_order() -> None:

@@ -110,7 +110,11 @@ class Prune(ApiModel):
 
 
 class Quantize(ApiModel):
-    mode: QuantizeMode = Field(QuantizeMode.dynamic, description="none | dynamic | static | fp16")
+    mode: QuantizeMode = Field(
+        QuantizeMode.auto,
+        description="auto (measure candidates, publish the smallest that passes the gate) | "
+        "none | dynamic | static | fp16 | weightOnly",
+    )
     weight_type: Literal["int8", "uint8"] = Field("int8", description="Integer weight type.")
     per_channel: bool = Field(True, description="Per-channel weight scales (int8 modes).")
     calibration: Literal["minmax", "entropy", "percentile"] = Field(

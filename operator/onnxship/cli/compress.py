@@ -30,6 +30,7 @@ from onnxship.api import (
     AccuracyGate,
     AccuracyReport,
     Compression,
+    CompressionReport,
     ModelDeploymentSpec,
     ModelKind,
     Prune,
@@ -47,6 +48,7 @@ from onnxship.compress import (
     SourceError,
     compress,
 )
+from onnxship.compress.accuracy import CLI_NAMES
 from onnxship.compress.result import RESULT_LIMIT, compact_result
 from onnxship.store import S3Credentials, StoreError, open_store
 
@@ -139,6 +141,8 @@ def _override(base: Compression, **flags: Any) -> Compression:
         gate["metric"] = flags["gate_metric"]
     if flags["gate_min"] is not None:
         gate["min"] = flags["gate_min"]
+    if flags["gate_outputs"]:
+        gate["outputs"] = list(flags["gate_outputs"])
     if flags.get("gate_max") is not None:
         gate["max"] = flags["gate_max"]
     try:
@@ -182,6 +186,8 @@ class _Reporter:
             print(json.dumps(as_json(outcome)))
             return
         out.print(report_table(outcome))
+        if len(outcome.manifest.report.candidates) > 1:
+            out.print(candidates_table(outcome.manifest.report))
         for note in outcome.notes + [
             n for n in outcome.manifest.report.notes if n not in outcome.notes
         ]:
@@ -232,7 +238,7 @@ def compress_command(
     ),
     prune_method: str | None = typer.Option(None, "--prune-method", help="magnitude | shrink"),
     quantize: str | None = typer.Option(
-        None, "--quantize", help="none | dynamic | static | fp16 | weightOnly | auto"
+        None, "--quantize", help="auto (default) | none | dynamic | static | fp16 | weightOnly"
     ),
     calibration: str | None = typer.Option(
         None, "--calibration", help="static int8: minmax | entropy | percentile"
@@ -264,6 +270,11 @@ def compress_command(
         None, "--gate-metric", help="cosine | top1 | kl | tokens (the last two: causal LM)"
     ),
     gate_min: float | None = typer.Option(None, "--gate-min", help="The accuracy gate's minimum."),
+    gate_outputs: list[str] | None = typer.Option(
+        None,
+        "--gate-output",
+        help="An output the gate reads (repeat for several); default: the final outputs.",
+    ),
     gate_max: float | None = typer.Option(
         None, "--gate-max", help="The accuracy gate's maximum (metric kl)."
     ),
@@ -297,6 +308,7 @@ def compress_command(
         per_channel=per_channel,
         gate_metric=gate_metric,
         gate_min=gate_min,
+        gate_outputs=gate_outputs,
         gate_max=gate_max,
         bits=bits,
         block_size=block_size,
@@ -347,6 +359,7 @@ def compress_command(
                     model_version=spec.model.version if spec else "",
                     source_access=access,
                     model_kind=model_kind,
+                    gate_names=CLI_NAMES,
                 )
         else:
             outcome = compress(
@@ -359,9 +372,14 @@ def compress_command(
                 model_version=spec.model.version if spec else "",
                 source_access=access,
                 model_kind=model_kind,
+                gate_names=CLI_NAMES,
             )
     except AccuracyGateError as exc:
-        reporter.fail(str(exc), ExitCode.accuracy_gate, report=exc.report.to_wire())
+        # The refusal carries the sizes and every candidate, so the user can weigh it.
+        summary = exc.summary.to_wire() if exc.summary is not None else exc.report.to_wire()
+        if exc.summary is not None and output == "text" and exc.summary.candidates:
+            out.print(candidates_table(exc.summary))
+        reporter.fail(str(exc), ExitCode.accuracy_gate, report=summary)
     except InvalidModelError as exc:
         reporter.fail(str(exc), ExitCode.invalid_model)
     except SourceError as exc:
@@ -433,6 +451,8 @@ def report_table(outcome: CompressionOutcome) -> Table:
         a = r.accuracy
         verdict = "[green]passed[/]" if a.passed else "[red]failed[/]"
         parts = [f"{a.metric} mean {a.mean:.6f} min {a.min:.6f} (gate >= {a.threshold}) {verdict}"]
+        if a.deciding_output:
+            parts.append(f"decided by {a.deciding_output}")
         if a.top1_agreement is not None:
             parts.append(f"top-1 agreement {a.top1_agreement:.4f}")
         if a.max_abs_error is not None:
@@ -444,9 +464,40 @@ def report_table(outcome: CompressionOutcome) -> Table:
             "latency (batch 1)",
             f"{r.original_latency_ms:.3f} ms -> {r.compressed_latency_ms:.3f} ms",
         )
+    if r.accuracy is not None and r.accuracy.outputs:
+        table.add_row(
+            "per output",
+            ", ".join(
+                f"{n} {v:.6f}{' (decides)' if n == r.accuracy.deciding_output else ''}"
+                for n, v in r.accuracy.outputs.items()
+            ),
+        )
     if r.step_seconds:
         table.add_row("time", ", ".join(f"{k} {v:.2f}s" for k, v in r.step_seconds.items()))
     table.add_row(
         "tools", f"onnx {m.tools.onnx}, onnxruntime {m.tools.onnxruntime}, {m.execution_provider}"
     )
+    return table
+
+
+def candidates_table(report: CompressionReport) -> Table:
+    """quantize: auto: every candidate, its figures, and why it won or lost."""
+    table = Table(title="candidates", title_justify="left")
+    for column in ("candidate", "size", "latency", "accuracy", ""):
+        table.add_column(column, overflow="fold")
+    for c in report.candidates:
+        a = c.accuracy
+        figure = (
+            f"{a.deciding_output + ' ' if a.deciding_output else ''}{a.metric} {a.mean:.4f}"
+            f" ({a.samples} rows)"
+            if a is not None
+            else "-"
+        )
+        table.add_row(
+            f"[bold]{c.name}[/]" if c.chosen else c.name,
+            _mb(c.bytes) if c.bytes else "-",
+            f"{c.latency_ms:.2f} ms" if c.latency_ms is not None else "-",
+            figure,
+            c.why,
+        )
     return table

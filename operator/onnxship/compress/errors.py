@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from onnxship.store import StoreError
 
 if TYPE_CHECKING:
-    from onnxship.api import AccuracyReport
+    from onnxship.api import AccuracyReport, CompressionReport
 
 
 class CompressError(Exception):
@@ -34,9 +34,13 @@ class InvalidSettingsError(CompressError):
 class AccuracyGateError(CompressError):
     """The compressed model answers too differently from the original; nothing was published."""
 
-    def __init__(self, message: str, report: AccuracyReport) -> None:
+    def __init__(
+        self, message: str, report: AccuracyReport, summary: CompressionReport | None = None
+    ) -> None:
         super().__init__(message)
         self.report = report
+        # sizes, steps and every candidate measured: what the user weighs against the gate
+        self.summary = summary
 
 
 __all__ = [

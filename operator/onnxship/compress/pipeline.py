@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 
@@ -22,6 +23,7 @@ from onnxship import __version__
 from onnxship.api import (
     AccuracyReport,
     ArtifactManifest,
+    CandidateReport,
     Compression,
     CompressionReport,
     ExecutionProvider,
@@ -33,16 +35,19 @@ from onnxship.api import (
 from onnxship.plan.revision import cache_key
 from onnxship.store import ArtifactStore, Progress, describe, no_progress
 
-from . import accuracy, quantize
+from . import accuracy, quantize, search
+from .accuracy import CLI_NAMES, SPEC_NAMES, GateNames
 from .errors import AccuracyGateError, InvalidModelError, InvalidSettingsError
 from .optimize import optimize
 from .prune import prune
-from .samples import Samples, load_samples, synthesize
+from .samples import SYNTHETIC_DIM, Samples, load_samples, synthesize, warmup_feed
 from .source import SourceAccess, digest_of_files, fetch_model, fetch_samples
 from .validate import ModelInfo, validate_model
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+WARMUP_FILE = "warmup.npz"  # real sample rows serve warms up with (CONTRACTS.md §2)
+RETRY_DIMS = (64, 512)  # made-up symbolic dimensions tried when 16 does not run
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,7 @@ def compress(
     model_version: str = "",
     work_dir: Path | None = None,
     model_kind: ModelKind | str | None = None,
+    gate_names: GateNames | None = None,
 ) -> CompressionOutcome:
     """Compress the model at ``source_uri`` with ``compression`` and publish it to ``store``.
 
@@ -110,6 +116,8 @@ def compress(
     - ``execution_provider``: the ORT provider the artifact is for (CPU, CUDA, ...).
     - ``expected_sha256``: pin of the source model file; a mismatch publishes nothing.
     - ``progress``: listener for byte and step progress (see ``onnxship.store.Progress``).
+    - ``gate_names``: how the user set the gate, for messages (``accuracy.CLI_NAMES`` on a
+      CLI run names ``--gate-min``; the spec's fields by default).
     - ``model_kind``: spec.model.kind; None = found from the files (a folder, or a graph with
       a decoder's signature, is a causal LM: compressed by ``llm.pipeline.compress_llm``).
 
@@ -119,6 +127,7 @@ def compress(
     AccuracyGateError or StoreError; in every case nothing is published.
     """
     progress = progress or no_progress
+    names = gate_names or SPEC_NAMES
     started = time.perf_counter()
     known = [e.value for e in ExecutionProvider]
     if execution_provider not in known:
@@ -162,14 +171,19 @@ def compress(
             if not info.external_files
             else digest_of_files(info.path.parent, info.files)
         )
-        key = cache_key(source_digest, compression, tool_versions(execution_provider))
+        samples = _samples(sample_inputs, info, work, source_access, names)
+        key = cache_key(
+            source_digest,
+            compression,
+            tool_versions(execution_provider),
+            samples_sha256=samples.digest,
+        )
         existing = store.get_manifest(key)
         if existing is not None:
-            return _cache_hit(existing, compression, store)
+            return _cache_hit(existing, compression, store, names)
 
-        samples = _samples(sample_inputs, info, work, source_access)
         notes = [samples.note] if samples.note else []
-        if samples.attention_mask() is not None:
+        if samples.mask_name() is not None:
             notes.append("accuracy: outputs shaped [batch, seq, ...] compared on unmasked tokens")
         current = info.path
         applied: list[str] = []
@@ -179,8 +193,9 @@ def compress(
             d.mkdir()
             return d / "model.onnx"
 
+        q = compression.quantize
         level = compression.optimize
-        if compression.quantize.mode == QuantizeMode.static and level in ("extended", "all"):
+        if q.mode == QuantizeMode.static and level in ("extended", "all"):
             # The static quantizer places Q/DQ pairs on standard ops; fused contrib ops carry no
             # shapes and break it. ORT fuses the quantized graph when it loads it anyway.
             notes.append(f"optimize: basic instead of {level} before static quantization")
@@ -202,39 +217,105 @@ def compress(
             notes.append(f"prune: {count} weight tensors, {zeros:.1%} of their values now zero")
             applied.append(f"prune:{compression.prune.method}:{compression.prune.sparsity:g}")
             current = out
-        q = compression.quantize
-        if q.mode != QuantizeMode.none:
-            out = step_dir("quantize")
-            src = current
 
-            def run_quantize() -> list[str]:
-                if q.mode == QuantizeMode.dynamic:
-                    return quantize.dynamic(src, out, q)
-                if q.mode == QuantizeMode.static:
-                    return quantize.static(src, out, q, samples)
-                return quantize.fp16(src, out, info.total_bytes)
-
-            notes += steps.run("quantize", run_quantize)
-            detail = (
-                ""
-                if q.mode == QuantizeMode.fp16
-                else f":{q.weight_type}:{'per-channel' if q.per_channel else 'per-tensor'}"
-            )
-            applied.append(f"quantize:{q.mode}{detail}")
-            current = out
-
-        result = steps.run("check", lambda: validate_model(current, full_check=False))
-        # One session per model for outputs and latency: a multi-GB model is loaded once here.
-        report_accuracy, latencies = steps.run(
-            "accuracy",
-            lambda: _accuracy(info.path, current, samples, execution_provider, compression),
+        referee = steps.run(
+            "reference",
+            lambda: _referee(info.path, samples, compression, names, execution_provider),
         )
-        if not report_accuracy.passed:
-            raise _gate_error(report_accuracy, compression)
+        candidates: list[CandidateReport] = []
+        if q.mode == QuantizeMode.auto:
+            base = current
+            result = steps.run(
+                "search",
+                lambda: search.search(
+                    base,
+                    work / "search",
+                    referee,
+                    q,
+                    lambda: _static_source(info.path, compression, work, execution_provider),
+                    progress,
+                ),
+            )
+            candidates = result.candidates
+            notes += result.notes
+            report_accuracy, latencies = result.accuracy, result.latencies
+            if result.step.startswith("quantize:static"):
+                # the static candidate starts from a basic-optimized graph (_static_source)
+                applied = ["optimize:basic" if a.startswith("optimize:") else a for a in applied]
+            if result.step:
+                applied.append(result.step)
+            current = result.path
+        else:
+            if q.mode != QuantizeMode.none:
+                out = step_dir("quantize")
+                src = current
 
-        files = result.files
+                def run_quantize() -> list[str]:
+                    if q.mode == QuantizeMode.dynamic:
+                        return quantize.dynamic(src, out, q)
+                    if q.mode == QuantizeMode.static:
+                        return quantize.static(src, out, q, samples)
+                    if q.mode == QuantizeMode.fp16:
+                        return quantize.fp16(src, out, info.total_bytes)
+                    raise InvalidSettingsError(
+                        f"{names.quantize}: {q.mode} is for causal LMs; use auto, dynamic, "
+                        "static, fp16 or none for this model"
+                    )
+
+                notes += steps.run("quantize", run_quantize)
+                detail = (
+                    ""
+                    if q.mode == QuantizeMode.fp16
+                    else f":{q.weight_type}:{'per-channel' if q.per_channel else 'per-tensor'}"
+                )
+                applied.append(f"quantize:{q.mode}{detail}")
+                current = out
+            steps.run("check", lambda: validate_model(current, full_check=False))
+            report_accuracy, latencies, unread = steps.run(
+                "accuracy", lambda: _accuracy(referee, current, execution_provider)
+            )
+            if unread:
+                notes.append(unread)
+            candidates = [
+                CandidateReport(
+                    name=str(q.mode),
+                    steps=applied[-1:],
+                    bytes=search.model_bytes(current),
+                    latency_ms=latencies[1],
+                    accuracy=report_accuracy,
+                    passed=report_accuracy.passed,
+                    chosen=report_accuracy.passed,
+                    why=f"{names.quantize}: {q.mode} (explicit)",
+                )
+            ]
+        result_files = validate_model(current, full_check=False).files
+        if not report_accuracy.passed:
+            smallest = min((c.bytes for c in candidates if c.bytes), default=0)
+            raise _gate_error(
+                report_accuracy,
+                names,
+                CompressionReport(
+                    original_bytes=info.total_bytes,
+                    compressed_bytes=smallest,
+                    ratio=round(smallest / info.total_bytes, 6),
+                    accuracy=report_accuracy,
+                    steps=applied,
+                    notes=notes,
+                    candidates=candidates,
+                    samples_digest=samples.digest,
+                ),
+            )
+
+        files = list(result_files)
+        warm = warmup_feed(samples)
+        if warm is not None:
+            np.savez(current.parent / WARMUP_FILE, **warm)
+            files.append(WARMUP_FILE)
+            notes.append(
+                f"warm-up: {_call_rows(warm, samples)} sample row(s) kept as {WARMUP_FILE}"
+            )
         blobs = describe(current.parent, files, progress)
-        compressed_bytes = sum(b.size for b in blobs)
+        compressed_bytes = sum(b.size for b in blobs if b.name != WARMUP_FILE)
         if compressed_bytes >= info.total_bytes:
             notes.append(
                 "size: the result is not smaller than the original (quantization adds scales "
@@ -263,6 +344,8 @@ def compress(
                 seconds=round(time.perf_counter() - started, 3),
                 step_seconds=steps.seconds,
                 notes=notes,
+                candidates=candidates,
+                samples_digest=samples.digest,
             ),
             tools=ToolVersions(
                 onnxship=__version__, onnx=onnx.__version__, onnxruntime=ort.__version__
@@ -273,58 +356,134 @@ def compress(
         return CompressionOutcome(manifest, False, store.manifest_uri(key), notes)
 
 
-def _samples(uri: str, info: ModelInfo, work: Path, access: SourceAccess | None) -> Samples:
+def _call_rows(feed: dict[str, np.ndarray], samples: Samples) -> int:
+    for name, layout in samples.layouts.items():
+        if layout.how == "axis":
+            return int(feed[name].shape[layout.axis])
+    return 1
+
+
+def _samples(
+    uri: str, info: ModelInfo, work: Path, access: SourceAccess | None, names: GateNames
+) -> Samples:
     if uri:
         return load_samples(fetch_samples(uri, work, access), info.inputs)
-    return synthesize(info.inputs)
+    where = "--samples" if names is CLI_NAMES else "spec.model.sampleInputs"
+    return synthesize(info.inputs, where=where)
+
+
+def _referee(
+    original: Path,
+    samples: Samples,
+    compression: Compression,
+    names: GateNames,
+    execution_provider: str,
+) -> search.Referee:
+    """The original model ready to judge candidates: it must run on the samples. Made-up
+    inputs that it refuses (a branch that pads more than 16 frames) are made again with longer
+    symbolic dimensions before giving up."""
+    where = "--samples" if names is CLI_NAMES else "spec.model.sampleInputs"
+    tries = [samples] if not samples.synthetic else [samples] + [
+        synthesize(_inputs_of(original), dim=dim, where=where) for dim in RETRY_DIMS
+    ]
+    for attempt in tries:
+        referee = search.Referee(
+            original, attempt, compression.accuracy_gate, names, execution_provider
+        )
+        try:
+            referee.reference(1)
+        except InvalidModelError:
+            raise
+        except Exception as exc:
+            reason = search._first_line(exc)
+            if attempt is tries[-1]:
+                shapes = ", ".join(
+                    f"{k} {list(v.shape)} {v.dtype}" for k, v in referee.calls[0].items()
+                )
+                if samples.synthetic:
+                    raise InvalidSettingsError(
+                        f"the model does not run on inputs made up from its signature ({shapes}; "
+                        f"symbolic dimensions tried: {SYNTHETIC_DIM}, "
+                        f"{', '.join(map(str, RETRY_DIMS))}): {reason}. Pass real sample inputs "
+                        f"({where})"
+                    ) from None
+                raise InvalidSettingsError(
+                    f"the model does not run on the sample inputs ({where}; first call: "
+                    f"{shapes}): {reason}"
+                ) from None
+            continue
+        return referee
+    raise AssertionError("unreachable")
+
+
+def _inputs_of(path: Path) -> list:  # type: ignore[type-arg]
+    return validate_model(path, full_check=False).inputs
+
+
+def _static_source(
+    original: Path, compression: Compression, work: Path, execution_provider: str
+) -> Path:
+    """auto's static candidate starts from a basic-optimized graph: the static quantizer
+    places Q/DQ pairs on standard ops, and extended fusions carry no shapes."""
+    folder = work / "static-source"
+    path = folder / "model.onnx"
+    if path.exists():
+        return path
+    folder.mkdir()
+    current = original
+    if compression.optimize != "none":
+        optimize(original, path, "basic", execution_provider, original.stat().st_size)
+        current = path
+    if compression.prune.sparsity > 0:
+        pruned = folder / "pruned" / "model.onnx"
+        pruned.parent.mkdir()
+        prune(current, pruned, compression.prune.sparsity, compression.prune.method)
+        current = pruned
+    return current
 
 
 def _accuracy(
-    original: Path,
-    compressed: Path,
-    samples: Samples,
-    execution_provider: str,
-    compression: Compression,
-) -> tuple[AccuracyReport, tuple[float, float]]:
+    referee: search.Referee, compressed: Path, execution_provider: str
+) -> tuple[AccuracyReport, tuple[float, float], str]:
     try:
-        before, before_ms = accuracy.run_all(original, samples, execution_provider)
-    except InvalidModelError:
+        model = accuracy.Model(compressed, execution_provider)
+        report, cosines = referee.score(model)
+    except InvalidSettingsError:
         raise
     except Exception as exc:
         raise InvalidSettingsError(
-            f"{original}: running the model on the sample inputs failed: {exc}"
+            f"the compressed model does not run on {execution_provider} here "
+            f"({search._first_line(exc, compressed)}); choose other compression settings for "
+            "this environment"
         ) from None
-    try:
-        after, after_ms = accuracy.run_all(compressed, samples, execution_provider)
-    except Exception as exc:
-        raise InvalidSettingsError(
-            f"the compressed model does not run on {execution_provider} here ({exc}); "
-            "choose other compression settings for this environment"
-        ) from None
-    found = accuracy.agreement(before, after, samples.attention_mask())
-    report = accuracy.judge(found, compression.accuracy_gate, samples.rows, samples.synthetic)
-    return report, (before_ms, after_ms)
+    before = referee.model.latency_ms(referee.latency_feed)
+    after = model.latency_ms(referee.latency_feed)
+    return report, (before, after), referee.unread_note(cosines)
 
 
-def _gate_error(report: AccuracyReport, compression: Compression) -> AccuracyGateError:
-    gate = compression.accuracy_gate
-    return AccuracyGateError(
-        f"accuracy gate failed: {gate.metric} {report.mean:.6f} < {gate.min} "
-        f"(spec.compression.accuracyGate.min) on {report.samples} samples; nothing was published. "
-        "Loosen the compression (per-channel, fewer pruned weights, no quantization) or the gate",
-        report,
-    )
+def _gate_error(
+    report: AccuracyReport, names: GateNames, summary: CompressionReport | None = None
+) -> AccuracyGateError:
+    message = accuracy.gate_message(report, names)
+    if summary is not None and len(summary.candidates) > 1:
+        message += ". Candidates (quantize: auto):\n" + search.table(summary.candidates)
+    else:
+        message += (
+            f". Loosen the compression ({names.quantize} auto tries gentler variants, "
+            "fewer pruned weights) or the gate"
+        )
+    return AccuracyGateError(message, report, summary)
 
 
 def _cache_hit(
-    existing: ArtifactManifest, compression: Compression, store: ArtifactStore
+    existing: ArtifactManifest, compression: Compression, store: ArtifactStore, names: GateNames
 ) -> CompressionOutcome:
     notes = ["cache hit: the store already holds this model compressed with these settings"]
     report = existing.report
     if report.accuracy is not None:
         verdict = accuracy.rejudge(report.accuracy, compression.accuracy_gate)
         if not verdict.passed:
-            raise _gate_error(verdict, compression)
+            raise _gate_error(verdict, names, report)
         existing = existing.model_copy(
             update={"report": report.model_copy(update={"accuracy": verdict})}
         )

@@ -38,7 +38,11 @@ from .errors import InvalidModelError, InvalidSettingsError
 from .samples import Samples
 from .weights import has_external_data
 
-DYNAMIC_OPS = ["MatMul", "Attention", "LSTM", "EmbedLayerNormalization", "Conv"]
+# quantize: dynamic. auto tries MatMuls first and Conv/LSTM second: int8 Conv cost a CNN + attention
+# OCR recognizer its accuracy (cosine 0.43) where int8 MatMuls alone kept 0.9999.
+MATMUL_OPS = ["MatMul", "Attention", "EmbedLayerNormalization"]
+DYNAMIC_OPS = [*MATMUL_OPS, "LSTM", "Conv"]
+# Dynamic int8 in ONNX Runtime has no Gemm kernel: Gemm stays float in dynamic candidates.
 GATHER_MIN_ELEMENTS = 1_000_000  # quantize embedding tables of at least ~4 MB
 CALIBRATION_BATCH = 8
 # Ops with weights. Q/DQ around every Add, Mul, Softmax and LayerNormalization of a BERT
@@ -84,10 +88,10 @@ def large_gathers(model: onnx.ModelProto) -> bool:
     )
 
 
-def dynamic(src: Path, dst: Path, q: Quantize) -> list[str]:
+def dynamic(src: Path, dst: Path, q: Quantize, op_types: list[str] | None = None) -> list[str]:
     _quiet()
     header = onnx.load_model(str(src), load_external_data=False)
-    ops = list(DYNAMIC_OPS)
+    ops = list(op_types or DYNAMIC_OPS)
     notes = []
     if large_gathers(header):
         ops.append("Gather")
@@ -129,32 +133,104 @@ class _Reader(CalibrationDataReader):  # type: ignore[misc]
 def static(src: Path, dst: Path, q: Quantize, samples: Samples) -> list[str]:
     _quiet()
     header = onnx.load_model(str(src), load_external_data=False)
-    fixed_batch = any(
-        vi.type.tensor_type.shape.dim and vi.type.tensor_type.shape.dim[0].dim_value == 1
-        for vi in header.graph.input
-    )
     method = CALIBRATION[q.calibration]
     notes = [f"quantize: static int8 (QDQ), {method.name} calibration on {samples.rows} samples"]
     if samples.synthetic:
         notes.append("quantize: calibrated on made-up inputs; pass real samples for real ranges")
+    per_channel = q.per_channel
+    opset = next((o.version for o in header.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if per_channel and opset < 13:
+        # A per-channel DequantizeLinear has an axis, which opset 13 brought.
+        raised = dst.parent / "opset13.onnx"
+        if _raise_opset(src, raised, 13, has_external_data(header)):
+            notes.append(f"quantize: opset raised from {opset} to 13 for per-channel scales")
+            src = raised
+        else:
+            per_channel = False
+            notes.append(
+                f"quantize: per-tensor scales: the model's opset {opset} cannot be raised to 13, "
+                "which per-channel DequantizeLinear needs"
+            )
     source = _with_shapes(src, dst.parent / "shapes.onnx", has_external_data(header))
     quantize_static(
         str(source),
         str(dst),
-        _Reader(samples, 1 if fixed_batch else CALIBRATION_BATCH),
+        _Reader(samples, CALIBRATION_BATCH),  # one row per call where the batch is fixed
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=STATIC_OPS,
-        per_channel=q.per_channel,
+        per_channel=per_channel,
         activation_type=QuantType.QUInt8,
         weight_type=_weight_type(q),
         calibrate_method=method,
         use_external_data_format=has_external_data(header),
         # Fused ops from the optimizer carry no value_info; their outputs are float.
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        extra_options={
+            "DefaultTensorType": onnx.TensorProto.FLOAT,
+            # ORT 1.32 fails on some per-channel Conv biases when it rescales their weights
+            "QDQDisableWeightAdjustForInt32Bias": True,
+        },
     )
-    for leftover in dst.parent.glob("shapes.onnx*"):
-        leftover.unlink()
+    for pattern in ("shapes.onnx*", "opset13.onnx*"):
+        for leftover in dst.parent.glob(pattern):
+            leftover.unlink()
     return notes
+
+
+def _raise_opset(src: Path, dst: Path, version: int, external: bool) -> bool:
+    """``src`` converted to ``version`` of the default domain by onnx's version converter
+    (it rewrites the ops whose signature changed, e.g. Split, Squeeze, ReduceSum)."""
+    from onnx import version_converter
+
+    try:
+        model = onnx.load_model(str(src))
+        converted = version_converter.convert_version(model, version)
+        onnx.save_model(
+            converted,
+            str(dst),
+            save_as_external_data=external,
+            all_tensors_to_one_file=True,
+            location=dst.name + ".data",
+        )
+        import onnxruntime as ort
+
+        ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+        return True
+    except Exception as exc:  # the converter raises its own types per op
+        logging.getLogger(__name__).info("opset %s conversion of %s: %s", version, src, exc)
+        return False
+
+
+def quantized_weights(
+    model: onnx.ModelProto, op_types: list[str], small_gathers: bool = False
+) -> dict[str, int]:
+    """Float weights (initializer name -> bytes) that quantizing ``op_types`` would turn int8:
+    for a size bound before building a candidate (pure on the graph, no weights read)."""
+    sizes = {
+        t.name: int(np.prod(t.dims)) * 4
+        for t in model.graph.initializer
+        if t.data_type == onnx.TensorProto.FLOAT
+    }
+    positions = {
+        "MatMul": (1,),
+        "Gemm": (1,),
+        "Conv": (1,),
+        "ConvTranspose": (1,),
+        "LSTM": (1, 2),
+        "Attention": (1,),
+        "Gather": (0,),
+        "EmbedLayerNormalization": (2, 3, 4),
+    }
+    found: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type not in op_types:
+            continue
+        for i in positions.get(node.op_type, ()):
+            if i < len(node.input) and node.input[i] in sizes:
+                small = sizes[node.input[i]] < GATHER_MIN_ELEMENTS * 4
+                if node.op_type == "Gather" and small and not small_gathers:
+                    continue
+                found[node.input[i]] = sizes[node.input[i]]
+    return found
 
 
 def _with_shapes(src: Path, dst: Path, external: bool) -> Path:

@@ -27,17 +27,32 @@ def short_hash(value: Any, length: int) -> str:
     return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:length]
 
 
-def cache_key(source_sha256: str, compression: Compression, tools: dict[str, str]) -> str:
-    """Key of an artifact in the store: same model + same settings + same tools = same key.
+def cache_key(
+    source_sha256: str,
+    compression: Compression,
+    tools: dict[str, str],
+    samples_sha256: str = "",
+) -> str:
+    """Key of an artifact in the store: same model + same settings + same tools + same sample
+    inputs = same key.
 
-    ``tools`` holds the versions of what produces the bytes (onnx, onnxruntime); the accuracy
-    gate is left out because it decides whether to publish, not what is published.
+    ``tools`` holds the versions of what produces the bytes (onnx, onnxruntime). The accuracy
+    gate is left out because it decides whether to publish, not what is published; except
+    with quantize auto, where the gate picks the candidate that is published. The samples
+    (``samples_sha256``) calibrate and judge: other samples, other figures, another key.
     """
-    settings = compression.model_dump(by_alias=True, mode="json", exclude={"accuracy_gate"})
-    return short_hash(
-        {"source": source_sha256, "compression": settings, "tools": dict(sorted(tools.items()))},
-        CACHE_KEY_LEN,
+    auto = compression.quantize.mode == "auto"
+    settings = compression.model_dump(
+        by_alias=True, mode="json", exclude=None if auto else {"accuracy_gate"}
     )
+    doc: dict[str, Any] = {
+        "source": source_sha256,
+        "compression": settings,
+        "tools": dict(sorted(tools.items())),
+    }
+    if samples_sha256:
+        doc["samples"] = samples_sha256
+    return short_hash(doc, CACHE_KEY_LEN)
 
 
 def revision_inputs(spec: ModelDeploymentSpec, model_sha256: str, image: str) -> dict[str, Any]:
