@@ -157,6 +157,15 @@ def benches(args: argparse.Namespace) -> list[Bench]:
             timeout_full=1800,
             timeout_quick=600,
         ),
+        Bench(
+            "llm_serve",
+            "8. LLM serving (llm_serve_bench.py)",
+            words("--rounds 2 --variants int4 int8"),
+            words("--rounds 1 --variants int4 --ramp 1 4 8"),
+            smoke=words("--rounds 1 --variants int4 --tokens 8 --ramp 1 2"),
+            timeout_full=1200,
+            timeout_quick=600,
+        ),
     ]
 
 
@@ -645,6 +654,38 @@ def router_stream_figures(d: dict[str, Any]) -> list[Figure]:
     return out
 
 
+def llm_serve_figures(d: dict[str, Any]) -> list[Figure]:
+    out: list[Figure] = []
+    s = "8. LLM serving"
+    for name, v in d["variants"].items():
+        rounds = v["rounds"]
+        ours = [r["ours"] for r in rounds]
+        genai = [r["genai"] for r in rounds]
+        label = f"SmolLM2 {name}"
+        out += [
+            fig(s, f"batch-1 decode tokens/s, {label}", [o["b1_decode_tps"] for o in ours],
+                [g["b1_decode_tps"] for g in genai], "tok/s", "GenAI in-process",
+                better="higher", note="goal >= 0.9x"),
+            fig(s, f"batch-1 TTFT, {label}", [o["b1_ttft_s"] * 1e3 for o in ours],
+                [g["b1_ttft_s"] * 1e3 for g in genai], "ms", "GenAI in-process"),
+            fig(s, f"8 streams: aggregate tokens/s, {label}", [o["c8"]["tps"] for o in ours],
+                [g["static8_tps"] for g in genai], "tok/s", "GenAI static batch 8",
+                better="higher", note="goal >= 0.8x"),
+            fig(s, f"8 streams: TTFT p50, {label}", [o["c8"]["ttft_p50_s"] for o in ours],
+                [g["engine8_ttft_p50_s"] for g in genai], "s", "og.Engine, same 8"),
+            fig(s, f"8 streams: TTFT p99, {label}", [o["c8"]["ttft_p99_s"] for o in ours],
+                [g["engine8_ttft_p99_s"] for g in genai], "s", "og.Engine, same 8",
+                note="goal <= 1.0 s"),
+        ]  # fmt: skip
+        ramp = ours[-1]["ramp"]
+        out.append(
+            Figure(s, f"ramp {', '.join(ramp)} streams, {label}", None, None, "", "",
+                   note="tok/s " + " / ".join(f"{ramp[c]['tps']:.0f}" for c in ramp)
+                   + "; TTFT p99 s " + " / ".join(f"{ramp[c]['ttft_p99_s']:.2f}" for c in ramp))
+        )  # fmt: skip
+    return out
+
+
 def rollout_figures(d: dict[str, Any]) -> list[Figure]:
     rounds = d["rounds"]
     return [
@@ -757,6 +798,7 @@ def figures() -> tuple[list[Figure], dict[str, Any]]:
         "router_stream": router_stream_figures,
         "cold_start": cold_start_figures,
         "rollout": rollout_figures,
+        "llm_serve": llm_serve_figures,
     }
     for name, make in makers.items():
         d = load(name)

@@ -73,6 +73,7 @@ class Sequence:
     max_tokens: int
     sampling: SamplingParams
     stop: tuple[str, ...] = ()
+    min_tokens: int = 0  # EOS is not chosen before this many (vLLM's min_tokens)
     detokenizer: Callable[[], Detokenizer] | None = None
     # --- engine state
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
@@ -220,6 +221,9 @@ class Engine:
     def _accept(self, seq: Sequence, logits: np.ndarray) -> None:
         """The token chosen from ``logits`` ends the sequence or becomes its next input."""
         assert seq._rng is not None
+        if seq.generated < seq.min_tokens:
+            logits = logits.copy()
+            logits[list(self.eos)] = -np.inf  # as onnxruntime-genai's min_length does
         token = pick(logits, seq.sampling, seq._rng)
         now = time.perf_counter()
         if seq.generated == 0:

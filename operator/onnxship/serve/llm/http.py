@@ -74,7 +74,11 @@ class LlmRoutes:
                     text, gen = protocol.parse_completion(doc, svc.defaults)
                     prompt = svc.encode(text) if isinstance(text, str) else text
                 seq = svc.submit(
-                    prompt, max_tokens=gen.max_tokens, sampling=gen.sampling, stop=gen.stop
+                    prompt,
+                    max_tokens=gen.max_tokens,
+                    sampling=gen.sampling,
+                    stop=gen.stop,
+                    min_tokens=gen.min_tokens,
                 )
             except ServeError as exc:
                 outcome.code = exc.http_status
@@ -134,6 +138,7 @@ class LlmRoutes:
                     max_tokens=gen.max_tokens,
                     sampling=gen.sampling,
                     stop=gen.stop,
+                    min_tokens=gen.min_tokens,
                 )
             except ServeError as exc:
                 outcome.code = exc.http_status

@@ -32,6 +32,7 @@ class Generation:
     stop: tuple[str, ...]
     stream: bool
     include_usage: bool = False
+    min_tokens: int = 0
 
 
 # ---------------------------------------------------------------------- requests
@@ -142,7 +143,12 @@ def _generation(doc: dict[str, Any], defaults: SamplingParams) -> Generation:
     include_usage = options.get("include_usage", False)
     if not isinstance(include_usage, bool):
         raise BadField("stream_options.include_usage", "must be true or false")
-    return Generation(max_tokens, sampling, _stop(doc.get("stop")), stream, include_usage)
+    min_tokens = _int(doc, "min_tokens") or 0
+    if min_tokens < 0 or (max_tokens is not None and min_tokens > max_tokens):
+        raise BadField("min_tokens", f"must be between 0 and max_tokens, got {min_tokens}")
+    return Generation(
+        max_tokens, sampling, _stop(doc.get("stop")), stream, include_usage, min_tokens
+    )
 
 
 def _int(doc: dict[str, Any], key: str) -> int | None:

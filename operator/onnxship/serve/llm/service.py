@@ -141,6 +141,7 @@ class LlmService:
         max_tokens: int | None,
         sampling: SamplingParams,
         stop: tuple[str, ...] = (),
+        min_tokens: int = 0,
     ) -> Sequence:
         """Check the request against the context and queue it; 400 or 429 otherwise."""
         assert self.engine is not None
@@ -163,6 +164,7 @@ class LlmService:
             max_tokens=max_tokens or room,
             sampling=sampling,
             stop=stop,
+            min_tokens=min_tokens,
             detokenizer=self.tokenizer.create_stream,
         )
         try:

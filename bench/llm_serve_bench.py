@@ -1,0 +1,338 @@
+#!/usr/bin/env python
+"""LLM serving: `onnxship serve` generating against ONNX Runtime GenAI in-process, one run.
+
+    .venv/bin/python bench/llm_serve_bench.py [--variants int4 int8] [--rounds 2]
+        [--tokens 48] [--ramp 1 2 4 8 16] [--out-json PATH] [--plot PATH]
+
+Model: SmolLM2-135M-Instruct (`scripts/materialize-smollm2.sh` -> .cache/models/smollm2-fp32),
+and int4 / int8 variants made once with ONNX Runtime's MatMulNBitsQuantizer (block 32,
+symmetric, accuracy level 4) into .cache/models/smollm2-ortq-{int4,int8}.
+Prompts: the first 8 of ../shared/models/smollm2/prompts.jsonl, chat template applied; every
+generation forced to exactly --tokens new tokens (GenAI: min_length = max_length; ours:
+min_tokens = max_tokens), greedy.
+
+Per variant and round (anchors first, in this process, then our server as a subprocess with
+the bench as its client over HTTP, streaming):
+- batch 1, prompt by prompt: TTFT (GenAI: append_tokens + first generate_next_token; ours:
+  request sent -> first content chunk) and decode tokens/s ((tokens - 1) / time from first to
+  last token); medians over the prompts.
+- 8 at once: aggregate tokens/s (8 x tokens / wall time) against GenAI's static batch of 8
+  (left-padded, one Generator), and TTFT p50/p99 against og.Engine given the same 8 requests.
+- ramp: 1, 2, 4, 8, 16 concurrent streams: aggregate tokens/s and TTFT p99 (ours).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+FP32 = ROOT / ".cache" / "models" / "smollm2-fp32"
+PROMPTS = ROOT.parent / "shared" / "models" / "smollm2" / "prompts.jsonl"
+
+
+def log(*a: Any) -> None:
+    print(*a, flush=True)
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return float(xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))])
+
+
+# ---------------------------------------------------------------------- variants
+
+
+def variant_dir(name: str) -> Path:
+    if name == "fp32":
+        return FP32
+    bits = {"int4": 4, "int8": 8}[name]
+    out = ROOT / ".cache" / "models" / f"smollm2-ortq-{name}"
+    if (out / "model.onnx.data").is_file():
+        return out
+    import logging
+
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
+    log(f"making {out.name} with MatMulNBitsQuantizer (bits {bits}, block 32, symmetric)")
+    tmp = out.with_suffix(".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    q = MatMulNBitsQuantizer(
+        onnx.load(FP32 / "model.onnx"), bits=bits, block_size=32, is_symmetric=True,
+        accuracy_level=4,
+    )  # fmt: skip
+    q.process()
+    onnx.save_model(q.model.model, tmp / "model.onnx", save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="model.onnx.data",
+                    size_threshold=1024)  # fmt: skip
+    for f in FP32.iterdir():
+        if not f.name.startswith("model.onnx"):
+            shutil.copy(f, tmp / f.name)
+    tmp.rename(out)
+    return out
+
+
+# ---------------------------------------------------------------------- anchors (GenAI)
+
+
+def genai_anchor(folder: Path, prompts: list[list[dict[str, str]]], n: int) -> dict[str, Any]:
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+    tok = og.Tokenizer(model)
+    ids = [[int(t) for t in tok.encode(tok.apply_chat_template(json.dumps(m),
+                                                               add_generation_prompt=True))]
+           for m in prompts]  # fmt: skip
+
+    def one(p: list[int]) -> tuple[float, float]:
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, min_length=len(p) + n, max_length=len(p) + n)
+        gen = og.Generator(model, params)
+        t0 = time.perf_counter()
+        gen.append_tokens(p)
+        gen.generate_next_token()
+        t1 = time.perf_counter()
+        while not gen.is_done():
+            gen.generate_next_token()
+        t2 = time.perf_counter()
+        return t1 - t0, (n - 1) / (t2 - t1)
+
+    one(ids[0])  # warm-up
+    b1 = [one(p) for p in ids]
+    # static batch of 8, left-padded by encode_batch
+    texts = [tok.apply_chat_template(json.dumps(m), add_generation_prompt=True) for m in prompts]
+    batch = tok.encode_batch(texts)
+    width = batch.shape()[1]
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, min_length=width + n, max_length=width + n,
+                              batch_size=len(texts))  # fmt: skip
+    gen = og.Generator(model, params)
+    t0 = time.perf_counter()
+    gen.append_tokens(batch)
+    gen.generate_next_token()
+    static_ttft = time.perf_counter() - t0
+    while not gen.is_done():
+        gen.generate_next_token()
+    static_tps = len(texts) * n / (time.perf_counter() - t0)
+    del gen
+    # og.Engine: the same 8 requests at once
+    engine = og.Engine(model)
+    buf = engine.create_event_buffer(1024)
+    requests = []
+    t0 = time.perf_counter()
+    for p in ids:
+        r = engine.create_request()
+        o = og.TurnOptions(r)
+        o.set_do_sample(False)
+        o.set_max_generated_tokens(n)
+        o.set_min_generated_tokens(n)
+        r.begin_turn(np.array(p, np.int32), o)
+        requests.append(r)
+    first: dict[int, float] = {}
+    tokens = 0
+    while engine.has_pending_requests():
+        for e in engine.run(buf) or []:
+            if e.flags & og.EngineEventFlags.TOKEN:
+                tokens += 1
+                for i, r in enumerate(requests):
+                    if e.request == r:
+                        first.setdefault(i, time.perf_counter() - t0)
+    engine_wall = time.perf_counter() - t0
+    for r in requests:
+        r.close()
+    ttfts = list(first.values())
+    return {
+        "b1_ttft_s": statistics.median(t for t, _ in b1),
+        "b1_decode_tps": statistics.median(d for _, d in b1),
+        "static8_tps": static_tps,
+        "static8_ttft_s": static_ttft,
+        "engine8_ttft_p50_s": pct(ttfts, 50) if ttfts else None,
+        "engine8_ttft_p99_s": pct(ttfts, 99) if ttfts else None,
+        "engine8_tps": tokens / engine_wall if tokens else None,
+        "engine8_ttft_s": ttfts,
+    }
+
+
+# ---------------------------------------------------------------------- ours
+
+
+async def stream_one(session: Any, url: str, messages: Any, n: int) -> tuple[float, float, int]:
+    """TTFT, time of the last token (from the request), content chunks received."""
+    body = {"model": "smollm2", "messages": messages, "max_tokens": n, "min_tokens": n,
+            "temperature": 0, "stream": True}  # fmt: skip
+    t0 = time.perf_counter()
+    first = last = 0.0
+    chunks = 0
+    async with session.post(f"{url}/v1/chat/completions", json=body) as resp:
+        assert resp.status == 200, await resp.text()
+        async for raw in resp.content:
+            line = raw.decode().strip()
+            if not line.startswith("data: {"):
+                continue
+            doc = json.loads(line[6:])
+            if doc["choices"] and doc["choices"][0]["delta"].get("content"):
+                now = time.perf_counter() - t0
+                first = first or now
+                last = now
+                chunks += 1
+    return first, last, chunks
+
+
+async def concurrent(url: str, prompts: list[Any], streams: int, n: int) -> dict[str, Any]:
+    import aiohttp
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as s:
+        t0 = time.perf_counter()
+        res = await asyncio.gather(
+            *(stream_one(s, url, prompts[i % len(prompts)], n) for i in range(streams))
+        )
+        wall = time.perf_counter() - t0
+    ttfts = [r[0] for r in res]
+    return {"tps": streams * n / wall, "ttft_p50_s": pct(ttfts, 50),
+            "ttft_p99_s": pct(ttfts, 99), "ttft_s": ttfts}  # fmt: skip
+
+
+async def ours_b1(url: str, prompts: list[Any], n: int) -> dict[str, float]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s:
+        await stream_one(s, url, prompts[0], n)  # warm-up
+        res = [await stream_one(s, url, p, n) for p in prompts]
+    return {
+        "b1_ttft_s": statistics.median(r[0] for r in res),
+        "b1_decode_tps": statistics.median((r[2] - 1) / (r[1] - r[0]) for r in res),
+    }
+
+
+def start_server(folder: Path, port: int, sequences: int, logfile: Path) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-c", "from onnxship.cli.main import main; main()", "serve",
+           "--model", str(folder), "--name", "smollm2", "--http-port", str(port),
+           "--grpc-port", "-1", "--max-sequences", str(sequences), "--max-context", "1024",
+           "--max-queue-size", "64"]  # fmt: skip
+    with logfile.open("wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {logfile.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1):
+                return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise TimeoutError("server not ready")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def plot(doc: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, v in doc["variants"].items():
+        ramp = v["rounds"][-1]["ours"]["ramp"]
+        xs = sorted(int(k) for k in ramp)
+        a1.plot(xs, [ramp[str(x)]["tps"] for x in xs], marker="o", label=f"ours {name}")
+        a2.plot(xs, [ramp[str(x)]["ttft_p99_s"] for x in xs], marker="o", label=f"ours {name}")
+        a1.axhline(v["rounds"][-1]["genai"]["static8_tps"], ls="--", lw=0.8,
+                   label=f"GenAI static b8 {name}")  # fmt: skip
+    a1.set(xlabel="concurrent streams", ylabel="aggregate tokens/s", xscale="log",
+           title="throughput")  # fmt: skip
+    a2.set(xlabel="concurrent streams", ylabel="TTFT p99 (s)", xscale="log", title="TTFT p99")
+    a2.axhline(1.0, color="grey", ls=":", lw=0.8)
+    for a in (a1, a2):
+        a.legend(fontsize=7)
+        a.grid(alpha=0.3)
+    fig.suptitle("onnxship serve, SmolLM2: ramp of concurrent streams")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--variants", nargs="+", default=["int4", "int8"])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--ramp", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    ap.add_argument("--out-json", type=Path)
+    ap.add_argument("--plot", type=Path)
+    args = ap.parse_args()
+    if not (FP32 / "model.onnx.data").is_file():
+        sys.exit(f"{FP32} is absent: run scripts/materialize-smollm2.sh first")
+    prompts = [json.loads(line)["messages"] for line in PROMPTS.open()][:8]
+    n = args.tokens
+    doc: dict[str, Any] = {"tokens": n, "prompts": len(prompts), "variants": {},
+                           "cpus": len(os.sched_getaffinity(0))}  # fmt: skip
+    for name in args.variants:
+        folder = variant_dir(name)
+        rounds = []
+        for r in range(args.rounds):
+            log(f"[{name}] round {r + 1}: GenAI in-process")
+            anchor = genai_anchor(folder, prompts, n)
+            log(f"  {json.dumps({k: v for k, v in anchor.items() if k != 'engine8_ttft_s'})}")
+            port = free_port()
+            logfile = Path(f"/tmp/llm_serve_bench_{name}.log")
+            proc = start_server(folder, port, max(args.ramp), logfile)
+            url = f"http://127.0.0.1:{port}"
+            try:
+                ours: dict[str, Any] = asyncio.run(ours_b1(url, prompts, n))
+                ours["c8"] = asyncio.run(concurrent(url, prompts, 8, n))
+                ours["ramp"] = {str(c): asyncio.run(concurrent(url, prompts, c, n))
+                                for c in args.ramp}  # fmt: skip
+            finally:
+                proc.terminate()
+                proc.wait(30)
+            log(f"  ours b1 {ours['b1_decode_tps']:.1f} tok/s ttft {ours['b1_ttft_s']:.3f}s; "
+                f"c8 {ours['c8']['tps']:.1f} tok/s ttft p99 {ours['c8']['ttft_p99_s']:.3f}s")
+            rounds.append({"genai": anchor, "ours": ours})
+        doc["variants"][name] = {"path": str(folder.relative_to(ROOT)), "rounds": rounds}
+    summary = {}
+    for name, v in doc["variants"].items():
+        def ratios(f: Any, rounds: list[dict[str, Any]] = v["rounds"]) -> list[float]:
+            return [f(r["ours"], r["genai"]) for r in rounds]
+
+        summary[name] = {
+            "b1_decode_ratio": ratios(lambda o, g: o["b1_decode_tps"] / g["b1_decode_tps"]),
+            "b1_ttft_ratio": ratios(lambda o, g: o["b1_ttft_s"] / g["b1_ttft_s"]),
+            "c8_tps_vs_static8": ratios(lambda o, g: o["c8"]["tps"] / g["static8_tps"]),
+            "c8_ttft_p99_s": ratios(lambda o, g: o["c8"]["ttft_p99_s"]),
+            "engine8_ttft_p99_s": ratios(lambda o, g: g["engine8_ttft_p99_s"]),
+        }
+    doc["summary"] = summary
+    log(json.dumps(summary, indent=1))
+    if args.out_json:
+        args.out_json.parent.mkdir(parents=True, exist_ok=True)
+        args.out_json.write_text(json.dumps(doc, indent=1))
+    if args.plot or args.out_json:
+        path = args.plot or args.out_json.with_suffix(".png")
+        plot(doc, path)
+        log(f"plot: {path}")
+
+
+if __name__ == "__main__":
+    main()
