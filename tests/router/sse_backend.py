@@ -19,7 +19,7 @@ TOKENS = ["Hello", ",", " streaming", " world", "!"]
 class SseBackend:
     name: str
     tokens: list[str] = field(default_factory=lambda: list(TOKENS))
-    first_delay: float = 0.0  # before the first token (after the role-only chunk)
+    first_delay: float = 0.0  # before the first token (after the role-only chunk; whole answers)
     gap: float = 0.02  # between tokens
     usage: bool = True  # a last chunk with usage.completion_tokens
     die_after: int | None = None  # close the connection after this many tokens
@@ -52,6 +52,7 @@ class SseBackend:
         doc = await request.json()
         self.requests.append(doc)
         if not doc.get("stream"):
+            await asyncio.sleep(self.first_delay)  # a whole answer waits for its last token
             return web.json_response(
                 {
                     "id": "cmpl-1",

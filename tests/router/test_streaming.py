@@ -231,3 +231,24 @@ async def test_the_openai_client_streams_through_the_router(sse_backends, router
         assert len(canary.requests) == 5
     finally:
         await client.close()
+
+
+async def test_whole_generations_may_take_long_but_a_stream_may_not_stall(
+    sse_backends, router
+) -> None:
+    backend = await sse_backends("llm", first_delay=0.6, gap=0.6, tokens=["a", "b"])
+    r = await router(timeout=0.3, generation_timeout=5.0)
+    await r.put_routes(one(backend))
+    async with r.session.post(
+        f"{r.url}/v1/chat/completions", json={**CHAT, "stream": False}
+    ) as resp:  # past `timeout`, within `generation_timeout`
+        assert resp.status == 200
+    got = b""
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with r.session.post(f"{r.url}/v1/chat/completions", json=CHAT) as resp:
+            async for data in resp.content.iter_any():
+                got += data
+    assert b'"content": ""' in got and b'"a"' not in got  # cut while waiting for a token
+    text = await r.metrics()
+    assert samples(text, "onnxship_router_requests_total", revision="r1", code="504") == 1
+    assert samples(text, "onnxship_router_streams_total", revision="r1", outcome="broken") == 1

@@ -24,7 +24,14 @@ def route_command(
         "", envvar="ONNXSHIP_ROUTER_TOKEN", help="Bearer token the admin port requires."
     ),
     timeout: float = typer.Option(
-        30.0, help="Seconds a backend may take to accept and answer (then 504)."
+        30.0,
+        help="Seconds a backend may take to accept and answer (then 504); for a streamed "
+        "answer, to send its head and between two pieces of it.",
+    ),
+    generation_timeout: float = typer.Option(
+        600.0,
+        help="Seconds a generation answered whole (/v1/...completions, OIP generate without "
+        "stream) may take, and a mirror's greedy copy of one.",
     ),
     sticky_header: str = typer.Option(
         "", help="Header whose value pins a client to one revision (e.g. x-session-id)."
@@ -44,6 +51,10 @@ def route_command(
             admin_port=admin_port,
             admin_token=admin_token,
             watch_interval=watch_interval,
-            proxy=ProxySettings(timeout=timeout, sticky_header=sticky_header),
+            proxy=ProxySettings(
+                timeout=timeout,
+                generation_timeout=generation_timeout,
+                sticky_header=sticky_header,
+            ),
         )
     )

@@ -74,7 +74,10 @@ class Health:
 
 @dataclass(frozen=True)
 class ProxySettings:
-    timeout: float = 30.0  # seconds for one backend round trip
+    timeout: float = 30.0  # seconds for one backend round trip; for a stream, its head and gaps
+    # A generation answered whole (not streamed), and a mirror's greedy copy of one, arrives
+    # only when the last token is out: bounded by this instead.
+    generation_timeout: float = 600.0
     sticky_header: str = ""  # e.g. "x-session-id": same value, same revision
     max_mirrors_in_flight: int = 64
     max_body_bytes: int = 256 * 1024 * 1024
@@ -156,10 +159,11 @@ class Router:
             await _read_body(request),
         )
         started = time.perf_counter()
+        generation = is_generation(call.path_qs)
         try:
             status, raw, body = await self.upstream.open(
                 backend.url, call.method, call.path_qs, call.headers, call.body,
-                self.settings.timeout,
+                self.settings.generation_timeout if generation else self.settings.timeout,
             )  # fmt: skip
         except UpstreamTimeout:
             answer = _error(504, f"revision {backend.revision} timed out")
@@ -185,7 +189,7 @@ class Router:
             backend.revision, backend.environment, answer.status, "primary",
             time.perf_counter() - started,
         )  # fmt: skip
-        if answer.status == 200 and is_generation(call.path_qs):
+        if answer.status == 200 and generation:
             piece = answer_tokens(answer.body)
             if piece is not None and piece.usage:
                 self.metrics.generated(backend.revision, backend.environment, piece.usage)
@@ -251,13 +255,15 @@ class Router:
                 baseline.set_result(piece if whole else None)
         return resp
 
-    async def _send(self, backend: Backend, call: _Call, role: str) -> _Answer:
+    async def _send(
+        self, backend: Backend, call: _Call, role: str, timeout: float | None = None
+    ) -> _Answer:
         """One round trip to ``backend``, counted; transport failures become 502/504."""
         started = time.perf_counter()
         try:
             status, raw, body = await self.upstream.request(
                 backend.url, call.method, call.path_qs, call.headers, call.body,
-                self.settings.timeout,
+                timeout or self.settings.timeout,
             )  # fmt: skip
             headers = CIMultiDict((k, v) for k, v in raw if k.lower() not in _SKIP_RESPONSE)
             answer = _Answer(status, headers, body)
@@ -351,15 +357,17 @@ class Router:
                 return await answer
             try:
                 status, _, out = await self.upstream.request(
-                    stable.url, copy.method, copy.path_qs, copy.headers, copy.body,
-                    self.settings.timeout,
-                )  # fmt: skip
+                    stable.url, copy.method, copy.path_qs, copy.headers, copy.body, timeout
+                )
             except UpstreamError:
                 return None
             return answer_tokens(out) if status == 200 else None
 
+        timeout = self.settings.generation_timeout
         try:
-            mine, base = await asyncio.gather(self._send(canary, copy, "mirror"), stable_greedy())
+            mine, base = await asyncio.gather(
+                self._send(canary, copy, "mirror", timeout), stable_greedy()
+            )
         except Exception:  # a mirror must never take the router down
             log.exception("mirrored generation to %s failed", canary.url)
             return
