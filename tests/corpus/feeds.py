@@ -27,10 +27,12 @@ def model_calls(samples: Path, session: ort.InferenceSession) -> Iterator[dict[s
         if array.ndim == len(dims) + 1:  # N model-shaped samples stacked on a new axis
             pick[arg.name] = ("stacked", 0)
             rows.add(array.shape[0])
-        elif symbolic:
+        elif symbolic and dims[0] != 1:
             pick[arg.name] = ("axis", symbolic[0])
             rows.add(array.shape[symbolic[0]])
-        elif array.ndim and array.shape != tuple(dims):  # rows along a fixed axis 0
+        elif array.ndim and (symbolic or array.shape != tuple(dims)):
+            # rows along a fixed axis 0; a fixed 1 there is a batch fixed at 1 even with a
+            # symbolic axis later (a captcha reader [1, 1, 64, W]: W is a width, not a batch)
             pick[arg.name] = ("axis", 0)
             rows.add(array.shape[0])
         else:
