@@ -60,6 +60,7 @@ class Bench:
     repeat_full: int = 1  # separate runs (for scripts that measure once per run)
     repeat_quick: int = 1
     smoke: list[str] = field(default_factory=list)  # `make bench-smoke`; empty: as quick
+    script: str = ""  # file under bench/ when not <name>_bench.py
 
 
 def words(text: str) -> list[str]:
@@ -166,11 +167,21 @@ def benches(args: argparse.Namespace) -> list[Bench]:
             timeout_full=1200,
             timeout_quick=600,
         ),
+        Bench(
+            "llm_compress",
+            "9. LLM compression (llm_compress.py)",
+            words("--prompts 64 --speed-prompts 4 --rounds 2 --big-gb 4.2"),
+            words("--prompts 8 --speed-prompts 2 --rounds 1 --skip-big"),
+            smoke=words("--prompts 2 --speed-prompts 1 --rounds 1 --skip-big --skip-compress"),
+            script="llm_compress.py",
+            timeout_full=5400,
+            timeout_quick=1500,
+        ),
     ]
 
 
 def script_of(b: Bench) -> Path:
-    return BENCH / f"{b.name}_bench.py"
+    return BENCH / (b.script or f"{b.name}_bench.py")
 
 
 def run_bench(b: Bench, level: str) -> dict[str, Any]:
@@ -788,6 +799,76 @@ def corpus_figures(d: dict[str, Any]) -> list[Figure]:
     return out
 
 
+def llm_compress_figures(d: dict[str, Any]) -> list[Figure]:
+    """SmolLM2 variants beside fp32, ORT's MatMulNBitsQuantizer and the GenAI builder's int4
+    (baseline.json); peak RSS over the model's size, SmolLM2 and the big random decoder."""
+    s = "9. LLM compression"
+    out: list[Figure] = []
+    m = d.get("smollm2") or {}
+    if "skipped" in m:
+        out.append(Figure(s, "SmolLM2", None, None, "", "", note=f"skipped: {m['skipped']}"))
+    elif m:
+        v = m["variants"]
+        base = m.get("baseline_json", {})
+        b4 = base.get("builder-int4", {})
+        kq = base.get("builder-int4-kquant-mixed", {})
+        ortq = v.get("ort-matmulnbits-default", {})
+        ortq_q, ortq_s = ortq.get("quality", {}), ortq.get("speed", {})
+        fp32 = v.get("fp32", {})
+        builder = "GenAI builder int4 (baseline.json)"
+        for name, r in v.items():
+            if r.get("kind") != "ours" or "error" in r:
+                continue
+            q, sp = r.get("quality", {}), r.get("speed", {})
+            out += [
+                fig(s, f"size, {name}", r["bytes"] / 1e6, b4.get("bytes", 0) / 1e6 or None,
+                    "MB", builder, note=f"{fp32.get('bytes', 0) / r['bytes']:.2f}x smaller "
+                    f"than fp32 ({fp32.get('bytes', 0) / 1e6:.0f} MB)"),
+                fig(s, f"teacher-forced top-1, {name}", q.get("top1"), b4.get("top1"), "",
+                    builder, better="higher",
+                    note=f"{m.get('prompts')} prompts; builder k_quant_mixed "
+                    f"{kq.get('top1', 0):.3f}; ORT quantizer {ortq_q.get('top1', 0):.3f} "
+                    "(this run)"),
+                fig(s, f"mean KL, {name}", q.get("kl_mean"), b4.get("kl_mean"), "", builder,
+                    note=f"ORT quantizer {ortq_q.get('kl_mean', 0):.4f} (this run)"),
+                fig(s, f"free-run token agreement, {name}", q.get("token_agreement"),
+                    b4.get("token_agreement"), "", builder, better="higher"),
+                fig(s, f"decode tok/s (GenAI, batch 1), {name}", sp.get("decode_tok_s_b1"),
+                    fp32.get("speed", {}).get("decode_tok_s_b1"), "tok/s", "fp32, same run",
+                    better="higher",
+                    note=f"ORT quantizer {ortq_s.get('decode_tok_s_b1', 0):.1f} (same run); "
+                    f"baseline.json: builder int4 {b4.get('decode_tok_s_b1', 0):.1f}, fp32 "
+                    f"{base.get('fp32', {}).get('decode_tok_s_b1', 0):.1f}"),
+                fig(s, f"quantize peak RSS / model size, {name}",
+                    r["peak_rss"] / m["model_bytes"],
+                    ortq.get("peak_rss", 0) / m["model_bytes"] or None, "x",
+                    "ORT MatMulNBitsQuantizer, same files"),
+            ]  # fmt: skip
+        c = m.get("compress") or {}
+        if c:
+            out.append(
+                fig(s, "whole compress peak RSS / model size (auto, gate included)",
+                    c.get("peak_rss_x"), 1.5, "x", "the issue's limit",
+                    note=f"exit {c.get('exit')}; {json.dumps(c.get('result'))[:160]}")
+            )  # fmt: skip
+    b = d.get("big") or {}
+    if b:
+        qz = b.get("quantize", {})
+        out.append(
+            fig(s, "big decoder: quantize peak RSS / model size", qz.get("peak_rss_x"), 1.0,
+                "x", "the issue's limit", note=f"{b.get('bytes', 0) / 1e9:.2f} GB, "
+                f"{b.get('layers')} layers; {qz.get('variant')} in {qz.get('seconds', 0):.0f}s")
+        )  # fmt: skip
+        c = b.get("compress") or {}
+        if c:
+            out.append(
+                fig(s, "big decoder: whole compress peak RSS / model size",
+                    c.get("peak_rss_x"), 1.5, "x", "the issue's limit",
+                    note=f"exit {c.get('exit')} in {c.get('seconds', 0):.0f}s")
+            )  # fmt: skip
+    return out
+
+
 def figures() -> tuple[list[Figure], dict[str, Any]]:
     figs: list[Figure] = []
     raw: dict[str, Any] = {}
@@ -799,6 +880,7 @@ def figures() -> tuple[list[Figure], dict[str, Any]]:
         "cold_start": cold_start_figures,
         "rollout": rollout_figures,
         "llm_serve": llm_serve_figures,
+        "llm_compress": llm_compress_figures,
     }
     for name, make in makers.items():
         d = load(name)
