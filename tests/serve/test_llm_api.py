@@ -107,6 +107,20 @@ def test_text_completion_equals_genai_greedy(llm: Server, genai: GenAI) -> None:
     assert "".join(c.choices[0].text for c in streamed) == text
 
 
+def test_long_prompt_runs_in_chunks_with_genai_answer(llm: Server, genai: GenAI) -> None:
+    """A 700-token prompt goes through in 256-token chunks (bounded logits memory, running
+    sequences keep stepping) and still gets GenAI's greedy answer."""
+    prompt = " ".join(f"item{i}" for i in range(230))
+    ids = [int(t) for t in genai.tok.encode(prompt)]
+    assert len(ids) > 2 * 256 + 1  # three chunks
+    text, n, _ = genai.greedy(ids, 16)
+    answer = client(llm).completions.create(
+        model="tiny", prompt=prompt, max_tokens=16, temperature=0
+    )
+    assert answer.usage is not None and answer.usage.prompt_tokens == len(ids)
+    assert answer.choices[0].text == text and answer.usage.completion_tokens == n
+
+
 def test_raw_server_sent_events_as_curl_sees_them(llm: Server, genai: GenAI) -> None:
     text, _, _ = genai.greedy(genai.chat_ids(PROMPTS[0]), 8)
     conn = http.client.HTTPConnection("127.0.0.1", llm.http_port, timeout=30)

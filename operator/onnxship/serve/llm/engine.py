@@ -1,10 +1,12 @@
 """The iteration-level scheduler: requests join and leave the running batch at every step.
 
 One thread owns the decoder. Each turn of its loop it (1) frees the slots of finished and
-abandoned sequences, (2) runs the prompt of every waiting request that finds a free slot, and
-(3) runs one decode step for all running sequences together. A new request therefore waits at
-most for the step in progress (plus the prompts admitted before it), never for the batch to
-end; a client that went away costs at most the step already running.
+abandoned sequences, (2) gives free slots to waiting requests, (3) runs prompts, in chunks of
+at most ``PREFILL_CHUNK`` tokens and ``PREFILL_BUDGET`` tokens a turn, oldest first, and
+(4) runs one decode step for all sequences past their prompt together. A new request
+therefore waits at most for the step in progress (plus the prompt chunks ahead of it), never
+for the batch to end; a long prompt delays running sequences by one budget per step, not by
+its whole length; a client that went away costs at most the step already running.
 
 The event loop talks to the thread through ``submit`` (bounded queue: full means refused at
 once) and ``cancel``; the thread hands tokens back with ``call_soon_threadsafe``.
@@ -27,6 +29,9 @@ from .runtime import DecoderRuntime
 from .sampling import SamplingParams, pick
 
 log = logging.getLogger(__name__)
+
+PREFILL_CHUNK = 256  # tokens of one prompt per run: bounds the logits' memory
+PREFILL_BUDGET = 512  # prompt tokens per turn, across sequences, before a decode step
 
 
 class Detokenizer(Protocol):
@@ -80,6 +85,7 @@ class Sequence:
     arrival: float = field(default_factory=time.perf_counter)
     slot: int = -1
     length: int = 0  # tokens in its KV cache
+    prefilled: int = 0  # prompt tokens run so far
     generated: int = 0
     last_token_at: float = 0.0
     cancelled: bool = False
@@ -191,23 +197,38 @@ class Engine:
             if seq is not None and seq.cancelled:
                 self._finish(seq, "abort")
         for seq in admitted:
-            if seq.slot < 0:
-                continue
-            self.metrics.queued(now - seq.arrival)
-            seq._rng = np.random.default_rng(seq.sampling.seed)
-            seq._stream = seq.detokenizer() if seq.detokenizer else None
-            logits = self.rt.prefill(seq.slot, seq.prompt)
-            seq.length = len(seq.prompt)
-            self._accept(seq, logits)
+            if seq.slot >= 0:
+                self.metrics.queued(now - seq.arrival)
+                seq._rng = np.random.default_rng(seq.sampling.seed)
+                seq._stream = seq.detokenizer() if seq.detokenizer else None
+        budget = PREFILL_BUDGET
+        prefilling = [s for s in self._slots if s is not None and s.prefilled < len(s.prompt)]
+        for seq in sorted(prefilling, key=lambda s: s.arrival):
+            if budget <= 0:
+                break
+            n = min(len(seq.prompt) - seq.prefilled, PREFILL_CHUNK, budget)
+            chunk = seq.prompt[seq.prefilled : seq.prefilled + n]
+            logits = self.rt.prefill(seq.slot, chunk, past=seq.prefilled)
+            seq.prefilled += n
+            seq.length = seq.prefilled
+            budget -= n
+            if seq.prefilled == len(seq.prompt):
+                self._accept(seq, logits)
         self._report()
-        running = [s for s in self._slots if s is not None]
+        occupied = [s for s in self._slots if s is not None]
+        running = [s for s in occupied if s.prefilled == len(s.prompt)]
         if not running:
             return
         rows = max(s.slot for s in running) + 1
         tokens = np.full(rows, self.rt.layout.pad, np.int64)
         lengths = np.zeros(rows, np.int64)
-        for seq in running:
-            tokens[seq.slot], lengths[seq.slot] = seq._next, seq.length
+        for seq in occupied:
+            if seq.slot < rows:
+                # A row still in its prompt gets a dummy token at its next position, which
+                # its next chunk overwrites: its cache stays intact.
+                lengths[seq.slot] = seq.length
+                if seq.prefilled == len(seq.prompt):
+                    tokens[seq.slot] = seq._next
         logits = self.rt.decode(rows, tokens, lengths)
         self.steps += 1
         for seq in running:

@@ -100,10 +100,12 @@ class DecoderRuntime:
     def kv_bytes(self) -> int:
         return self.slots * self.max_len * self.layout.bytes_per_token
 
-    def prefill(self, slot: int, ids: list[int]) -> np.ndarray:
-        """Run a whole prompt on an empty slot; the last position's logits [vocab]."""
+    def prefill(self, slot: int, ids: list[int], past: int = 0) -> np.ndarray:
+        """Run prompt tokens on a slot that holds ``past`` tokens already (a long prompt goes
+        in chunks: the graph's logits cover every position, so one 4k-token run would
+        allocate 4k x vocab floats); the last position's logits [vocab]."""
         tokens = np.asarray([ids], np.int64)
-        mask = np.ones_like(tokens)
+        mask = np.ones((1, past + len(ids)), np.int64)
         logits = self._run(slot, 1, tokens, mask)
         return logits[0, -1]
 
