@@ -10,7 +10,10 @@ splitting 90/10 between two backends), rounds interleaving the two paths:
   addition (router minus direct, per round; goal < 1 ms);
 - events/s at ``--streams`` concurrent streams (8): aggregate token events received per
   second, router over direct (goal >= 0.95x), against a fake backend that streams at a fixed
-  rate (``--gap-ms`` between events) and flat out (no gap: the router's ceiling).
+  rate (``--gap-ms`` between events) and flat out (no gap: the router's ceiling);
+- CPU per event at the fixed rate: the router process's own (from /proc), against the
+  backends' CPU per event in the same runs: robust to a busy shared machine, where the ratio
+  of events/s mostly measures who got the cores.
 
 The fake backend is aiohttp sending OpenAI chat chunks (role chunk, ``--tokens`` token
 chunks, finish, usage, [DONE]). ``--llm`` adds the same measures against ``onnxship serve``
@@ -35,7 +38,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from router_bench import ONNXSHIP, Proc, free_port, start_router, wait_http
+from router_bench import ONNXSHIP, Proc, cpu_seconds, free_port, start_router, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -154,7 +157,7 @@ def q(xs: list[float], p: float) -> float:
 
 def measure(
     tmp: Path, targets: dict[str, str], args: argparse.Namespace, body: dict[str, Any],
-    label: str, path: str,
+    label: str, path: str, pids: dict[str, list[int]],
 ) -> dict[str, Any]:  # fmt: skip
     """Rounds interleaving the paths: first-event latency, then events/s at N streams at the
     fixed rate and flat out."""
@@ -165,12 +168,18 @@ def measure(
         for name in order:
             url = targets[name] + path
             first = client(tmp, url, "first", args.requests, 1, 0, {**body, "max_tokens": 2})
+            cpu0 = {k: sum(cpu_seconds(x) for x in v) for k, v in pids.items()}
             fixed = client(tmp, url, "tput", 0, args.streams, args.seconds, body)
+            cpu = {k: sum(cpu_seconds(x) for x in v) - cpu0[k] for k, v in pids.items()}
+            events = max(1, fixed["events"])
             row[name] = {
                 "first_p50_ms": statistics.median(first["first_ms"]),
                 "first_p99_ms": q(first["first_ms"], 0.99),
                 "events_per_s": fixed["events_per_s"],
+                "backend_cpu_us_per_event": cpu["backend"] / events * 1e6,
             }
+            if name == "router":
+                row[name]["router_cpu_us_per_event"] = cpu["router"] / events * 1e6
             if "gap" in body:
                 flat = client(tmp, url, "tput", 0, args.streams, args.seconds, {**body, "gap": 0})
                 row[name]["flat_events_per_s"] = flat["events_per_s"]
@@ -180,7 +189,8 @@ def measure(
             f"[{label}] round {i + 1}: first event p50 direct {d['first_p50_ms']:.3f} ms, "
             f"router {r['first_p50_ms']:.3f} ms (p99 {d['first_p99_ms']:.3f} / "
             f"{r['first_p99_ms']:.3f}); {args.streams} streams {d['events_per_s']:.0f} / "
-            f"{r['events_per_s']:.0f} events/s"
+            f"{r['events_per_s']:.0f} events/s; CPU/event router {r['router_cpu_us_per_event']:.0f}"
+            f" us, backend {r['backend_cpu_us_per_event']:.0f} us"
             + (
                 f"; flat out {d['flat_events_per_s']:.0f} / {r['flat_events_per_s']:.0f}"
                 if "flat_events_per_s" in d
@@ -199,6 +209,12 @@ def measure(
         "added_first_p50_ms": statistics.median(per_round("first_p50_ms", "minus")),
         "added_first_p99_ms": statistics.median(per_round("first_p99_ms", "minus")),
         "events_ratio": statistics.median(per_round("events_per_s", "over")),
+        "router_cpu_us_per_event": statistics.median(
+            x["router"]["router_cpu_us_per_event"] for x in rounds
+        ),
+        "backend_cpu_us_per_event": statistics.median(
+            x["router"]["backend_cpu_us_per_event"] for x in rounds
+        ),
     }
     if "flat_events_per_s" in rounds[0]["direct"]:
         summary["flat_events_ratio"] = statistics.median(per_round("flat_events_per_s", "over"))
@@ -255,9 +271,11 @@ def main() -> None:
         body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True,
                 "max_tokens": args.tokens, "gap": gap}  # fmt: skip
         t0 = time.monotonic()
+        pids = {"router": [pr.p.pid], "backend": [p1.p.pid, p2.p.pid]}
         results["fake"] = measure(
-            tmp, {"direct": u1, "router": router_url}, args, body, "fake", "/v1/chat/completions"
-        )
+            tmp, {"direct": u1, "router": router_url}, args, body, "fake",
+            "/v1/chat/completions", pids,
+        )  # fmt: skip
         results["fake"]["seconds"] = round(time.monotonic() - t0, 1)
         for p in procs:
             p.stop()
@@ -274,9 +292,10 @@ def main() -> None:
                 body = {"model": "m", "messages": [{"role": "user", "content": "Hello there"}],
                         "stream": True, "max_tokens": args.llm_tokens,
                         "temperature": 0}  # fmt: skip
+                pids = {"router": [pr.p.pid], "backend": [proc.p.pid]}
                 results["llm"] = measure(
                     tmp, {"direct": url, "router": router_url}, args, body, "llm",
-                    "/v1/chat/completions",
+                    "/v1/chat/completions", pids,
                 )  # fmt: skip
     finally:
         for p in procs:

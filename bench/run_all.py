@@ -650,6 +650,18 @@ def router_stream_figures(d: dict[str, Any]) -> list[Figure]:
                 note="goal >= 0.95x",
             )
         )
+        if "router_cpu_us_per_event" in rounds[0]["router"]:
+            out.append(
+                fig(
+                    s,
+                    f"CPU per event, {streams} streams, {label}: router vs the backend",
+                    [x["router"]["router_cpu_us_per_event"] for x in rounds],
+                    [x["router"]["backend_cpu_us_per_event"] for x in rounds],
+                    "us",
+                    "the backend producing the events",
+                    note="the router's share of the work; robust to a busy machine",
+                )
+            )
         if "flat_events_per_s" in rounds[0]["router"]:
             out.append(
                 fig(
