@@ -6,10 +6,10 @@ quantized graph and data, every other file of the source copied), judged by the 
 against the original, and only the chosen one is published: every file a blob, the manifest
 last (``kind: causal-lm``).
 
-Settings: ``quantize.mode`` weightOnly (one variant), auto (the candidate list, cheapest first;
-the first that passes the gate is published, every candidate is in the report) or none (the
-folder as it is). A spec that left ``quantize`` or the accuracy gate at their encoder defaults
-(dynamic int8, cosine >= 0.99) gets the causal-LM defaults below; the report says so.
+Settings: ``quantize.mode`` weightOnly (one variant), auto (the default: the candidate list,
+cheapest first; the first that passes the gate is published, every candidate is in the report)
+or none (the folder as it is). A spec that left the accuracy gate at its encoder default
+(cosine >= 0.99) gets the causal-LM gate below; the report says so.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from onnxship.api import (
     SourceInfo,
     ToolVersions,
 )
-from onnxship.plan.revision import cache_key, canonical_json
+from onnxship.plan.revision import cache_key
 from onnxship.store import ArtifactStore, Progress, describe, sha256_file
 
 from ..errors import AccuracyGateError, InvalidSettingsError
@@ -77,11 +77,10 @@ def llm_settings(compression: Compression) -> tuple[Compression, list[str]]:
     """
     notes: list[str] = []
     q = compression.quantize
-    if q == Quantize():
-        q = Quantize(mode=QuantizeMode.auto)
+    if q.mode == QuantizeMode.auto:
         notes.append(
-            "quantize: left at its encoder default (dynamic int8); a causal LM gets mode auto "
-            "(weight-only candidates, cheapest first, the first that passes the gate)"
+            "quantize auto: for a causal LM, weight-only candidates cheapest first; the first "
+            "that passes the gate is published"
         )
     elif q.mode not in MODES:
         raise InvalidSettingsError(
@@ -219,14 +218,12 @@ def candidates(q: Quantize) -> list[Quantize]:
 
 
 def _key(digest: str, compression: Compression, execution_provider: str, prompts: str) -> str:
+    """cache_key over the effective settings (auto: the gate too). The prompts count only where
+    they change the bytes: auto (the gate picks) and gptq (calibration)."""
     tools = {**tool_versions(execution_provider), "kind": ModelKind.causal_lm.value}
     q = compression.quantize
-    if q.mode == QuantizeMode.auto:
-        # What auto publishes depends on the gate (and the prompts it is judged on).
-        tools["gate"] = canonical_json(compression.accuracy_gate.model_dump(mode="json"))
-    if prompts and (q.mode == QuantizeMode.auto or q.algorithm == "gptq"):
-        tools["prompts"] = prompts
-    return cache_key(digest, compression, tools)
+    relevant = q.mode == QuantizeMode.auto or q.algorithm == "gptq"
+    return cache_key(digest, compression, tools, samples_sha256=prompts if relevant else "")
 
 
 def compress_llm(
