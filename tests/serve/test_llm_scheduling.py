@@ -5,6 +5,7 @@ sequence within one decode step (counted by the server's own metric)."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import threading
 import time
@@ -101,3 +102,23 @@ def test_disconnect_stops_the_sequence_within_one_step(llm: Server) -> None:
     assert generated < 300  # of 1800 asked for
     time.sleep(0.3)
     assert metric(llm, "onnxship_llm_generation_tokens_total") - generated_before == generated
+
+
+def test_sigterm_lets_running_streams_finish(tiny_llm: Path, start_server: StartServer) -> None:
+    server = start_server("--model", str(tiny_llm), "--name", "tiny")
+    body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "Hi"}],
+                       "max_tokens": 300, "min_tokens": 300, "temperature": 0,
+                       "stream": True}).encode()  # fmt: skip
+    req = urllib.request.Request(f"{server.url}/v1/chat/completions", body,
+                                 {"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=60) as r:
+        first = r.readline()
+        assert first.startswith(b"data: ")
+        server.proc.send_signal(signal.SIGTERM)  # a rolling update, mid-answer
+        rest = r.read().decode()
+    events = [e for e in rest.split("\n\n") if e.strip()]
+    assert events[-1] == "data: [DONE]"
+    finishes = [json.loads(e[6:])["choices"][0]["finish_reason"] for e in events[:-1]
+                if json.loads(e[6:])["choices"]]  # fmt: skip
+    assert finishes[-1] == "length"
+    assert server.proc.wait(30) == 0

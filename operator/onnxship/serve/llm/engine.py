@@ -278,7 +278,7 @@ class Engine:
         if seq.slot >= 0:
             self._slots[seq.slot] = None
             seq.slot = -1
-        if reason == "abort":
+        if reason == "abort" and seq.cancelled:
             # Counted, not assumed: decode steps that ran for it after the client left.
             self.metrics.aborted(self.steps - seq.cancelled_at_step)
         rest = seq._text[seq._sent :]
