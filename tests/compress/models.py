@@ -142,3 +142,113 @@ def inputs_for(name: str, n: int = 16, seed: int = 1) -> dict[str, np.ndarray]:
     if name == "cnn":
         return {"x": rng.standard_normal((n, 3, 16, 16)).astype(np.float32)}
     return {"x": rng.standard_normal((n, 32)).astype(np.float32)}
+
+
+def stateful(dim: int = 8, hidden: int = 64, seed: int = 0) -> onnx.ModelProto:
+    """Like a voice-activity model: x float32[batch, dim], a state float32[2, batch, 4] whose
+    batch axis is axis 1, and a 0-d int64 sample rate read through an If (16000 or not).
+    Outputs: ``output`` [batch, 4] and ``stateN`` [2, batch, 4]."""
+    rng = np.random.default_rng(seed)
+    inits = {
+        "w1": _w(rng, dim, hidden),
+        "w2": _w(rng, hidden, 4),
+        "ws": _w(rng, dim, 4),
+        "rate": np.array(16000, np.int64),
+        "one": np.array(1.0, np.float32),
+        "half": np.array(0.5, np.float32),
+        "axis0": np.array([0], np.int64),
+    }
+    n = helper.make_node
+    branch = lambda name, value: helper.make_graph(  # noqa: E731
+        [n("Identity", [value], [f"{name}_out"])],
+        name,
+        [],
+        [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [])],
+    )
+    nodes = [
+        n("Equal", ["sr", "rate"], ["is16k"]),
+        n("If", ["is16k"], ["scale"], then_branch=branch("then", "one"),
+          else_branch=branch("else", "half")),  # fmt: skip
+        n("MatMul", ["x", "w1"], ["h0"]),
+        n("Relu", ["h0"], ["h1"]),
+        n("MatMul", ["h1", "w2"], ["o0"]),
+        n("Mul", ["o0", "scale"], ["output"]),
+        n("MatMul", ["x", "ws"], ["s0"]),
+        n("Unsqueeze", ["s0", "axis0"], ["s1"]),
+        n("Add", ["state", "s1"], ["s2"]),
+        n("Tanh", ["s2"], ["stateN"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "stateful",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", dim]),
+            helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 4]),
+            helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+        ],
+        [
+            helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 4]),
+            helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, "batch", 4]),
+        ],
+        initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    return _finish(graph)
+
+
+def fixed_batch_cnn(opset: int = 12, seed: int = 0) -> onnx.ModelProto:
+    """The CNN with its batch fixed at 1 (x float32[1, 3, 16, 16]) on an older opset."""
+    model = cnn(seed=seed)
+    model.graph.input[0].type.tensor_type.shape.dim[0].Clear()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    model.graph.output[0].type.tensor_type.shape.dim[0].Clear()
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
+    del model.opset_import[:]
+    model.opset_import.append(helper.make_opsetid("", opset))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def byte_classifier(length: int = 32, classes: int = 5, seed: int = 0) -> onnx.ModelProto:
+    """Like a file-type classifier: int32 bytes [batch, length] in 0..255 -> an embedding
+    table of 256 rows -> mean -> Softmax scores ``target_label`` [batch, classes]."""
+    rng = np.random.default_rng(seed)
+    inits = {
+        "table": rng.standard_normal((256, 32)).astype(np.float32),
+        "w": _w(rng, 32, classes, scale=4.0),
+        "axes": np.array([1], np.int64),
+    }
+    n = helper.make_node
+    nodes = [
+        n("Gather", ["table", "bytes"], ["e"]),
+        n("ReduceMean", ["e", "axes"], ["m"], keepdims=0),
+        n("MatMul", ["m", "w"], ["z"]),
+        n("Softmax", ["z"], ["target_label"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "bytes",
+        [helper.make_tensor_value_info("bytes", TensorProto.INT32, ["batch", length])],
+        [helper.make_tensor_value_info("target_label", TensorProto.FLOAT, ["batch", classes])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    return _finish(graph)
+
+
+def pooled_encoder(seed: int = 0) -> onnx.ModelProto:
+    """The encoder block with two outputs, like a sentence embedder: ``hidden`` [batch, seq,
+    64] and ``pooled`` [batch, 64], the mean of ``hidden`` over the sequence."""
+    model = encoder_block(seed=seed)
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), "seq_axis"))
+    model.graph.node[-1].output[0] = "hidden"  # the last LayerNormalization
+    model.graph.node.append(
+        helper.make_node("ReduceMean", ["hidden", "seq_axis"], ["pooled"], keepdims=0)
+    )
+    del model.graph.output[:]
+    model.graph.output.extend(
+        [
+            helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", "seq", 64]),
+            helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", 64]),
+        ]
+    )
+    onnx.checker.check_model(model, full_check=True)
+    return model

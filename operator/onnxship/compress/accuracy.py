@@ -119,7 +119,12 @@ def describe_outputs(path: Path) -> list[OutputInfo]:
             and last != 1
             and (made_by_softmax(vi.name) or bool(_CLASS_NAME.search(vi.name)))
         )
-        feeds = next((other for other in names if vi.name in upstream[other]), "")
+        # an Identity that only renames a tensor for the output counts as that tensor
+        node = producer.get(vi.name)
+        alias = node.input[0] if node is not None and node.op_type == "Identity" else vi.name
+        feeds = next(
+            (o for o in names if o != vi.name and {vi.name, alias} & upstream[o]), ""
+        )
         infos.append(OutputInfo(vi.name, classes, hint, feeds))
     return infos
 
@@ -346,9 +351,15 @@ class Model:
         self.path = path
         self.session: ort.InferenceSession = session(path, execution_provider)
         self.names = [o.name for o in self.session.get_outputs()]
+        self._done: list[list[np.ndarray]] = []  # outputs on the first calls, kept
 
     def run(self, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
-        return [self.session.run(self.names, feed) for feed in feeds]
+        """Outputs on ``feeds``; calls already run on a prefix of them are not run again
+        (a candidate screened on the first rows is then scored on all of them)."""
+        if len(self._done) > len(feeds):
+            return self._done[: len(feeds)]
+        self._done += [self.session.run(self.names, feed) for feed in feeds[len(self._done) :]]
+        return self._done[: len(feeds)]
 
     def latency_ms(self, feed: dict[str, np.ndarray], runs: int = LATENCY_RUNS) -> float:
         """Median latency of one call with ``feed`` (a hint about this machine)."""
