@@ -167,8 +167,13 @@ def stateful(dim: int = 8, hidden: int = 64, seed: int = 0) -> onnx.ModelProto:
     )
     nodes = [
         n("Equal", ["sr", "rate"], ["is16k"]),
-        n("If", ["is16k"], ["scale"], then_branch=branch("then", "one"),
-          else_branch=branch("else", "half")),  # fmt: skip
+        n(
+            "If",
+            ["is16k"],
+            ["scale"],
+            then_branch=branch("then", "one"),
+            else_branch=branch("else", "half"),
+        ),
         n("MatMul", ["x", "w1"], ["h0"]),
         n("Relu", ["h0"], ["h1"]),
         n("MatMul", ["h1", "w2"], ["o0"]),

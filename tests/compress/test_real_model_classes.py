@@ -189,8 +189,8 @@ def test_a_refusal_carries_sizes_and_the_candidates_table(tmp_path: Path) -> Non
     store = (tmp_path / "store").as_uri()
     result = CliRunner().invoke(
         app,
-        ["--log-format", "json", "compress", uri, "--store", store, "--samples", npz, "--sparsity", "0.9",
-         "--gate-output", "pooled", "--progress", "none", "-o", "json"],
+        ["--log-format", "json", "compress", uri, "--store", store, "--samples", npz,
+         "--sparsity", "0.9", "--gate-output", "pooled", "--progress", "none", "-o", "json"],
     )  # fmt: skip
     assert result.exit_code == ExitCode.accuracy_gate, result.output
     doc = json.loads(result.stdout.strip().splitlines()[-1])
@@ -210,7 +210,7 @@ def test_an_unknown_gate_output_is_a_settings_error(
     from onnxship.compress import InvalidSettingsError
 
     uri, _ = save(tmp_path, "embedder", models.pooled_encoder())
-    with pytest.raises(InvalidSettingsError, match="no output 'embedding'.*hidden, pooled"):
+    with pytest.raises(InvalidSettingsError, match=r"no output 'embedding'.*hidden, pooled"):
         compress(uri, settings(accuracyGate={"outputs": ["embedding"]}), file_store)
 
 
