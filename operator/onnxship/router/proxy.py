@@ -251,8 +251,8 @@ class Router:
             self.metrics.streamed(backend.revision, env, meter, outcome)
             if baseline is not None and not baseline.done():
                 whole = outcome == "complete" and code == 200 and sse
-                piece = Piece(True, meter.text, meter.usage, tuple(meter.ids))
-                baseline.set_result(piece if whole else None)
+                got = Piece(True, meter.text, meter.usage, tuple(meter.ids))
+                baseline.set_result(got if whole else None)
         return resp
 
     async def _send(
@@ -375,10 +375,10 @@ class Router:
         if base is None or theirs is None:
             return
         if base.ids and theirs.ids:
-            unit, a, b = "token_ids", list(base.ids), list(theirs.ids)
+            unit, result = "token_ids", compare_tokens(list(base.ids), list(theirs.ids))
         else:  # the servers do not say their token ids: compare words
-            unit, a, b = "words", base.text.split(), theirs.text.split()
-        self.metrics.compared_tokens(canary.revision, stable.revision, compare_tokens(a, b), unit)
+            unit, result = "words", compare_tokens(base.text.split(), theirs.text.split())
+        self.metrics.compared_tokens(canary.revision, stable.revision, result, unit)
 
 
 @dataclass(frozen=True)

@@ -69,16 +69,16 @@ def read_event(doc: Any) -> Piece:
         text = "".join(texts)
         return Piece(bool(text), text, used, tuple(ids))
     if "text_output" in doc:
-        text = doc.get("text_output")
-        text = text if isinstance(text, str) else ""
-        return Piece(bool(text), text, used, _ids(doc.get("token_ids")))
+        out = doc.get("text_output")
+        out = out if isinstance(out, str) else ""
+        return Piece(bool(out), out, used, _ids(doc.get("token_ids")))
     token = doc.get("token")
     if isinstance(token, dict):
-        text = token.get("text")
-        text = text if isinstance(text, str) else ""
+        said = token.get("text")
+        said = said if isinstance(said, str) else ""
         tid = token.get("id")
-        ids = (tid,) if isinstance(tid, int) and not token.get("special") else ()
-        return Piece(bool(text) or bool(ids), text, used, ids)
+        one = (tid,) if isinstance(tid, int) and not token.get("special") else ()
+        return Piece(bool(said) or bool(one), said, used, one)
     return Piece(token=used is None, usage=used)
 
 
