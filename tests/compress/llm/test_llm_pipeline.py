@@ -196,7 +196,9 @@ def test_a_failed_gate_publishes_nothing_and_reports_each_prompt(
     assert result.exit_code == ExitCode.accuracy_gate, result.output
     doc = json.loads(result.stdout.splitlines()[0])
     assert "spec.compression.accuracyGate.min" in doc["error"]
-    assert len(doc["report"]["perPrompt"]) == 2
+    assert len(doc["report"]["accuracy"]["perPrompt"]) == 2
+    (candidate,) = doc["report"]["candidates"]
+    assert candidate["name"] == "int4-hqq-b32-emb8" and candidate["why"] == "failed the gate"
     assert not store.exists() or not any(p.is_file() for p in store.rglob("*"))
 
 

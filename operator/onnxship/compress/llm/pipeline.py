@@ -178,7 +178,9 @@ def _verdict(
     )
 
 
-def gate_error(report: AccuracyReport, detail: str = "") -> AccuracyGateError:
+def gate_error(
+    report: AccuracyReport, detail: str = "", summary: CompressionReport | None = None
+) -> AccuracyGateError:
     if report.metric == "kl":
         failed = f"kl {report.mean:.6f} > {report.threshold} (spec.compression.accuracyGate.max)"
     else:
@@ -191,6 +193,7 @@ def gate_error(report: AccuracyReport, detail: str = "") -> AccuracyGateError:
         "published. Loosen the quantization (bits 8, a smaller block, embedding keep, mode "
         "auto) or the gate",
         report,
+        summary,
     )
 
 
@@ -316,7 +319,18 @@ def compress_llm(
                 f" (best of {len(tried)} candidates: {best.name})" if len(tried) > 1 else ""
             )
             assert best.accuracy is not None
-            raise gate_error(best.accuracy, detail)
+            summary = CompressionReport(
+                original_bytes=folder.total_bytes,
+                compressed_bytes=best.bytes,
+                ratio=round(best.bytes / folder.total_bytes, 6),
+                accuracy=best.accuracy,
+                seconds=round(time.perf_counter() - started, 3),
+                step_seconds=steps.seconds,
+                notes=notes,
+                candidates=tried,
+                samples_digest=prompts_digest,
+            )
+            raise gate_error(best.accuracy, detail, summary)
 
     out, accuracy_report, variant = chosen
     if q.mode != QuantizeMode.none:
