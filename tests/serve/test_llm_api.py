@@ -121,6 +121,32 @@ def test_long_prompt_runs_in_chunks_with_genai_answer(llm: Server, genai: GenAI)
     assert answer.choices[0].text == text and answer.usage.completion_tokens == n
 
 
+def test_stop_strings_and_seeded_sampling(llm: Server, genai: GenAI) -> None:
+    prompt = "The quick brown fox"
+    text, _, _ = genai.greedy([int(t) for t in genai.tok.encode(prompt)], 16)
+    words = text.split()
+    stop = words[len(words) // 2]  # a word from the middle of the greedy answer
+    api = client(llm)
+    for stream in (False, True):
+        answer = api.completions.create(model="tiny", prompt=prompt, max_tokens=16,
+                                        temperature=0, stop=[stop], stream=stream)  # fmt: skip
+        if stream:
+            chunks = list(answer)  # type: ignore[arg-type]
+            got = "".join(c.choices[0].text for c in chunks)
+            finish = chunks[-1].choices[0].finish_reason
+        else:
+            got, finish = answer.choices[0].text, answer.choices[0].finish_reason  # type: ignore[union-attr]
+        assert got == text[: text.index(stop)] and finish == "stop"
+
+    def sample(seed: int) -> str:
+        return api.completions.create(model="tiny", prompt=prompt, max_tokens=12,
+                                      temperature=1.0, top_p=0.9, extra_body={"top_k": 40},
+                                      seed=seed).choices[0].text  # fmt: skip
+
+    assert sample(7) == sample(7)
+    assert len({sample(7), sample(8), sample(9)}) > 1
+
+
 def test_raw_server_sent_events_as_curl_sees_them(llm: Server, genai: GenAI) -> None:
     text, _, _ = genai.greedy(genai.chat_ids(PROMPTS[0]), 8)
     conn = http.client.HTTPConnection("127.0.0.1", llm.http_port, timeout=30)
