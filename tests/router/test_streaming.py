@@ -252,3 +252,36 @@ async def test_whole_generations_may_take_long_but_a_stream_may_not_stall(
     text = await r.metrics()
     assert samples(text, "onnxship_router_requests_total", revision="r1", code="504") == 1
     assert samples(text, "onnxship_router_streams_total", revision="r1", outcome="broken") == 1
+
+
+async def test_abandoned_and_broken_streams_leak_no_connections(sse_backends, router) -> None:
+    backend = await sse_backends("llm", gap=0.05, tokens=["a", "b"])
+    r = await router()
+    await r.put_routes(one(backend))
+    await read_events(r.session, r.url)  # pools warm
+    backend.tokens = [f" t{i}" for i in range(200)]  # still streaming when we look
+
+    def fds() -> int:
+        import os
+
+        return len(os.listdir("/proc/self/fd"))
+
+    await asyncio.sleep(0.2)
+    before = fds()
+    for i in range(20):
+        backend.die_after = 2 if i % 2 else None
+        async with aiohttp.ClientSession() as own:  # its own connection, closed each time
+            try:
+                async with own.post(f"{r.url}/v1/chat/completions", json=CHAT) as resp:
+                    got = b""
+                    while got.count(b"\n\n") < 2:
+                        got += await resp.content.readany()
+                    resp.close()
+            except aiohttp.ClientPayloadError:
+                pass
+    await asyncio.sleep(0.5)
+    assert fds() <= before + 2, (before, fds())
+    text = await r.metrics()
+    outcomes = {o: samples(text, "onnxship_router_streams_total", outcome=o)
+                for o in ("abandoned", "broken")}  # fmt: skip
+    assert outcomes["abandoned"] + outcomes["broken"] == 20
