@@ -197,27 +197,15 @@ def gate_error(
     )
 
 
-def _weight_only(**fields: Any) -> Quantize:
-    return Quantize(mode=QuantizeMode.weight_only, **fields)
-
-
-# quantize: auto, cheapest first (bytes per weight: 4 bits plus a scale, and a minimum or zero
-# point, per block of 32; kquantMixed keeps the sensitive MatMuls in 8 bits; then 8 bits). The
-# embedding (tied to the lm_head in most small LLMs) stays int8: int4 there costs the most
-# agreement for the fewest bytes.
-AUTO_CANDIDATES = (
-    _weight_only(bits=4, block_size=32, algorithm="hqq", embedding="int8"),
-    _weight_only(bits=4, block_size=32, algorithm="kquantMixed", embedding="int8"),
-    _weight_only(bits=8, block_size=32, algorithm="rtn", embedding="int8"),
-    _weight_only(bits=8, block_size=32, algorithm="rtn", embedding="keep"),
-)
-
-
-def candidates(q: Quantize) -> list[Quantize]:
-    """What to try, cheapest first: the one variant asked for, or the auto list."""
+def candidates(q: Quantize) -> list[tuple[str, Quantize]]:
+    """What to try, cheapest first: the one variant asked for, or D's list for auto (with the
+    accuracy level the spec asks for)."""
     if q.mode == QuantizeMode.auto:
-        return [c.model_copy(update={"accuracy_level": q.accuracy_level}) for c in AUTO_CANDIDATES]
-    return [q]
+        return [
+            (name, c.model_copy(update={"accuracy_level": q.accuracy_level}))
+            for name, c in weights.llm_candidates()
+        ]
+    return [(variant_name(q), q)]
 
 
 def _key(digest: str, compression: Compression, execution_provider: str, prompts: str) -> str:
@@ -278,8 +266,7 @@ def compress_llm(
         )
         with reference:
             plan = candidates(q)
-            for i, cand in enumerate(plan):
-                name = variant_name(cand)
+            for i, (name, cand) in enumerate(plan):
                 out = work / f"candidate-{i:02d}"
                 q_notes = steps.run(
                     f"quantize {name}",
@@ -305,10 +292,8 @@ def compress_llm(
                     notes += q_notes
                     skipped = plan[i + 1 :]
                     tried += [
-                        CandidateReport(
-                            name=variant_name(s), why="not tried: a cheaper one passed"
-                        )
-                        for s in skipped
+                        CandidateReport(name=n, why="not tried: a cheaper one passed")
+                        for n, _ in skipped
                     ]
                     break
                 tried.append(entry.model_copy(update={"why": "failed the gate"}))
