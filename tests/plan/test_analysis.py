@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from onnxship.api import Analysis
-from onnxship.plan.analysis import Measurements, Result, evaluate
+from onnxship.plan.analysis import GenerationFigures, Measurements, Result, evaluate
 
 from .sim import T0
 
@@ -69,3 +69,114 @@ def test_verdicts(
     assert v.result == result
     assert says in v.message
     assert v.revision == "r2" and v.measured_at == T0
+
+
+# ------------------------------------------------------------------ causal LMs
+
+LLM = {
+    "maxTimeToFirstTokenP99Ms": 500,
+    "maxInterTokenLatencyP99Ms": 80,
+    "minOutputAgreement": {"metric": "tokens", "min": 0.9},
+}
+FAST = {"requests": 100, "generations": 100, "ttft_p99_ms": 300.0, "itl_p99_ms": 40.0}
+AGREEING = {"token_comparisons": 50, "token_agreement": 0.97}
+
+
+def pools(*figures: tuple[str, int, float, float]) -> tuple[GenerationFigures, ...]:
+    return tuple(GenerationFigures(e, n, ttft, itl) for e, n, ttft, itl in figures)
+
+
+@pytest.mark.parametrize(
+    ("m", "mirroring", "serving", "result", "says"),
+    [
+        (  # a fast canary that agrees passes, and says what it measured
+            {**FAST, **AGREEING},
+            True,
+            True,
+            Result.passed,
+            "time to first token p99 300.0 ms, inter-token p99 40.0 ms, token agreement 0.9700 "
+            "over 50 generations",
+        ),
+        (
+            {**FAST, "ttft_p99_ms": 900.0},
+            False,
+            True,
+            Result.failed,
+            "p99 time to first token 900.0 ms above 500 ms",
+        ),
+        (
+            {**FAST, "itl_p99_ms": 120.0},
+            False,
+            True,
+            Result.failed,
+            "p99 inter-token latency 120.0 ms above 80 ms",
+        ),
+        (  # disagreeing tokens fail whatever the speed
+            {**FAST, "token_comparisons": 50, "token_agreement": 0.31},
+            True,
+            True,
+            Result.failed,
+            "output agreement (tokens) 0.3100 below 0.9",
+        ),
+        (  # a good cosine says nothing about tokens: the gate reads token agreement
+            {**FAST, "comparisons": 50, "cosine": 1.0, "token_comparisons": 5},
+            True,
+            True,
+            Result.inconclusive,
+            "5 mirrored generations compared in the interval, fewer than 20",
+        ),
+        (  # a slow first token on too few streams is not judged...
+            {"requests": 100, "generations": 5, "ttft_p99_ms": 9000.0, **AGREEING},
+            True,
+            True,
+            Result.inconclusive,
+            "5 streamed canary answers reached a first token",
+        ),
+        (  # ...and never passes: requests answered whole are not timed
+            {"requests": 100, **AGREEING},
+            True,
+            True,
+            Result.inconclusive,
+            "to judge the p99 time to first token and p99 inter-token latency",
+        ),
+        (  # mirror only (weight 0): the canary answers no user, so no stream to time
+            {"requests": 100, **AGREEING},
+            True,
+            False,
+            Result.passed,
+            "token agreement 0.9700",
+        ),
+        (  # one slow pool fails the revision, even when the fast one dilutes the total
+            {
+                **FAST,
+                "generation_environments": pools(("cpu", 80, 250.0, 30.0), ("gpu", 20, 1500, 30.0)),
+            },
+            False,
+            True,
+            Result.failed,
+            "environment gpu: p99 time to first token 1500.0 ms above 500 ms",
+        ),
+        (  # a pool with too few streams to judge is not judged on its own
+            {
+                **FAST,
+                "generation_environments": pools(("cpu", 95, 250.0, 30.0), ("gpu", 5, 1500, 30.0)),
+            },
+            False,
+            True,
+            Result.passed,
+            "time to first token p99 300.0 ms",
+        ),
+    ],
+)
+def test_llm_verdicts(
+    m: dict[str, Any], mirroring: bool, serving: bool, result: Result, says: str
+) -> None:
+    v = evaluate(Analysis.model_validate(LLM), Measurements("r2", **m), T0, mirroring, serving)
+    assert v.result == result, v.message
+    assert says in v.message
+
+
+def test_token_limits_alone_leave_encoders_alone() -> None:
+    """Without the LLM fields, an encoder canary is judged as before (no streams needed)."""
+    v = evaluate(Analysis(), Measurements("r2", requests=100), T0, mirroring=False, serving=True)
+    assert v.result == Result.passed

@@ -390,7 +390,12 @@ class Step(ApiModel):
 
 
 class OutputAgreement(ApiModel):
-    metric: Literal["cosine", "top1"] = "cosine"
+    metric: Literal["cosine", "top1", "tokens"] = Field(
+        "cosine",
+        description="cosine: mean cosine of mirrored outputs; top1: share with the same argmax; "
+        "tokens (causal LM): mean share of stable's greedy tokens the canary's greedy answer "
+        "matches, position by position, on mirrored generations.",
+    )
     min: float = Field(0.98, ge=0.0, le=1.0)
 
 
@@ -412,6 +417,18 @@ class Analysis(ApiModel):
     interval: Duration = "30s"
     max_error_rate: float = Field(0.01, ge=0.0, le=1.0)
     max_latency_p99_ms: float | None = Field(None, gt=0)
+    max_time_to_first_token_p99_ms: float | None = Field(
+        None,
+        gt=0,
+        description="Causal LM: p99 time to first token of the canary's streamed answers, per "
+        "environment; judged while the canary takes traffic (setWeight above 0).",
+    )
+    max_inter_token_latency_p99_ms: float | None = Field(
+        None,
+        gt=0,
+        description="Causal LM: p99 time between tokens of the canary's streamed answers, per "
+        "environment; judged like maxTimeToFirstTokenP99Ms.",
+    )
     min_output_agreement: OutputAgreement | None = None
     failure_limit: int = Field(
         2, ge=0, le=100, description="Failed checks tolerated before rollback."

@@ -68,6 +68,12 @@ class AnalysisStatus(ApiModel):
     error_rate: float | None = None
     latency_p99_ms: float | None = None
     output_agreement: float | None = None
+    time_to_first_token_p99_ms: float | None = Field(
+        None, description="Causal LM: the canary's p99 time to first token in the interval."
+    )
+    inter_token_latency_p99_ms: float | None = Field(
+        None, description="Causal LM: the canary's p99 inter-token latency in the interval."
+    )
     requests: int = 0
     measured_at: str = ""
 

@@ -372,7 +372,9 @@ def _measure_if_due(
     measurements = wiring.metrics.measure(owner, spec, request, now)
     if measurements is None:
         return
-    wiring.memory[slot] = evaluate(spec.rollout.analysis, measurements, now, request.mirroring)
+    wiring.memory[slot] = evaluate(
+        spec.rollout.analysis, measurements, now, request.mirroring, request.serving
+    )
 
 
 # ---------------------------------------------------------------------- execute

@@ -60,7 +60,9 @@ class RouterAnalysis:
         self.window = Window(request, time.monotonic(), counters)
         if measurements is None:
             return
-        self.verdict = evaluate(analysis, measurements, now, request.mirroring)
+        self.verdict = evaluate(
+            analysis, measurements, now, request.mirroring, request.serving
+        )
 
     def refresh_stats(self) -> None:
         """The live counters per revision (requests, errors, latency, mirrored)."""

@@ -46,7 +46,7 @@ from .actions import (
     ScaleRevision,
     SetTraffic,
 )
-from .analysis import AnalysisRequest, Result, Verdict, agreement_value
+from .analysis import AnalysisRequest, Result, Verdict, agreement_value, default_metric
 from .conditions import find_condition, set_condition
 from .observed import Command, CommandKind, Observed
 from .times import format_time, parse_time, seconds_between
@@ -377,7 +377,9 @@ class _Run:
             passes=previous.passes + int(v.result == Result.passed and in_step),
             error_rate=m.error_rate,
             latency_p99_ms=m.latency_p99_ms,
-            output_agreement=agreement_value(m, gate.metric if gate else "cosine"),
+            output_agreement=agreement_value(m, gate.metric if gate else default_metric(m)),
+            time_to_first_token_p99_ms=m.ttft_p99_ms,
+            inter_token_latency_p99_ms=m.itl_p99_ms,
             requests=m.requests,
             measured_at=measured,
         )
@@ -677,4 +679,6 @@ class _Run:
             return None
         interval = self.spec.rollout.interval_seconds
         self.due_in(interval)
-        return AnalysisRequest(canary, status.mirror_percent > 0, interval)
+        return AnalysisRequest(
+            canary, status.mirror_percent > 0, interval, serving=status.canary_weight > 0
+        )
