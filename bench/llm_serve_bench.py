@@ -11,8 +11,8 @@ Prompts: the first 8 of ../shared/models/smollm2/prompts.jsonl, chat template ap
 generation forced to exactly --tokens new tokens (GenAI: min_length = max_length; ours:
 min_tokens = max_tokens), greedy.
 
-Per variant and round (anchors first, in this process, then our server as a subprocess with
-the bench as its client over HTTP, streaming):
+Per variant and round (our server a subprocess, the bench its client over HTTP, streaming;
+GenAI in this process while the server idles; the two sides of each figure back to back):
 - batch 1, prompt by prompt: TTFT (GenAI: append_tokens + first generate_next_token; ours:
   request sent -> first content chunk) and decode tokens/s ((tokens - 1) / time from first to
   last token); medians over the prompts.
@@ -91,14 +91,27 @@ def variant_dir(name: str) -> Path:
 # ---------------------------------------------------------------------- anchors (GenAI)
 
 
-def genai_anchor(folder: Path, prompts: list[list[dict[str, str]]], n: int) -> dict[str, Any]:
+_MODELS: dict[Path, Any] = {}
+
+
+def _genai(folder: Path, prompts: list[list[dict[str, str]]]) -> tuple[Any, Any, list[list[int]]]:
     import onnxruntime_genai as og
 
-    model = og.Model(str(folder))
+    if folder not in _MODELS:
+        _MODELS.clear()  # one model in memory at a time
+        _MODELS[folder] = og.Model(str(folder))
+    model = _MODELS[folder]
     tok = og.Tokenizer(model)
     ids = [[int(t) for t in tok.encode(tok.apply_chat_template(json.dumps(m),
                                                                add_generation_prompt=True))]
            for m in prompts]  # fmt: skip
+    return model, tok, ids
+
+
+def genai_b1(folder: Path, prompts: list[list[dict[str, str]]], n: int) -> dict[str, Any]:
+    import onnxruntime_genai as og
+
+    model, _tok, ids = _genai(folder, prompts)
 
     def one(p: list[int]) -> tuple[float, float]:
         params = og.GeneratorParams(model)
@@ -115,6 +128,16 @@ def genai_anchor(folder: Path, prompts: list[list[dict[str, str]]], n: int) -> d
 
     one(ids[0])  # warm-up
     b1 = [one(p) for p in ids]
+    return {
+        "b1_ttft_s": statistics.median(t for t, _ in b1),
+        "b1_decode_tps": statistics.median(d for _, d in b1),
+    }
+
+
+def genai_batch(folder: Path, prompts: list[list[dict[str, str]]], n: int) -> dict[str, Any]:
+    import onnxruntime_genai as og
+
+    model, tok, ids = _genai(folder, prompts)
     # static batch of 8, left-padded by encode_batch
     texts = [tok.apply_chat_template(json.dumps(m), add_generation_prompt=True) for m in prompts]
     batch = tok.encode_batch(texts)
@@ -175,8 +198,6 @@ def genai_anchor(folder: Path, prompts: list[list[dict[str, str]]], n: int) -> d
         r.close()
     ttfts = list(first.values())
     return {
-        "b1_ttft_s": statistics.median(t for t, _ in b1),
-        "b1_decode_tps": statistics.median(d for _, d in b1),
         "static8_tps": static_tps,
         "static8_ttft_s": static_ttft,
         "interleaved8_tps": interleaved_tps,
@@ -311,21 +332,25 @@ def main() -> None:
         folder = variant_dir(name)
         rounds = []
         for r in range(args.rounds):
-            log(f"[{name}] round {r + 1}: GenAI in-process")
-            anchor = genai_anchor(folder, prompts, n)
-            log(f"  {json.dumps({k: v for k, v in anchor.items() if k != 'engine8_ttft_s'})}")
+            # The server idles (no CPU) while the anchor runs, and each figure's two sides run
+            # back to back: on a shared machine the load moves within a round.
             port = free_port()
             logfile = Path(f"/tmp/llm_serve_bench_{name}.log")
             proc = start_server(folder, port, max(args.ramp), logfile)
             url = f"http://127.0.0.1:{port}"
             try:
+                log(f"[{name}] round {r + 1}: batch 1, GenAI then ours")
+                anchor = genai_b1(folder, prompts, n)
                 ours: dict[str, Any] = asyncio.run(ours_b1(url, prompts, n))
+                log(f"[{name}] round {r + 1}: 8 at once, GenAI (static, in turn, Engine), ours")
+                anchor.update(genai_batch(folder, prompts, n))
                 ours["c8"] = asyncio.run(concurrent(url, prompts, 8, n))
                 ours["ramp"] = {str(c): asyncio.run(concurrent(url, prompts, c, n))
                                 for c in args.ramp}  # fmt: skip
             finally:
                 proc.terminate()
                 proc.wait(30)
+            log(f"  {json.dumps({k: v for k, v in anchor.items() if k != 'engine8_ttft_s'})}")
             log(f"  ours b1 {ours['b1_decode_tps']:.1f} tok/s ttft {ours['b1_ttft_s']:.3f}s; "
                 f"c8 {ours['c8']['tps']:.1f} tok/s ttft p99 {ours['c8']['ttft_p99_s']:.3f}s")
             rounds.append({"genai": anchor, "ours": ours})
