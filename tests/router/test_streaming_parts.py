@@ -168,3 +168,13 @@ def test_other_shapes_and_whole_answers() -> None:
     assert answer_tokens(b"\xff") is None
     assert is_generation("/v1/chat/completions") and is_generation("/v2/models/m/generate_stream")
     assert not is_generation("/v2/models/m/infer") and not is_generation("/v1/models")
+
+
+def test_the_meter_survives_what_is_not_an_event_stream() -> None:
+    deep = StreamMeter(0.0, True)
+    deep.feed(b"data: " + b"[" * 100_000 + b"\n\n", 1.0)  # JSON too deep to decode
+    assert deep.events == 1
+    endless = StreamMeter(0.0, True)
+    for _ in range(3):
+        endless.feed(b"x" * 600_000, 1.0)  # no event end, ever: not kept in memory
+    assert not endless.sse and endless._pending == b""

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 EVENT_STREAM = "text/event-stream"
+MAX_EVENT = 1 << 20  # an "event" longer than this is not metered: the stream still passes
 
 
 def is_generation(path: str) -> bool:
@@ -144,6 +145,9 @@ class StreamMeter:
             self._event(buf[start:end], now)
             start = end + 2
         self._pending = buf[start:]
+        if len(self._pending) > MAX_EVENT:  # not events after all: stop reading them
+            self.sse = False
+            self._pending = b""
 
     def _event(self, block: bytes, now: float) -> None:
         data: list[bytes] = []
@@ -159,7 +163,7 @@ class StreamMeter:
             return
         try:
             piece = read_event(json.loads(payload.decode()))  # str: json skips sniffing
-        except ValueError:  # UnicodeDecodeError included
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             piece = Piece(token=True, text=payload.decode("utf-8", "replace"))
         if piece.usage is not None:
             self.usage = piece.usage
