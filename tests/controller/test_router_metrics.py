@@ -6,13 +6,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from prometheus_client import generate_latest
 
-from onnxship.api import parse_spec
+from onnxship.api import Analysis, OutputAgreement, parse_spec
 from onnxship.controller.router_metrics import PodMetrics
-from onnxship.plan.analysis import AnalysisRequest
+from onnxship.plan.analysis import AnalysisRequest, Result, evaluate
 from onnxship.plan.workloads import L_COMPONENT, L_DEPLOYMENT, L_REVISION, Owner
+from onnxship.router.compare import TokenComparison
 from onnxship.router.metrics import RouterMetrics
+from onnxship.router.prometheus_source import environment_queries, promql_queries
+from onnxship.router.streams import StreamMeter
 from onnxship.serve.metrics import ServeMetrics
 
 OWNER = Owner("enc", "ml", "u")
@@ -142,3 +146,75 @@ def test_routed_is_what_the_ready_routers_have_loaded() -> None:
         raise OSError("connection refused")
 
     assert PodMetrics(Pods(), fetch=down).routed(OWNER) is None  # type: ignore[arg-type]
+
+
+def stream(ttft: float, gaps: list[float], tokens: int) -> StreamMeter:
+    meter = StreamMeter(started=0.0, sse=True)
+    meter.first, meter.gaps, meter.usage = ttft, gaps, tokens
+    return meter
+
+
+def test_llm_figures_summed_over_router_replicas() -> None:
+    """Streams timed per pool, p99s, and mirrored generations compared token by token reach
+    the verdict: a slow pool and disagreeing tokens fail the canary, naming the figures."""
+    routers = {"10.0.0.1": RouterMetrics(), "10.0.0.2": RouterMetrics()}
+    clock = iter([100.0, 130.0])
+
+    def fetch(url: str) -> str:
+        return generate_latest(routers[url.split("//")[1].split(":")[0]].registry).decode()
+
+    source = PodMetrics(Pods(), fetch=fetch, clock=lambda: next(clock))  # type: ignore[arg-type]
+    now = datetime(2026, 11, 23, tzinfo=UTC)
+    request = AnalysisRequest("llm-v2", mirroring=True, interval_seconds=30, serving=True)
+    assert source.measure(OWNER, SPEC, request, now) is None
+    for i in range(40):  # cpu: 40 quick streams on one replica, gpu: 20 slow on the other
+        routers["10.0.0.1"].observe("llm-v2", "cpu", 200, "primary", 1.0)
+        routers["10.0.0.1"].streamed("llm-v2", "cpu", stream(0.12, [0.02] * 9, 10), "complete")
+        if i < 20:
+            routers["10.0.0.2"].observe("llm-v2", "gpu", 200, "primary", 3.0)
+            routers["10.0.0.2"].streamed("llm-v2", "gpu", stream(2.5, [0.03] * 9, 10), "complete")
+    for i in range(25):  # mirrored greedy copies: 5 agree, 20 diverge at position 3 of 10
+        same = i < 5
+        result = TokenComparison(1.0 if same else 0.3, 10 if same else 3, same, 10, 10)
+        routers["10.0.0.2"].compared_tokens("llm-v2", "llm-v1", result, "words")
+    m = source.measure(OWNER, SPEC, request, now)
+    assert m is not None
+    assert (m.requests, m.generations, m.token_comparisons) == (60, 60, 25)
+    assert m.token_agreement == pytest.approx((5 * 1.0 + 20 * 0.3) / 25)
+    cpu, gpu = m.generation_environments
+    assert (cpu.environment, cpu.generations, gpu.environment, gpu.generations) == (
+        "cpu", 40, "gpu", 20,
+    )  # fmt: skip
+    assert cpu.ttft_p99_ms is not None and 100 < cpu.ttft_p99_ms <= 150
+    assert gpu.ttft_p99_ms is not None and 2000 < gpu.ttft_p99_ms <= 3000
+    assert m.itl_p99_ms is not None and 20 <= m.itl_p99_ms <= 40
+
+    analysis = Analysis(
+        max_time_to_first_token_p99_ms=1000,
+        min_output_agreement=OutputAgreement(metric="tokens", min=0.9),
+    )
+    v = evaluate(analysis, m, now, request.mirroring, request.serving)
+    assert v.result == Result.failed
+    assert "environment gpu: p99 time to first token" in v.message
+    assert "output agreement (tokens) 0.4400 below 0.9" in v.message
+
+
+def test_prometheus_provider_asks_for_the_llm_figures() -> None:
+    """provider: prometheus reads the same series as the builtin provider."""
+    q = promql_queries("llm-v2", "team-a", "60s")
+    sel = 'revision="llm-v2",namespace="team-a"'
+    assert q["generations"] == (
+        f"sum(increase(onnxship_router_time_to_first_token_seconds_count{{{sel}}}[60s]))"
+    )
+    assert q["ttft_p99_seconds"] == (
+        "histogram_quantile(0.99, sum by (le) "
+        f"(rate(onnxship_router_time_to_first_token_seconds_bucket{{{sel}}}[60s])))"
+    )
+    assert "onnxship_router_inter_token_latency_seconds_bucket" in q["itl_p99_seconds"]
+    assert q["token_agreement_sum"] == (
+        f"sum(increase(onnxship_router_mirror_token_agreement_sum{{{sel}}}[60s]))"
+    )
+    per_env = environment_queries("llm-v2", "team-a", "60s")
+    assert per_env["ttft_p99_seconds"].startswith(
+        "histogram_quantile(0.99, sum by (environment, le) "
+    )

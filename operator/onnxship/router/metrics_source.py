@@ -15,7 +15,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from onnxship.plan.analysis import AnalysisRequest, Measurements
+from onnxship.plan.analysis import AnalysisRequest, GenerationFigures, Measurements
 
 from .metrics import (
     COMPARISONS,
@@ -307,7 +307,38 @@ def measurements_between(
         max_abs_diff=diff if comparisons else None,
         interval_seconds=seconds,
         environments=environments if len(environments) > 1 else (),
+        **_generation_fields(revision, base, after),
     )
+
+
+def _figures(name: str, after: TokenCounters, before: TokenCounters) -> GenerationFigures:
+    ttft, itl = _bucket_delta(after.ttft, before.ttft), _bucket_delta(after.itl, before.itl)
+    return GenerationFigures(
+        name,
+        generations=round(ttft[-1][1]) if ttft else 0,  # the +Inf bucket: streams timed
+        ttft_p99_ms=_ms(0.99, ttft),
+        itl_p99_ms=_ms(0.99, itl),
+    )
+
+
+def _generation_fields(revision: str, base: Counters, after: Counters) -> dict[str, Any]:
+    """The LLM figures of ``Measurements``: users' streams timed (overall and per pool) and
+    mirrored generations compared token by token."""
+    total = _figures(revision, after.tokens, base.tokens)
+    old = dict(base.generation)
+    envs = tuple(
+        _figures(env, t, old.get(env, TokenCounters())) for env, t in after.generation if env
+    )
+    n = round(_delta(after.token_comparisons, base.token_comparisons))
+    agreement = _delta(after.token_agreement_sum, base.token_agreement_sum)
+    return {
+        "generations": total.generations,
+        "ttft_p99_ms": total.ttft_p99_ms,
+        "itl_p99_ms": total.itl_p99_ms,
+        "generation_environments": envs if len(envs) > 1 else (),
+        "token_comparisons": n,
+        "token_agreement": agreement / n if n else None,
+    }
 
 
 @dataclass(frozen=True)
