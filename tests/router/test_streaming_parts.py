@@ -6,7 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 
-from onnxship.router.streams import StreamMeter, answer_tokens, is_generation
+from onnxship.router.streams import (
+    StreamMeter,
+    answer_tokens,
+    is_generation,
+    quick_token,
+    read_event,
+)
 from onnxship.router.upstream import Stream, UpstreamError, UpstreamPool
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -178,3 +184,23 @@ def test_the_meter_survives_what_is_not_an_event_stream() -> None:
     for _ in range(3):
         endless.feed(b"x" * 600_000, 1.0)  # no event end, ever: not kept in memory
     assert not endless.sse and endless._pending == b""
+
+
+def test_the_quick_read_of_a_chunk_agrees_with_decoding_it() -> None:
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"content": " hello"}, "finish_reason": None}]},
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+        {"choices": [{"index": 0, "delta": {"content": None}, "finish_reason": "stop"}]},
+        {"choices": [{"index": 0, "delta": {"content": '"quoted" \\ "content": ""'}}]},
+        {"choices": [{"index": 0, "delta": {"content": "\"text\": 1"}}]},
+        {"choices": [{"delta": {}}], "usage": {"completion_tokens": 3}},
+        {"choices": [{"text": "x"}]},
+        {"choices": [{"delta": {"content": "a"}}, {"delta": {"content": ""}}]},
+    ]
+    for doc in chunks:
+        for separators in ((", ", ": "), (",", ":")):
+            payload = json.dumps(doc, separators=separators).encode()
+            quick = quick_token(payload)
+            assert quick in (None, read_event(doc).token), (doc, quick)
+    assert quick_token(json.dumps(chunks[0]).encode()) is True  # the common cases are quick
+    assert quick_token(json.dumps(chunks[1]).encode()) is False

@@ -20,6 +20,7 @@ else. ``collect`` keeps the generated text and any token ids, for mirror compari
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +82,20 @@ def read_event(doc: Any) -> Piece:
         one = (tid,) if isinstance(tid, int) and not token.get("special") else ()
         return Piece(bool(said) or bool(one), said, used, one)
     return Piece(token=used is None, usage=used)
+
+
+# An OpenAI chunk's one "content" value, read without decoding the event (the common case, on
+# the path of every token). Inside JSON strings quotes are escaped, so these bytes are keys.
+_CONTENT = re.compile(rb'"content"\s*:\s*(null|""|")')
+_UNSURE = (b'"usage"', b'"text', b'"token', b'"message"')
+
+
+def quick_token(payload: bytes) -> bool | None:
+    """Whether an event carries text, for a plain OpenAI chunk; None when it takes decoding."""
+    if payload.count(b'"content"') != 1 or any(k in payload for k in _UNSURE):
+        return None
+    found = _CONTENT.search(payload)
+    return None if found is None else found.group(1) == b'"'
 
 
 def _ids(value: Any) -> tuple[int, ...]:
@@ -161,6 +176,11 @@ class StreamMeter:
         if payload.strip() == b"[DONE]":
             self.finished = True
             return
+        quick = None if self.collect else quick_token(payload)
+        if quick is not None:
+            if quick:
+                self._token(now)
+            return
         try:
             piece = read_event(json.loads(payload.decode()))  # str: json skips sniffing
         except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
@@ -169,15 +189,18 @@ class StreamMeter:
             self.usage = piece.usage
         if not piece.token:
             return
+        self._token(now)
+        if self.collect:
+            self.texts.append(piece.text)
+            self.ids += piece.ids
+
+    def _token(self, now: float) -> None:
         self.events += 1
         if self.first is None:
             self.first = now
         elif self.last is not None:
             self.gaps.append(now - self.last)
         self.last = now
-        if self.collect:
-            self.texts.append(piece.text)
-            self.ids += piece.ids
 
 
 def greedy_copy(path_qs: str, body: bytes) -> tuple[str, bytes, bool] | None:
