@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -210,7 +210,9 @@ def _gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
-async def _events(request: web.Request, svc: LlmService, seq: Sequence) -> AsyncIterator[Any]:
+async def _events(
+    request: web.Request, svc: LlmService, seq: Sequence
+) -> AsyncGenerator[Any, None]:
     """The sequence's events until it finishes; cancels it when the client goes away."""
     done = False
     try:

@@ -21,7 +21,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-_ORT_FLOAT = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_ORT_FLOAT: dict[str, type[np.floating]] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+}
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,8 @@ class DecoderRuntime:
         tokens = np.asarray([ids], np.int64)
         mask = np.ones((1, past + len(ids)), np.int64)
         logits = self._run(slot, 1, tokens, mask)
-        return logits[0, -1]
+        last: np.ndarray = logits[0, -1]
+        return last
 
     def decode(self, rows: int, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """One step for slots 0..rows-1: ``tokens`` [rows] the next token of each, ``lengths``
