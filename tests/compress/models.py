@@ -257,3 +257,30 @@ def pooled_encoder(seed: int = 0) -> onnx.ModelProto:
     )
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def reflect_padded(pad: int = 20, seed: int = 0) -> onnx.ModelProto:
+    """x float32[batch, length] reflect-padded by ``pad`` on each side (ONNX Runtime refuses a
+    length of ``pad`` or less), then a feed-forward layer on its mean and max."""
+    rng = np.random.default_rng(seed)
+    inits = {
+        "pads": np.array([0, pad, 0, pad], np.int64),
+        "axes": np.array([1], np.int64),
+        "w": _w(rng, 2, 64),
+    }
+    n = helper.make_node
+    nodes = [
+        n("Pad", ["x", "pads"], ["p"], mode="reflect"),
+        n("ReduceMean", ["p", "axes"], ["m"], keepdims=1),
+        n("ReduceMax", ["p", "axes"], ["M"], keepdims=1),
+        n("Concat", ["m", "M"], ["c"], axis=1),
+        n("MatMul", ["c", "w"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "padded",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "length"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    return _finish(graph)

@@ -42,6 +42,10 @@ def settings(**spec: object) -> Compression:
     return Compression.model_validate(spec)
 
 
+# Where the search is not the point, one explicit mode keeps the test fast.
+DYNAMIC = Compression.model_validate({"quantize": {"mode": "dynamic"}})
+
+
 def stateful_samples(n: int = 12) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(5)
     return {
@@ -55,7 +59,7 @@ def test_scalar_input_and_a_state_batched_on_axis_1(
     tmp_path: Path, file_store: ArtifactStore
 ) -> None:
     uri, npz = save(tmp_path, "vad", models.stateful(), **stateful_samples())
-    outcome = compress(uri, Compression(), file_store, sample_inputs=npz)
+    outcome = compress(uri, DYNAMIC, file_store, sample_inputs=npz)
     accuracy = outcome.manifest.report.accuracy
     assert accuracy is not None and accuracy.passed and accuracy.samples == 12
     assert set(accuracy.outputs) == {"output", "stateN"}  # neither is computed from the other
@@ -84,7 +88,7 @@ def test_a_batch_fixed_at_1_runs_one_sample_at_a_time(
     x = np.random.default_rng(2).standard_normal((10, 1, 3, 16, 16)).astype(np.float32)
     uri, npz = save(tmp_path, "fixed", models.fixed_batch_cnn(),
                     x=x if layout == "stacked" else x[:, 0])  # fmt: skip
-    outcome = compress(uri, Compression(), file_store, sample_inputs=npz)
+    outcome = compress(uri, DYNAMIC, file_store, sample_inputs=npz)
     report = outcome.manifest.report
     assert report.accuracy is not None and report.accuracy.samples == 10
     assert any("one sample at a time" in n for n in report.notes)
@@ -119,7 +123,7 @@ def test_the_default_gate_reads_the_final_output_and_says_what_it_left(
 ) -> None:
     x = np.random.default_rng(1).standard_normal((300, 8, 64)).astype(np.float32)
     uri, npz = save(tmp_path, "embedder", models.pooled_encoder(), x=x)
-    report = compress(uri, Compression(), file_store, sample_inputs=npz).manifest.report
+    report = compress(uri, DYNAMIC, file_store, sample_inputs=npz).manifest.report
     assert report.accuracy is not None
     assert set(report.accuracy.outputs) == {"pooled"}
     assert report.accuracy.deciding_output == "pooled" and report.accuracy.top1_agreement is None
@@ -127,7 +131,7 @@ def test_the_default_gate_reads_the_final_output_and_says_what_it_left(
     assert any("hidden" in n and "pooled is computed from it" in n for n in report.notes)
     both = compress(
         uri,
-        settings(accuracyGate={"outputs": ["hidden", "pooled"]}),
+        settings(quantize={"mode": "dynamic"}, accuracyGate={"outputs": ["hidden", "pooled"]}),
         file_store,
         sample_inputs=npz,
     ).manifest.report
@@ -136,11 +140,11 @@ def test_the_default_gate_reads_the_final_output_and_says_what_it_left(
 
 def test_other_samples_are_no_cache_hit(tmp_path: Path, file_store: ArtifactStore) -> None:
     uri, npz = save(tmp_path, "vad", models.stateful(), **stateful_samples(12))
-    first = compress(uri, Compression(), file_store, sample_inputs=npz)
-    assert compress(uri, Compression(), file_store, sample_inputs=npz).cache_hit
+    first = compress(uri, DYNAMIC, file_store, sample_inputs=npz)
+    assert compress(uri, DYNAMIC, file_store, sample_inputs=npz).cache_hit
     other = tmp_path / "other.npz"
     np.savez(other, **stateful_samples(6))
-    again = compress(uri, Compression(), file_store, sample_inputs=str(other))
+    again = compress(uri, DYNAMIC, file_store, sample_inputs=str(other))
     assert not again.cache_hit and again.manifest.cache_key != first.manifest.cache_key
     assert again.manifest.report.accuracy is not None
     assert again.manifest.report.accuracy.samples == 6
@@ -223,3 +227,19 @@ def test_nothing_is_published_when_auto_finds_no_candidate(
         compress(uri, settings(prune={"sparsity": 0.9}), file_store, sample_inputs=npz)
     assert err.value.summary is not None and err.value.summary.candidates
     assert file_store.list_manifests() == []
+
+
+def test_made_up_inputs_grow_until_the_model_runs(
+    tmp_path: Path, file_store: ArtifactStore
+) -> None:
+    """A reflect Pad of 20 refuses 16 made-up frames; 64 run, and the note says so."""
+    uri, _ = save(tmp_path, "padded", models.reflect_padded(pad=20))
+    report = compress(uri, Compression(), file_store).manifest.report
+    assert report.accuracy is not None and report.accuracy.synthetic_inputs
+    assert any("other dimensions 64" in n for n in report.notes)
+    uri, _ = save(tmp_path, "too-long", models.reflect_padded(pad=600))
+    from onnxship.compress import InvalidSettingsError
+
+    with pytest.raises(InvalidSettingsError, match=r"made up from its signature.*--samples|"
+                       r"made up from its signature.*sampleInputs"):  # fmt: skip
+        compress(uri, Compression(), file_store)

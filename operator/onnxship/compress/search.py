@@ -246,10 +246,9 @@ def search(
     built: dict[str, tuple[Path, float]] = {}
     notes: list[str] = []
     best: Entry | None = None
-    best_accuracy: AccuracyReport | None = None
+    unreads: dict[str, str] = {}
     candidates = plans(source, q, samples, referee.provider, static_source)
     seen_weights: dict[frozenset[str], str] = {}
-    unread = ""
     for i, plan in enumerate(candidates):
         if progress:
             progress(f"auto: {plan.name}", i, len(candidates))
@@ -296,8 +295,9 @@ def search(
         report.accuracy = screened
         report.latency_ms = model.latency_ms(referee.latency_feed)
         if not screened.passed:
+            which = "all" if referee.screen_calls == len(referee.calls) else "the first"
             report.why = (
-                f"failed the gate on the first {screened.samples} rows: "
+                f"failed the gate on {which} {screened.samples} rows: "
                 f"{screened.deciding_output} {screened.metric} {screened.mean:.4f} < "
                 f"{screened.threshold}"
             )
@@ -316,19 +316,38 @@ def search(
             continue
         report.passed = True
         built[plan.name] = (path, report.latency_ms)
-        if best is None or (report.bytes, report.latency_ms) < (best.bytes, best.latency_ms or 0):
-            best, best_accuracy = report, full
-            unread = referee.unread_note(cosines)
+        unreads[plan.name] = referee.unread_note(cosines)
+        if best is None or report.bytes < best.bytes:
+            best = report
     if progress:
         progress("auto", len(candidates), len(candidates))
-    if best is None or best_accuracy is None:
+    if best is None:
         final = [r.report() for r in reports]
         return SearchResult(source, "", _worst(final), (original_ms, 0.0), final, notes)
+    # Sizes within 1% are the same size: the fastest of them wins (int8 Conv kernels can be
+    # 3x slower than a QDQ graph 1% larger).
+    smallest = best
+    best = min(
+        (r for r in reports if r.passed and r.bytes * SIZE_MARGIN <= smallest.bytes),
+        key=lambda r: (r.latency_ms or 0.0, r.bytes),
+    )
+    best_accuracy = best.accuracy
+    assert best_accuracy is not None
+    unread = unreads[best.name]
     best.chosen = True
-    best.why = "chosen: the smallest candidate that passed the gate"
+    best.why = (
+        "chosen: the smallest candidate that passed the gate"
+        if best is smallest
+        else f"chosen: as small as {smallest.name} (within 1%) and faster"
+    )
     for r in reports:
         if r.passed and not r.chosen:
-            r.why = f"passed, but {best.name} is smaller ({best.bytes:,} < {r.bytes:,} bytes)"
+            r.why = (
+                f"passed, but {best.name} is smaller ({best.bytes:,} < {r.bytes:,} bytes)"
+                if r.bytes > best.bytes
+                else f"passed, but {best.name} is about as small and faster "
+                f"({best.latency_ms:.2f} < {r.latency_ms or 0:.2f} ms)"
+            )
     notes += best.notes
     if unread:
         notes.append(unread)

@@ -38,13 +38,17 @@ def cache_key(
 
     ``tools`` holds the versions of what produces the bytes (onnx, onnxruntime). The accuracy
     gate is left out because it decides whether to publish, not what is published; except
-    with quantize auto, where the gate picks the candidate that is published. The samples
+    with quantize auto, where the gate picks the candidate that is published, and the outputs
+    it reads, whose figures the stored report holds. The samples
     (``samples_sha256``) calibrate and judge: other samples, other figures, another key.
     """
     auto = compression.quantize.mode == "auto"
     settings = compression.model_dump(
         by_alias=True, mode="json", exclude=None if auto else {"accuracy_gate"}
     )
+    if not auto and compression.accuracy_gate.outputs:
+        # the stored report holds figures for the outputs read: other outputs, other figures
+        settings["accuracyGate"] = {"outputs": list(compression.accuracy_gate.outputs)}
     doc: dict[str, Any] = {
         "source": source_sha256,
         "compression": settings,
