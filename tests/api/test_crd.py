@@ -52,7 +52,9 @@ def test_resource_names_and_columns() -> None:
     version = spec["versions"][0]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
-    assert columns == ["Phase", "Stable", "Canary", "Weight", "Age"]
+    assert columns == ["Phase", "Stable", "Canary", "Weight", "Variant", "Agreement", "Age"]
+    wide = [c["name"] for c in version["additionalPrinterColumns"] if c.get("priority")]
+    assert wide == ["Live-Agreement", "TTFT-P99-ms", "Model"]  # kubectl get -o wide
 
 
 def test_omitted_sections_get_defaults_from_the_api_server() -> None:

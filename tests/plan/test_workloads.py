@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from onnxship.api import parse_spec
+from onnxship.api import CompressionSummary, parse_spec
 from onnxship.plan import workloads as w
 from onnxship.plan.traffic import TrafficSplit
 from tests.helpers import pod_security
@@ -237,3 +237,71 @@ def test_router_arguments_are_what_onnxship_route_accepts() -> None:
     [c] = pod_spec(w.router_deployment(OWNER, RUNTIME))["containers"]
     parsed = _parse("route", c["args"])
     assert parsed["port"] == w.ROUTER_PORT
+
+
+# ------------------------------------------------------------------ causal LMs
+
+LLM_ARTIFACT = CompressionSummary(kind="causal-lm", variant="int4-hqq", compressed_bytes=3 << 30)
+ENCODER_ARTIFACT = CompressionSummary(kind="onnx", compressed_bytes=3 << 30)
+
+
+def llm_deployment(s: Any, artifact: CompressionSummary | None) -> dict[str, Any]:
+    env = s.serving.effective_environments()[0]
+    return w.revision_deployment(OWNER, s, "r1", env, "key", 1, STORE, RUNTIME, artifact=artifact)
+
+
+def test_an_llm_pod_generates_with_the_spec_limits() -> None:
+    s = spec(serving={"generation": {"maxSequences": 16, "maxContext": 2048}})
+    [c] = pod_spec(llm_deployment(s, LLM_ARTIFACT))["containers"]
+    parsed = _parse("serve", c["args"])
+    assert (parsed["max_sequences"], parsed["max_context"]) == (16, 2048)
+
+
+def test_an_llm_gets_serves_defaults_and_an_encoder_no_generation_flags() -> None:
+    s = spec()
+    [llm] = pod_spec(llm_deployment(s, LLM_ARTIFACT))["containers"]
+    assert _parse("serve", llm["args"])["max_sequences"] == 8
+    assert llm["args"][-2:] == ["--max-context", "0"]  # 0: the model's context, at most 4096
+    [enc] = pod_spec(llm_deployment(s, ENCODER_ARTIFACT))["containers"]
+    assert "--max-sequences" not in enc["args"] and "--max-context" not in enc["args"]
+
+
+def test_the_spec_kind_decides_until_the_artifact_is_known() -> None:
+    s = spec(model={"uri": "s3://m/llm/", "kind": "causal-lm"})
+    env = s.serving.effective_environments()[0]
+    assert "--max-sequences" in w.serve_args(OWNER, s, env, "key", STORE)
+    found = w.serve_args(OWNER, s, env, "key", STORE, artifact=ENCODER_ARTIFACT)
+    assert "--max-sequences" not in found  # compress found an encoder: the artifact wins
+
+
+@pytest.mark.parametrize(
+    ("size", "threshold"),
+    [(0, 120), (50 << 20, 121), (3 << 30, 156), (16 << 30, 312)],
+)
+def test_startup_probe_grows_with_the_artifact(size: int, threshold: int) -> None:
+    """10 minutes for any model (as before), one more per GiB: a 16 GiB LLM gets 26 minutes."""
+    art = CompressionSummary(kind="causal-lm", compressed_bytes=size)
+    [c] = pod_spec(llm_deployment(spec(), art))["containers"]
+    probe = c["startupProbe"]
+    assert probe["failureThreshold"] == threshold and probe["periodSeconds"] == 5
+    assert probe["failureThreshold"] * probe["periodSeconds"] >= 600 + 60 * size / (1 << 30) - 5
+
+
+def test_llm_memory_is_sized_from_the_artifact_when_unset() -> None:
+    [c] = pod_spec(llm_deployment(spec(), LLM_ARTIFACT))["containers"]
+    # 3 GiB of weights: request 3 x 1.25 GiB + 512 MiB, limit 2 x 3 GiB + 2 GiB
+    assert c["resources"] == {
+        "requests": {"memory": f"{3840 + 512}Mi"},
+        "limits": {"memory": f"{6144 + 2048}Mi"},
+    }
+
+
+def test_llm_memory_keeps_what_the_user_set() -> None:
+    cpu_only = spec(serving={"resources": {"limits": {"cpu": 4}}})
+    [c] = pod_spec(llm_deployment(cpu_only, LLM_ARTIFACT))["containers"]
+    assert c["resources"]["limits"] == {"cpu": "4", "memory": "8192Mi"}  # memory added beside cpu
+    own = spec(serving={"resources": {"limits": {"memory": "32Gi"}}})
+    [c] = pod_spec(llm_deployment(own, LLM_ARTIFACT))["containers"]
+    assert c["resources"] == {"limits": {"memory": "32Gi"}}
+    [enc] = pod_spec(llm_deployment(spec(), ENCODER_ARTIFACT))["containers"]
+    assert "resources" not in enc  # encoders: as before, the user's or none

@@ -142,6 +142,20 @@ PRINTER_COLUMNS = [
     {"name": "Stable", "type": "string", "jsonPath": ".status.stableRevision"},
     {"name": "Canary", "type": "string", "jsonPath": ".status.canaryRevision"},
     {"name": "Weight", "type": "integer", "jsonPath": ".status.canaryWeight"},
+    {"name": "Variant", "type": "string", "jsonPath": ".status.variant"},
+    {"name": "Agreement", "type": "number", "jsonPath": ".status.agreement"},
+    {
+        "name": "Live-Agreement",
+        "type": "number",
+        "jsonPath": ".status.analysis.outputAgreement",
+        "priority": 1,
+    },
+    {
+        "name": "TTFT-P99-ms",
+        "type": "number",
+        "jsonPath": ".status.analysis.timeToFirstTokenP99Ms",
+        "priority": 1,
+    },
     {"name": "Model", "type": "string", "jsonPath": ".spec.model.version", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]

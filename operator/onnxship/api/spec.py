@@ -202,6 +202,25 @@ class Batching(ApiModel):
     max_delay_ms: float = Field(2.0, ge=0.0, le=10_000.0)
 
 
+class Generation(ApiModel):
+    """How a causal LM's pods generate (`onnxship serve --max-sequences --max-context`)."""
+
+    max_sequences: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="Sequences generated at once per pod (KV cache slots); more wait in the "
+        "queue.",
+    )
+    max_context: int = Field(
+        0,
+        ge=0,
+        le=1_048_576,
+        description="Tokens per sequence, prompt and answer; 0 = the model's context length, at "
+        "most 4096.",
+    )
+
+
 class Resources(ApiModel):
     requests: dict[str, Quantity] = Field(default_factory=dict)
     limits: dict[str, Quantity] = Field(default_factory=dict)
@@ -300,7 +319,14 @@ class Serving(ApiModel):
         ),
     )
     batching: Batching = Field(default_factory=Batching)
-    resources: Resources | None = None
+    generation: Generation = Field(
+        default_factory=Generation, description="Causal LMs only: generation limits per pod."
+    )
+    resources: Resources | None = Field(
+        None,
+        description="Pod resources. Unset memory of a causal LM is sized from its artifact "
+        "(request 1.25x its bytes + 512Mi, limit 2x + 2Gi).",
+    )
     environments: list[Environment] = Field(
         default_factory=list,
         max_length=16,

@@ -103,3 +103,13 @@ class ModelDeploymentStatus(ApiModel):
     analysis: AnalysisStatus | None = None
     revisions: list[RevisionStatus] = Field(default_factory=list)
     endpoint: str = ""
+    variant: str = Field(
+        "",
+        description="The compressed variant of the newest revision (the canary's during a "
+        "rollout, else the stable's), e.g. int4-hqq-b32-emb8 for a causal LM.",
+    )
+    agreement: float | None = Field(
+        None,
+        description="That variant's accuracy-gate figure against the original (cosine, "
+        "top-1, or teacher-forced top-1 / token agreement for a causal LM, as the gate read).",
+    )

@@ -403,6 +403,7 @@ def _execute(
         if isinstance(action, EnsureRevision):
             rec = _record_of(decision.status, action.record, action.revision)
             keys = {e.name: e.cache_key for e in rec.environments} if rec else {}
+            artifacts = {e.name: e.compression for e in rec.environments} if rec else {}
             for env_name, replicas in action.replicas.items():
                 env = envs.get(env_name)
                 key = keys.get(env_name)
@@ -427,6 +428,7 @@ def _execute(
                         runtime,
                         model_version=rec.model_version if rec else "",
                         image=rec.image if rec else "",
+                        artifact=artifacts.get(env_name),
                     )
                 )
         elif isinstance(action, ScaleRevision):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from onnxship.api import (
     AnalysisStatus,
@@ -612,8 +612,20 @@ class _Run:
                 "pinned_over": self.pinned_over,
                 "analysis": self.analysis,
                 "revisions": self.revisions,
+                **self.newest_variant(),
             }
         )
+
+    def newest_variant(self) -> dict[str, Any]:
+        """What `kubectl get mdep` shows of the compression: the newest revision's (the
+        canary's during a rollout, else the stable's) variant and its gate figure, from its
+        first environment."""
+        name = self.canary or self.stable
+        rec = next((r for r in self.revisions if r.name == name), None)
+        summary = rec.environments[0].compression if rec and rec.environments else None
+        if summary is None:
+            return {"variant": "", "agreement": None}
+        return {"variant": summary.variant, "agreement": summary.accuracy}
 
     def summary(self) -> str:
         if not self.canary:

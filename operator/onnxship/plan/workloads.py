@@ -9,6 +9,7 @@ remove them.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ from onnxship.api import (
     API_VERSION,
     KIND,
     Compression,
+    CompressionSummary,
     Environment,
     EnvironmentStatus,
     ModelDeploymentSpec,
@@ -378,6 +380,50 @@ def compress_job(
 
 # ------------------------------------------------------------------ revision workload
 
+CAUSAL_LM = "causal-lm"
+MIB, GIB = 1 << 20, 1 << 30
+STARTUP_PERIOD_S = 5
+
+
+def is_causal_lm(spec: ModelDeploymentSpec, artifact: CompressionSummary | None) -> bool:
+    """The artifact's kind as compress found it (status), else the spec's override."""
+    if artifact is not None and artifact.kind:
+        return artifact.kind == CAUSAL_LM
+    return spec.model.kind is not None and str(spec.model.kind) == CAUSAL_LM
+
+
+def startup_failure_threshold(artifact_bytes: int) -> int:
+    """Startup probe failures allowed, one every 5 s: 10 minutes, plus one minute per GiB of
+    the artifact for its download (parallel ranged GETs, checked digests) and its load, so
+    that a multi-GB LLM is not killed while it starts and a small model keeps today's 600 s."""
+    return math.ceil((600 + 60 * artifact_bytes / GIB) / STARTUP_PERIOD_S)
+
+
+def llm_memory(artifact_bytes: int) -> dict[str, dict[str, str]]:
+    """A causal LM's memory when the user set none, from its artifact's bytes. Request: the
+    weights once (ONNX Runtime maps the external data and keeps a copy in its own layout)
+    plus a quarter for activations and 512 MiB for the interpreter and the server. Limit:
+    twice the weights plus 2 GiB for the KV cache, which the server reserves at start and
+    fills as tokens arrive (sequences x context x bytes per token: SmolLM2 at the default
+    8 x 4096 needs 1.5 GB). Larger models or contexts: set serving.resources."""
+    request = math.ceil((artifact_bytes * 1.25 + 512 * MIB) / MIB)
+    limit = math.ceil((artifact_bytes * 2 + 2 * GIB) / MIB)
+    return {"requests": {"memory": f"{request}Mi"}, "limits": {"memory": f"{limit}Mi"}}
+
+
+def pod_resources(
+    spec: ModelDeploymentSpec, env: Environment, artifact: CompressionSummary | None
+) -> dict[str, Any]:
+    """The user's resources (environment's, else serving's); a causal LM without a memory
+    request or limit gets ``llm_memory`` beside whatever else the user set."""
+    out = resources_of(env.resources, spec.serving.resources)
+    size = artifact.compressed_bytes if artifact is not None else 0
+    set_memory = "memory" in out.get("requests", {}) or "memory" in out.get("limits", {})
+    if size > 0 and is_causal_lm(spec, artifact) and not set_memory:
+        for part, quantities in llm_memory(size).items():
+            out[part] = {**out.get(part, {}), **quantities}
+    return out
+
 
 def serve_args(
     owner: Owner,
@@ -392,14 +438,19 @@ def serve_args(
     grpc_port: int = GRPC_PORT,
     cache_dir: str = MODEL_CACHE,
     threads: int | None = None,
+    artifact: CompressionSummary | None = None,
 ) -> list[str]:
     """`onnxship serve`'s arguments for one revision in one environment, in a pod or (with
     the keyword arguments: its address, ports, cache folder) as a process of `onnxship up`.
 
     ``env``: the spec's environment, or the revision's record of it (a rollback serves a
     revision the spec no longer names). ``model_version``: the revision's own label.
-    ``threads``: None means the spec's ``serving.threads``.
+    ``threads``: None means the spec's ``serving.threads``. ``artifact``: what status
+    recorded of the artifact (the record's own when ``env`` is one); a causal LM gets the
+    generation limits of ``serving.generation``.
     """
+    if artifact is None and isinstance(env, EnvironmentStatus):
+        artifact = env.compression
     b = spec.serving.batching
     args = [
         "serve",
@@ -430,6 +481,9 @@ def serve_args(
         args += ["--threads", str(threads)]
     if spec.serving.instances > 1:
         args += ["--instances", str(spec.serving.instances)]
+    if is_causal_lm(spec, artifact):
+        g = spec.serving.generation
+        args += ["--max-sequences", str(g.max_sequences), "--max-context", str(g.max_context)]
     return args
 
 
@@ -444,20 +498,25 @@ def revision_deployment(
     runtime: Runtime,
     model_version: str = "",
     image: str = "",
+    artifact: CompressionSummary | None = None,
 ) -> dict[str, Any]:
     """The Deployment that serves ``revision`` in ``env`` from the artifact ``cache_key``.
+
+    ``artifact``: what status recorded of that artifact (kind, bytes): a causal LM gets the
+    generation arguments and its memory sized from its bytes; every model a startup probe
+    long enough for its size.
 
     ``model_version`` and ``image`` are the revision's own, as recorded in status: building
     an older revision (the stable one during a canary, a rollback) from the current spec's
     would restart its pods with another version label or even another image.
     """
     pod_labels = {**labels(owner, "model", revision, env.name), **runtime.extra_labels}
-    probe = {"httpGet": {"port": "http"}, "periodSeconds": 5}
+    probe = {"httpGet": {"port": "http"}, "periodSeconds": STARTUP_PERIOD_S}
     container: dict[str, Any] = {
         "name": "model",
         "image": image or spec.serving.image or runtime.image,
         "imagePullPolicy": runtime.image_pull_policy,
-        "args": serve_args(owner, spec, env, cache_key, store, model_version),
+        "args": serve_args(owner, spec, env, cache_key, store, model_version, artifact=artifact),
         "env": store_env(store),
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
@@ -468,7 +527,9 @@ def revision_deployment(
         "startupProbe": {
             **probe,
             "httpGet": {"path": "/v2/health/live", "port": "http"},
-            "failureThreshold": 120,
+            "failureThreshold": startup_failure_threshold(
+                artifact.compressed_bytes if artifact is not None else 0
+            ),
         },
         "livenessProbe": {
             **probe,
@@ -483,7 +544,7 @@ def revision_deployment(
         "securityContext": restricted_container_security(),
         "volumeMounts": SCRATCH_MOUNTS,
     }
-    if r := resources_of(env.resources, spec.serving.resources):
+    if r := pod_resources(spec, env, artifact):
         container["resources"] = r
     pod_spec: dict[str, Any] = {
         "securityContext": restricted_pod_security(),
