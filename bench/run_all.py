@@ -800,6 +800,8 @@ def corpus_figures(d: dict[str, Any]) -> list[Figure]:
             note = f"exit {first['exit']}" + (
                 f"; smallest candidate {best['name']} {best['bytes'] / 1e6:.2f} MB" if best else ""
             ) + (f": {first['error'][:90]}" if first.get("error") else "")
+        if first.get("anchor_error"):
+            note += f"; quantize_dynamic() failed: {first['anchor_error'][:90]}"
         out.append(fig(s, f"size, {name}", ours_mb, anchor_mb, "MB",
                        "quantize_dynamic() defaults", note=note))  # fmt: skip
         out.append(
