@@ -106,6 +106,17 @@ def test_openai_client_sees_its_own_error_types(llm: Server) -> None:
         api.chat.completions.create(model="tiny", messages=CHAT, max_tokens=0)  # type: ignore[arg-type]
 
 
+def test_token_ids_outside_the_vocabulary(llm: Server) -> None:
+    status, doc, _ = post(llm, "/v1/completions", {"model": "tiny", "prompt": [1, 2, 49152]})
+    assert status == 400 and "49152" in doc["error"]["message"]
+    status, doc, _ = post(llm, "/v1/completions", {"model": "tiny", "prompt": [1, -2]})
+    assert status == 400 and doc["error"]["param"] == "prompt"
+    status, doc, _ = post(llm, "/v1/completions",
+                          {"model": "tiny", "prompt": [1, 2, 3], "max_tokens": 2})  # fmt: skip
+    assert status == 200 and doc["usage"]["prompt_tokens"] == 3
+    still_serves(llm)
+
+
 def test_generate_extension_errors(llm: Server) -> None:
     assert post(llm, "/v2/models/other/generate", {"text_input": "x"})[0] == 404
     assert post(llm, "/v2/models/tiny/generate", {"text_input": 3})[0] == 400

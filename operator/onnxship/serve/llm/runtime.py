@@ -35,6 +35,7 @@ class DecoderLayout:
     kv_heads: int
     head_size: int
     context: int
+    vocab: int
     eos: tuple[int, ...]
     pad: int
     kv_dtype: type[np.floating]
@@ -69,6 +70,7 @@ class DecoderLayout:
             kv_heads=int(dec["num_key_value_heads"]),
             head_size=int(dec["head_size"]),
             context=int(model.get("context_length") or config["search"]["max_length"]),
+            vocab=int(model["vocab_size"]),
             eos=eos,
             pad=int(pad[0] if isinstance(pad, list) else pad),
             kv_dtype=_ORT_FLOAT.get(kv_input.type, np.float32),

@@ -148,6 +148,11 @@ class LlmService:
         context = self.runtime.max_len
         if not prompt:
             raise InvalidInput("the prompt is empty")
+        vocab = self.runtime.layout.vocab
+        if max(prompt) >= vocab:  # one bad id would fail the whole batch's step
+            raise InvalidInput(
+                f"prompt: token id {max(prompt)} is not in the vocabulary (0..{vocab - 1})"
+            )
         if len(prompt) >= context:
             raise ContextTooLong(
                 f"the prompt is {len(prompt)} tokens; this model's context is {context} tokens "
@@ -200,6 +205,9 @@ def _read_config(folder: Path) -> dict[str, Any]:
             value = dec[key]
             if not isinstance(value, int) or not 0 < value <= 1 << 16:
                 raise ValueError(f"decoder.{key} must be a positive integer, got {value!r}")
+        vocab = doc["model"]["vocab_size"]
+        if not isinstance(vocab, int) or not 0 < vocab <= 1 << 24:
+            raise ValueError(f"model.vocab_size must be a positive integer, got {vocab!r}")
         ctx = doc["model"].get("context_length", 0)
         if not isinstance(ctx, int) or not 0 < ctx <= 1 << 24:
             raise ValueError(f"model.context_length must be a positive integer, got {ctx!r}")
