@@ -381,7 +381,7 @@ def _smaller_original(
         shutil.copyfile(info.path.parent / name, out.parent / name)
     notes.append(
         f"optimize: the optimized graph was larger ({grown:,} > {info.total_bytes:,} bytes) "
-        "and nothing quantized passed the gate: published the original graph"
+        "and no quantized candidate was chosen: published the original graph"
     )
     return out.parent / info.path.name, []
 
