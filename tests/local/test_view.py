@@ -91,3 +91,59 @@ def test_relative_file_uris_follow_the_spec_file(tmp_path: Path) -> None:
     )
     assert resolve_file_uri("file:///abs/model.onnx", tmp_path) == "file:///abs/model.onnx"
     assert resolve_file_uri("s3://b/k.onnx", tmp_path) == "s3://b/k.onnx"
+
+
+def test_an_llm_canary_shows_its_variant_and_generation_figures() -> None:
+    def llm(name: str, version: str, variant: str) -> RevisionStatus:
+        summary = CompressionSummary(
+            original_bytes=66_000_000, compressed_bytes=17_000_000, kind="causal-lm",
+            variant=variant,
+        )  # fmt: skip
+        env = EnvironmentStatus(name="default", compression=summary)
+        return RevisionStatus(name=name, model_version=version, environments=[env])
+
+    revs = [
+        llm("llm-1111111111", "v1", "int8-rtn-b32-emb8"),
+        llm("llm-2222222222", "v2", "int4-hqq-b32-emb8"),
+    ]
+    status = ModelDeploymentStatus(
+        phase="Degraded",
+        stable_revision="llm-1111111111",
+        canary_revision="llm-2222222222",
+        aborted=True,
+        analysis=AnalysisStatus(
+            verdict="fail",
+            requests=40,
+            output_agreement=0.31,
+            time_to_first_token_p99_ms=2480.0,
+            inter_token_latency_p99_ms=31.5,
+            message="output agreement (tokens) 0.3100 below 0.9",
+        ),
+        revisions=revs,
+    )
+    stats = {
+        "llm-1111111111": RevisionStats(requests=60, ttft_p99_ms=240.0),
+        "llm-2222222222": RevisionStats(requests=0, mirrored=40, token_agreement=0.31),
+    }
+    console = Console(width=200, record=True)
+    console.print(render(Snapshot(name="llm", status=status, stats=stats)))
+    text = console.export_text()
+    for part in (
+        "int8-rtn-b32-emb8",
+        "int4-hqq-b32-emb8",
+        "240 ms",
+        "0.310",
+        "time to first token p99 2480 ms",
+        "inter-token p99 31.5 ms",
+        "output agreement (tokens) 0.3100 below 0.9",
+    ):
+        assert part in text, text
+
+
+def test_an_encoder_view_has_no_generation_columns() -> None:
+    status = ModelDeploymentStatus(
+        phase="Ready", stable_revision="encoder-1", revisions=[revision("encoder-1", "v1")]
+    )
+    console = Console(width=200, record=True)
+    console.print(render(Snapshot(name="encoder", status=status)))
+    assert "ttft" not in console.export_text()

@@ -76,6 +76,8 @@ class RouterAnalysis:
                 p50_ms=raw["p50_ms"],
                 p99_ms=raw["p99_ms"],
                 mirrored=raw["mirrored"],
+                ttft_p99_ms=raw.get("ttft_p99_ms"),
+                token_agreement=raw.get("token_agreement"),
             )
             for rev, raw in revision_stats(text).items()
         }

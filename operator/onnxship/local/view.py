@@ -34,6 +34,8 @@ class RevisionStats:
     p50_ms: float | None = None
     p99_ms: float | None = None
     mirrored: int = 0
+    ttft_p99_ms: float | None = None  # generations: users' streams at the router
+    token_agreement: float | None = None  # mirrored generations against stable's
 
     @property
     def error_rate(self) -> float:
@@ -46,6 +48,8 @@ class RevisionStats:
             "p50Ms": self.p50_ms,
             "p99Ms": self.p99_ms,
             "mirrored": self.mirrored,
+            "ttftP99Ms": self.ttft_p99_ms,
+            "tokenAgreement": self.token_agreement,
         }
 
     @classmethod
@@ -56,6 +60,8 @@ class RevisionStats:
             raw.get("p50Ms"),
             raw.get("p99Ms"),
             int(raw.get("mirrored", 0)),
+            raw.get("ttftP99Ms"),
+            raw.get("tokenAgreement"),
         )
 
 
@@ -117,6 +123,16 @@ def revision_table(snap: Snapshot) -> Table:
     table.add_column("requests", justify="right", no_wrap=True)
     table.add_column("errors", justify="right", no_wrap=True)
     table.add_column("p50", justify="right", no_wrap=True)
+    # Causal LMs: the variant compress chose, and the generations' own figures.
+    variants = {rev.name: _variant(rev) for rev in status.revisions}
+    llm = any(variants.values()) or any(
+        st.ttft_p99_ms is not None or st.token_agreement is not None
+        for st in snap.stats.values()
+    )
+    if llm:
+        table.add_column("variant", no_wrap=True)
+        table.add_column("ttft p99", justify="right", no_wrap=True)
+        table.add_column("tokens", justify="right", no_wrap=True)
     w = weights(status)
     for rev in status.revisions:
         st = snap.stats.get(rev.name, RevisionStats())
@@ -126,6 +142,13 @@ def revision_table(snap: Snapshot) -> Table:
         requests = str(st.requests)
         if st.mirrored:
             requests += f" +{st.mirrored} mirrored"
+        extra = []
+        if llm:
+            extra = [
+                variants[rev.name] or "-",
+                f"{st.ttft_p99_ms:.0f} ms" if st.ttft_p99_ms is not None else "-",
+                f"{st.token_agreement:.3f}" if st.token_agreement is not None else "-",
+            ]
         table.add_row(
             rev.name,
             rev.model_version or "-",
@@ -141,8 +164,13 @@ def revision_table(snap: Snapshot) -> Table:
             if st.errors
             else "0",
             f"{st.p50_ms:.1f} ms" if st.p50_ms is not None else "-",
+            *extra,
         )
     return table
+
+
+def _variant(rev: RevisionStatus) -> str:
+    return next((e.compression.variant for e in rev.environments if e.compression), "")
 
 
 def _size(rev: RevisionStatus) -> str:
@@ -194,6 +222,10 @@ def render(snap: Snapshot) -> RenderableType:
             figures.append(f"error rate {a.error_rate:.1%}")
         if a.latency_p99_ms is not None:
             figures.append(f"p99 {a.latency_p99_ms:.1f} ms")
+        if a.time_to_first_token_p99_ms is not None:
+            figures.append(f"time to first token p99 {a.time_to_first_token_p99_ms:.0f} ms")
+        if a.inter_token_latency_p99_ms is not None:
+            figures.append(f"inter-token p99 {a.inter_token_latency_p99_ms:.1f} ms")
         if a.output_agreement is not None:
             figures.append(f"agreement {a.output_agreement:.3f}")
         figures.append(f"{a.requests} requests")
