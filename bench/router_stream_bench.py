@@ -13,7 +13,10 @@ splitting 90/10 between two backends), rounds interleaving the two paths:
   rate (``--gap-ms`` between events) and flat out (no gap: the router's ceiling);
 - CPU per event at the fixed rate: the router process's own (from /proc), against the
   backends' CPU per event in the same runs: robust to a busy shared machine, where the ratio
-  of events/s mostly measures who got the cores.
+  of events/s mostly measures who got the cores;
+- first-event latency in one process: the same backend, router and client on one event loop,
+  so that what the router adds is its own work, without the operating system's hand-offs
+  between processes (which a loaded shared VM stretches to milliseconds).
 
 The fake backend is aiohttp sending OpenAI chat chunks (role chunk, ``--tokens`` token
 chunks, finish, usage, [DONE]). ``--llm`` adds the same measures against ``onnxship serve``
@@ -221,6 +224,75 @@ def measure(
     return summary
 
 
+async def _in_one_process(n: int) -> dict[str, Any]:
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+
+    from onnxship.router.server import RouterSettings, serve
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for doc in ({"role": "assistant", "content": ""}, {"content": " t0"}):
+            await resp.write(b"data: " + json.dumps({"choices": [{"delta": doc}]}).encode()
+                             + b"\n\n")  # fmt: skip
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    backend = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    routes = Path(tempfile.mkdtemp(prefix="router-stream-inproc-")) / "routes.json"
+    routes.write_text(json.dumps({"backends": [{"revision": "r1", "url": backend, "weight": 100}]}))
+    port, stop = free_port(), asyncio.Event()
+    task = asyncio.create_task(serve(RouterSettings(port=port, routes_file=routes), stop))
+    router = f"http://127.0.0.1:{port}"
+    out: dict[str, list[float]] = {"direct": [], "router": []}
+    body = {"model": "m", "messages": [], "stream": True}
+    async with aiohttp.ClientSession() as s:
+        for _ in range(50):
+            try:
+                async with s.get(f"{router}/healthz") as r:
+                    if r.status == 200:
+                        break
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.05)
+        for i in range(n + 10):
+            for name, url in (("direct", backend), ("router", router)):
+                t0 = time.perf_counter()
+                async with s.post(f"{url}/v1/chat/completions", json=body) as r:
+                    buf = b""
+                    while b" t0" not in buf:
+                        buf += await r.content.readany()
+                    first = time.perf_counter() - t0
+                    await r.read()
+                if i >= 10:  # warm
+                    out[name].append(first * 1000)
+    stop.set()
+    await task
+    await runner.cleanup()
+    d, r = out["direct"], out["router"]
+    return {
+        "direct_p50_ms": statistics.median(d), "router_p50_ms": statistics.median(r),
+        "direct_p99_ms": q(d, 0.99), "router_p99_ms": q(r, 0.99),
+        "added_p50_ms": statistics.median(r) - statistics.median(d),
+        "added_p99_ms": q(r, 0.99) - q(d, 0.99),
+    }  # fmt: skip
+
+
+def in_one_process(n: int) -> dict[str, Any]:
+    import asyncio
+
+    return asyncio.run(_in_one_process(n))
+
+
 def start_llm(tmp: Path) -> tuple[Proc | None, str, str]:
     """``onnxship serve`` on the tiny decoder; (proc, url, why not) when it cannot stream."""
     sys.path.insert(0, str(ROOT / "tests"))
@@ -277,6 +349,13 @@ def main() -> None:
             "/v1/chat/completions", pids,
         )  # fmt: skip
         results["fake"]["seconds"] = round(time.monotonic() - t0, 1)
+        results["in_one_process"] = inproc = in_one_process(args.requests * 2)
+        print(
+            f"[one process] first event p50 direct {inproc['direct_p50_ms']:.3f} ms, router "
+            f"{inproc['router_p50_ms']:.3f} ms; p99 {inproc['direct_p99_ms']:.3f} / "
+            f"{inproc['router_p99_ms']:.3f} ms",
+            flush=True,
+        )
         for p in procs:
             p.stop()
         procs.clear()

@@ -674,7 +674,7 @@ def router_stream_figures(d: dict[str, Any]) -> list[Figure]:
                     better="higher",
                 )
             )
-    return out
+    return out + router_stream_inproc_figures(d)
 
 
 def llm_serve_figures(d: dict[str, Any]) -> list[Figure]:
@@ -714,6 +714,24 @@ def llm_serve_figures(d: dict[str, Any]) -> list[Figure]:
                    + "; TTFT p99 s " + " / ".join(f"{ramp[c]['ttft_p99_s']:.2f}" for c in ramp))
         )  # fmt: skip
     return out
+
+
+def router_stream_inproc_figures(d: dict[str, Any]) -> list[Figure]:
+    r = d.get("in_one_process")
+    if not r:
+        return []
+    return [
+        fig(
+            "3b. router streaming",
+            f"first token event {q}, backend, router and client in one process",
+            r[f"router_{q}_ms"],
+            r[f"direct_{q}_ms"],
+            "ms",
+            "direct to the backend",
+            note=f"the router's own work: {r[f'added_{q}_ms']:+.3f} ms (goal < 1 ms)",
+        )
+        for q in ("p50", "p99")
+    ]
 
 
 def rollout_figures(d: dict[str, Any]) -> list[Figure]:
