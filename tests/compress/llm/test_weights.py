@@ -212,3 +212,28 @@ def test_same_settings_give_the_same_bytes(tiny_llm: Path, tmp_path: Path) -> No
         "model.onnx"
     )
     assert np.all(np.isfinite(gate._Decoder(a).answer_logits([1, 2, 3], [4, 5])))
+
+
+def test_an_untied_embedding_table_is_quantized_on_its_own(tmp_path: Path) -> None:
+    src = build_tiny_llm(tmp_path / "src")
+    model = onnx.load(src / "model.onnx")  # 16 MB: fine in memory for a test
+    lm_head = next(t for t in model.graph.initializer if t.name == "lm_head.MatMul.weight")
+    table = onnx.numpy_helper.to_array(lm_head).T.copy()
+    model.graph.initializer.append(onnx.numpy_helper.from_array(table, "embed_tokens.weight"))
+    transpose = next(n for n in model.graph.node if n.op_type == "Transpose")
+    gather = next(n for n in model.graph.node if transpose.output[0] in n.input[:1])
+    gather.input[0] = "embed_tokens.weight"
+    model.graph.node.remove(transpose)
+    (src / "model.onnx.data").unlink()
+    onnx.save(model, src / "model.onnx", save_as_external_data=True,
+              all_tensors_to_one_file=True, location="model.onnx.data")  # fmt: skip
+    before = genai_greedy(src, 6)
+
+    out = quantized(src, tmp_path / "q", bits=8, embedding="int8")
+    graph = onnx.load(out / "model.onnx", load_external_data=False)
+    gbq = next(n for n in graph.graph.node if n.op_type == "GatherBlockQuantized")
+    assert gbq.input[0] == "embed_tokens.weight_Q8"  # read directly, no Reshape
+    assert not [t.name for t in graph.graph.initializer if t.name == "embed_tokens.weight"]
+    assert folder_bytes(out) < folder_bytes(src) / 2  # both tables in 8 bits
+    after = genai_greedy(out, 6)
+    assert len(after) == 6 and after[:1] == before[:1]
