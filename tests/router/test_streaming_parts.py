@@ -204,3 +204,31 @@ def test_the_quick_read_of_a_chunk_agrees_with_decoding_it() -> None:
             assert quick in (None, read_event(doc).token), (doc, quick)
     assert quick_token(json.dumps(chunks[0]).encode()) is True  # the common cases are quick
     assert quick_token(json.dumps(chunks[1]).encode()) is False
+
+
+def test_generation_counters_add_up_over_router_replicas() -> None:
+    from onnxship.router.compare import compare_tokens
+    from onnxship.router.metrics import RouterMetrics
+    from onnxship.router.metrics_source import (
+        Counters,
+        counters_from_text,
+        generation_between,
+        summed,
+    )
+
+    texts = []
+    for env, ttft in (("cpu", 0.12), ("gpu", 0.03)):  # two router pods, one stream each
+        m = RouterMetrics()
+        meter = StreamMeter(started=0.0, sse=True)
+        meter.feed(event({"choices": [{"delta": {"content": "a"}}]}), ttft)
+        meter.feed(event({"choices": [{"delta": {"content": "b"}}]}), ttft + 0.02)
+        m.streamed("r2", env, meter, "complete")
+        m.compared_tokens("r2", "r1", compare_tokens([1, 2, 3, 4], [1, 2, 9, 9]), "token_ids")
+        texts.append(m.exposition().decode())
+    total = summed((counters_from_text(t, "r2") for t in texts), "r2")
+    g = generation_between("r2", Counters("r2"), total)
+    assert (g.streams, g.tokens, g.comparisons, g.token_agreement) == (2, 4, 2, 0.5)
+    assert g.itl_p50_ms is not None and 15 <= g.itl_p50_ms <= 20
+    envs = {e.revision: e for e in g.environments}
+    assert envs["cpu"].ttft_p50_ms is not None and 100 <= envs["cpu"].ttft_p50_ms <= 150
+    assert envs["gpu"].ttft_p50_ms is not None and envs["gpu"].ttft_p50_ms <= 50
