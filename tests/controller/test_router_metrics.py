@@ -17,7 +17,7 @@ from onnxship.router.compare import TokenComparison
 from onnxship.router.metrics import RouterMetrics
 from onnxship.router.prometheus_source import environment_queries, promql_queries
 from onnxship.router.streams import StreamMeter
-from onnxship.serve.metrics import ServeMetrics
+from onnxship.serve.metrics import LlmMetrics, ServeMetrics
 
 OWNER = Owner("enc", "ml", "u")
 SPEC = parse_spec({"model": {"uri": "s3://m/m.onnx"}})
@@ -218,3 +218,39 @@ def test_prometheus_provider_asks_for_the_llm_figures() -> None:
     assert per_env["ttft_p99_seconds"].startswith(
         "histogram_quantile(0.99, sum by (environment, le) "
     )
+
+
+def test_gateway_mode_times_an_llm_canary_on_its_own_servers() -> None:
+    """gatewayAPI: no router sees the streams; the canary's servers time their generations."""
+    spec = parse_spec(
+        {
+            "model": {"uri": "s3://m/llm/"},
+            "rollout": {
+                "traffic": {"router": "gatewayAPI", "gateway": {"parentRefs": [{"name": "gw"}]}}
+            },
+        }
+    )
+    selector = {L_DEPLOYMENT: "enc", L_REVISION: "enc-v2", L_COMPONENT: "model"}
+    servers = {ip: ServeMetrics("llm", "v2") for ip in ("10.0.0.1", "10.0.0.2")}
+    llm = {ip: LlmMetrics(m) for ip, m in servers.items()}
+    clock = iter([0.0, 30.0])
+
+    def fetch(url: str) -> str:
+        return servers[url.split("//")[1].split(":")[0]].exposition().decode()
+
+    source = PodMetrics(Pods(selector), fetch=fetch, clock=lambda: next(clock))  # type: ignore[arg-type]
+    request = AnalysisRequest("enc-v2", mirroring=False, interval_seconds=30, serving=True)
+    now = datetime(2026, 11, 23, tzinfo=UTC)
+    assert source.measure(OWNER, spec, request, now) is None
+    for i in range(20):
+        ip = "10.0.0.1" if i % 2 else "10.0.0.2"
+        servers[ip].request(200, 1.5)
+        llm[ip].first_token(1.2 if i < 18 else 0.04)  # a prompt stuck behind others
+        for _ in range(8):
+            llm[ip].inter_token(0.02)
+    m = source.measure(OWNER, spec, request, now)
+    assert m is not None and (m.requests, m.generations) == (20, 20)
+    assert m.ttft_p99_ms is not None and 1000 < m.ttft_p99_ms <= 2500
+    assert m.itl_p99_ms is not None and 10 < m.itl_p99_ms <= 30
+    v = evaluate(Analysis(max_time_to_first_token_p99_ms=500, min_requests=10), m, now, False, True)
+    assert v.result == Result.failed and "p99 time to first token" in v.message

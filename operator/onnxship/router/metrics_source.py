@@ -470,6 +470,9 @@ class RouterMetricsSource:
 
 SERVE_REQUESTS = "onnxship_inference_requests_total"
 SERVE_DURATION = "onnxship_inference_request_duration_seconds"
+# a causal LM's server times its own generations (every one, streamed or not)
+SERVE_TTFT = "onnxship_llm_time_to_first_token_seconds"
+SERVE_ITL = "onnxship_llm_inter_token_latency_seconds"
 
 
 def serve_counters(texts: Iterable[str], revision: str) -> Counters:
@@ -477,10 +480,12 @@ def serve_counters(texts: Iterable[str], revision: str) -> Counters:
 
     With ``router: gatewayAPI`` no onnxship router sees the traffic, so analysis reads the
     revisions' servers. Their latency histogram holds successful requests only, and there
-    are no mirror comparisons.
+    are no mirror comparisons. A causal LM's time to first token and inter-token latency
+    are the servers' own (queue and prompt included, the network not).
     """
     requests = errors = 0.0
     buckets: dict[float, float] = defaultdict(float)
+    gen = _GenAcc()
     for text in texts:
         for name, labels, value in _samples(text):
             if name == SERVE_REQUESTS:
@@ -489,7 +494,14 @@ def serve_counters(texts: Iterable[str], revision: str) -> Counters:
                     errors += value
             elif name == SERVE_DURATION + "_bucket":
                 buckets[float(labels["le"])] += value
-    return Counters(revision, requests, errors, 0.0, tuple(sorted(buckets.items())))
+            elif name == SERVE_TTFT + "_bucket":
+                gen.ttft[float(labels["le"])] += value
+            elif name == SERVE_ITL + "_bucket":
+                gen.itl[float(labels["le"])] += value
+    generation = (("", gen.frozen()),) if gen.ttft else ()
+    return Counters(
+        revision, requests, errors, 0.0, tuple(sorted(buckets.items())), generation=generation
+    )
 
 
 class ServeMetricsSource:
