@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from onnxship.api import ConditionType, Phase, Reason
+from onnxship.api import (
+    CompressionSummary,
+    ConditionType,
+    EnvironmentStatus,
+    Phase,
+    Reason,
+    RevisionStatus,
+)
 from onnxship.plan.actions import DeleteRevision, EnsureRevision, SetTraffic
 from onnxship.plan.analysis import Result
 from onnxship.plan.conditions import find_condition
-from onnxship.plan.observed import ArtifactState, CommandKind
+from onnxship.plan.observed import ArtifactState, CommandKind, DesiredRevision
 from onnxship.plan.rollout import step
 from onnxship.plan.traffic import TrafficSplit
 
@@ -390,3 +397,32 @@ def test_requeue_after_points_at_the_end_of_a_pause() -> None:
     w.advance(45)
     d = step(w.spec, w.status, w.observed(), w.now)
     assert d.requeue_after == pytest.approx(15)
+
+
+def llm_revision(name: str, variant: str, top1: float) -> DesiredRevision:
+    summary = CompressionSummary(kind="causal-lm", variant=variant, accuracy=top1, top1=top1)
+    record = RevisionStatus(
+        name=name, environments=[EnvironmentStatus(name="default", compression=summary)]
+    )
+    return DesiredRevision(name=name, artifacts={"default": ArtifactState.ready}, record=record)
+
+
+def test_status_shows_the_newest_variant_and_asks_for_timed_streams_at_a_weight() -> None:
+    steps = [{"mirror": {"percent": 50, "duration": "1m"}}, {"setWeight": 20}, {"pause": {}}]
+    w = World(make_spec(steps), llm_revision("llm-r1", "int8-rtn-b32-emb8", 0.97))
+    w.settle()
+    assert (w.status.variant, w.status.agreement) == ("int8-rtn-b32-emb8", 0.97)
+    w.desired = llm_revision("llm-r2", "int4-hqq-b32-emb8", 0.91)
+    w.settle()
+    assert (w.status.variant, w.status.agreement) == ("int4-hqq-b32-emb8", 0.91)  # the canary's
+    request = step(w.spec, w.status, w.observed(), w.now).analysis
+    assert request is not None and request.mirroring and not request.serving
+    w.advance(30)
+    w.measure(Result.passed, requests=40, token_comparisons=40, token_agreement=0.95)
+    assert w.status.analysis is not None and w.status.analysis.output_agreement == 0.95
+    w.advance(60)
+    assert w.status.canary_weight == 20
+    request = step(w.spec, w.status, w.observed(), w.now).analysis
+    assert request is not None and request.serving and not request.mirroring
+    w.send(CommandKind.abort)
+    assert w.status.aborted and w.status.variant == "int8-rtn-b32-emb8"  # stable's again

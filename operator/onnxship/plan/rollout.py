@@ -618,9 +618,9 @@ class _Run:
 
     def newest_variant(self) -> dict[str, Any]:
         """What `kubectl get mdep` shows of the compression: the newest revision's (the
-        canary's during a rollout, else the stable's) variant and its gate figure, from its
-        first environment."""
-        name = self.canary or self.stable
+        canary's during a rollout, the stable's otherwise and once the canary is aborted)
+        variant and its gate figure, from its first environment."""
+        name = self.canary if self.canary and not self.aborted else self.stable
         rec = next((r for r in self.revisions if r.name == name), None)
         summary = rec.environments[0].compression if rec and rec.environments else None
         if summary is None:
