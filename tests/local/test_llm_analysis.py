@@ -37,11 +37,12 @@ GREEDY = {
 INTERVAL = 0.5
 
 
-async def users(r: Any, n: int = 12) -> None:
+async def users(r: Any, n: int = 12, headers: dict[str, str] | None = None) -> None:
     """``n`` users streaming a greedy chat answer at once, each read to its end."""
 
     async def one() -> None:
-        async with r.session.post(f"{r.url}/v1/chat/completions", json=GREEDY) as resp:
+        url = f"{r.url}/v1/chat/completions"
+        async with r.session.post(url, json=GREEDY, headers=headers or {}) as resp:
             assert resp.status == 200
             assert b"data: [DONE]" in await resp.read()
 
