@@ -15,6 +15,7 @@ from typing import Any
 
 from onnxship.api import Analysis
 from onnxship.local.analysis import RouterAnalysis
+from onnxship.local.loadgen import LoadGenerator, chat_url
 from onnxship.plan.analysis import AnalysisRequest, Result, Verdict
 from tests.router.conftest import router, sse_backends  # noqa: F401  (fixture re-export)
 from tests.router.test_streaming import samples
@@ -115,3 +116,29 @@ async def test_a_slow_first_token_fails_once_the_canary_takes_traffic(
     assert v.result == Result.failed
     assert "p99 time to first token" in v.message and "above 200 ms" in v.message, v.message
     assert v.measurements.ttft_p99_ms is not None and v.measurements.ttft_p99_ms >= 400
+
+
+async def test_demo_traffic_for_an_llm_streams_chat_and_times_first_tokens(
+    sse_backends,  # noqa: F811
+    router,  # noqa: F811
+) -> None:
+    """`onnxship load --chat`: streamed greedy chat completions through the router, each
+    timed to its first token, the router counting them as the canary's streams."""
+    backend = await sse_backends("only", gap=0.01, first_delay=0.05)
+    r = await router()
+    await r.put_routes({"backends": [{"revision": "r1", "url": backend.url, "weight": 100}]})
+    gen = LoadGenerator(chat_url(r.url), rate=40, concurrency=4, chat_model="m")
+    await asyncio.to_thread(gen.start)
+    for _ in range(200):
+        if gen.stats.ok >= 10:
+            break
+        await asyncio.sleep(0.05)
+    stats = await asyncio.to_thread(gen.stop)
+    assert stats.ok >= 10 and stats.error_rate == 0.0
+    assert len(stats.ttft_ms) == stats.ok  # every answer streamed a first token
+    p50 = stats.percentile(0.5, ttft=True)
+    assert p50 is not None and 50 <= p50 < (stats.percentile(0.5) or 0)  # before the whole answer
+    body = backend.requests[0]
+    assert body["stream"] is True and body["temperature"] == 0 and body["messages"][0]["content"]
+    streams = samples(await r.metrics(), "onnxship_router_streams_total", revision="r1")
+    assert streams >= stats.ok

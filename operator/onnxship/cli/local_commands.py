@@ -228,11 +228,18 @@ def load_command(
     rate: float = typer.Option(30.0, "--rate", help="Requests per second."),
     duration: float = typer.Option(10.0, "--duration", help="Seconds; 0 = until Ctrl-C."),
     concurrency: int = typer.Option(4, "--concurrency"),
+    chat: bool = typer.Option(
+        False, "--chat", help="A causal LM: streamed greedy chat completions (OpenAI's API)."
+    ),
 ) -> None:
-    """Send demo traffic (random token sentences, KServe v2 JSON) and print what came back."""
-    from onnxship.local.loadgen import LoadGenerator, infer_url
+    """Send demo traffic (random token sentences, KServe v2 JSON; or streamed chat completions
+    with --chat) and print what came back."""
+    from onnxship.local.loadgen import LoadGenerator, chat_url, infer_url
 
-    gen = LoadGenerator(infer_url(url, model), rate=rate, concurrency=concurrency).start()
+    target = chat_url(url) if chat else infer_url(url, model)
+    gen = LoadGenerator(
+        target, rate=rate, concurrency=concurrency, chat_model=model if chat else ""
+    ).start()
     try:
         deadline = time.monotonic() + duration if duration > 0 else float("inf")
         while time.monotonic() < deadline:
@@ -244,7 +251,13 @@ def load_command(
     codes = ", ".join(f"{code or 'no answer'}: {n}" for code, n in sorted(stats.statuses.items()))
     out.print(
         f"{stats.sent} requests, {stats.ok} ok, error rate {stats.error_rate:.1%} ({codes}); "
-        f"p50 {p50 or 0:.1f} ms, p99 {p99 or 0:.1f} ms",
+        f"p50 {p50 or 0:.1f} ms, p99 {p99 or 0:.1f} ms"
+        + (
+            f"; time to first token p50 {stats.percentile(0.5, ttft=True) or 0:.1f} ms, "
+            f"p99 {stats.percentile(0.99, ttft=True) or 0:.1f} ms"
+            if chat
+            else ""
+        ),
         highlight=False,
     )
     if stats.sent and stats.ok == 0:
