@@ -68,7 +68,8 @@ def quantize_weight_only(
         model = onnx.load_model(str(src_model), load_external_data=False)
     except Exception as exc:
         raise InvalidModelError(f"{src_model.name}: not a readable ONNX model ({exc})") from None
-    check_external_data(model, folder, src_model.name)  # untrusted paths stay inside the folder
+    # untrusted paths stay inside the folder
+    data_files = check_external_data(model, folder, src_model.name)
     block = q.block_size
     plan = _plan(model.graph, q)
     if not plan.matmul_bits:
@@ -143,7 +144,8 @@ def quantize_weight_only(
     if not any(o.domain == MS for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS, 1))
     onnx.save_model(model, str(dst_dir / "model.onnx"))
-    return plan.notes + _summary(q, plan, src_model, dst_dir)
+    before = src_model.stat().st_size + sum((folder / f).stat().st_size for f in data_files)
+    return plan.notes + _summary(q, plan, before, dst_dir)
 
 
 # ------------------------------------------------------------------------------- the plan
@@ -579,7 +581,7 @@ def _copy_bytes(src: BinaryIO, dst: BinaryIO, length: int) -> None:
         left -= len(chunk)
 
 
-def _summary(q: Quantize, plan: _Plan, src: Path, dst_dir: Path) -> list[str]:
+def _summary(q: Quantize, plan: _Plan, before: int, dst_dir: Path) -> list[str]:
     eight = sum(1 for b in plan.matmul_bits.values() if b == 8)
     grid = "symmetric" if q.symmetric else "asymmetric"
     if q.algorithm == "hqq":
@@ -602,8 +604,7 @@ def _summary(q: Quantize, plan: _Plan, src: Path, dst_dir: Path) -> list[str]:
         notes.append(f"embedding {q.embedding} (GatherBlockQuantized)")
     else:
         notes.append("embedding kept in float")
-    before = sum(p.stat().st_size for p in src.parent.iterdir() if p.is_file())
-    after = sum(p.stat().st_size for p in dst_dir.iterdir() if p.is_file())
+    after = sum((dst_dir / f).stat().st_size for f in ("model.onnx", DATA))
     notes.append(f"graph and weights {before:,} -> {after:,} bytes")
     return notes
 
