@@ -23,7 +23,7 @@ from onnxship.plan.observed import ArtifactState, DesiredRevision
 from onnxship.plan.revision import revision_name
 
 from .events import Say
-from .spec import LocalSpec, file_sha256
+from .spec import LocalSpec, model_sha256
 
 # Local revisions run this very installation; the hash input stands for "the runtime image".
 LOCAL_IMAGE = "local"
@@ -61,7 +61,7 @@ class Compressions:
         spec = local.spec
         envs = spec.serving.effective_environments()
         try:
-            sha = file_sha256(local.model_path) if local.model_path else spec.model.sha256
+            sha = model_sha256(local.model_path) if local.model_path else spec.model.sha256
         except OSError as exc:
             # The file went away under us: keep serving what we have and say why.
             self.problem = f"spec.model.uri: cannot read {local.model_path}: {exc.strerror}"

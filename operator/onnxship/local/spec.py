@@ -83,7 +83,8 @@ def parse_local(doc: dict[str, Any], base_dir: Path, state_root: Path, source: s
     )
     model_path = uri_path(model_uri)
     problems: list[str] = []
-    if model_path is not None and not model_path.is_file():
+    # a file, or a folder (a causal LM in ONNX Runtime GenAI's layout)
+    if model_path is not None and not (model_path.is_file() or model_path.is_dir()):
         problems.append(f"spec.model.uri: {model_path} does not exist (from {spec.model.uri!r})")
     sample_path = uri_path(samples) if samples else None
     if sample_path is not None and not sample_path.is_file():
@@ -118,6 +119,17 @@ def file_sha256(path: Path) -> str:
                 h.update(chunk)
         _DIGESTS[key] = h.hexdigest()
     return _DIGESTS[key]
+
+
+def model_sha256(path: Path) -> str:
+    """The model's digest: a file's SHA-256, or for a folder (a causal LM) the digest compress
+    pins a folder by (SHA-256 of the ``sha256sum`` lines of every file in it)."""
+    if not path.is_dir():
+        return file_sha256(path)
+    from onnxship.compress.llm.folder import folder_digest
+
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return folder_digest({p.relative_to(path).as_posix(): file_sha256(p) for p in files})
 
 
 def mtime(path: Path) -> float:
