@@ -24,7 +24,8 @@ def minimal(**spec: object) -> ModelDeploymentSpec:
 def test_defaults_are_what_users_of_olive_and_argo_expect() -> None:
     s = minimal()
     assert s.compression.optimize == "extended"
-    assert s.compression.quantize.mode == QuantizeMode.dynamic
+    # auto: the candidate search (cheapest variant that passes the gate), as Olive's auto-opt
+    assert s.compression.quantize.mode == QuantizeMode.auto
     assert s.compression.accuracy_gate.min == 0.99
     assert s.rollout.steps == []
     assert s.rollout.analysis.failure_limit == 2
