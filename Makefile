@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-all lint crd crd-check demo bench clean corpus
+.PHONY: venv test test-all lint crd crd-check demo demo-llm bench clean corpus
 
 venv: $(STAMP)
 
@@ -53,6 +53,13 @@ $(DEMO_STAMP): pyproject.toml
 
 demo: $(DEMO_STAMP)
 	$(BIN)/python examples/demo/run_demo.py
+
+## make demo-llm: the same story for a chat model (examples/llm/): a small decoder built with
+## onnx.helper (SmolLM2's tokenizer from ../shared), v1 int8 weight-only, v2 int4 canaried with
+## mirrored greedy answers compared token by token, a broken v3 rolled back on token agreement
+## while streamed chat completions go through the router. About 90 s on two cores.
+demo-llm: $(DEMO_STAMP)
+	$(BIN)/python examples/llm/run_demo.py
 
 ## make bench: every benchmark in bench/ (about 20 min on 2 cores), then bench/results/REPORT.md,
 ## latest.json and PNG plots. BENCH_ARGS=--quick: a smoke run of a few minutes, written to

@@ -136,6 +136,8 @@ async def test_demo_traffic_for_an_llm_streams_chat_and_times_first_tokens(
     stats = await asyncio.to_thread(gen.stop)
     assert stats.ok >= 10 and stats.error_rate == 0.0
     assert len(stats.ttft_ms) == stats.ok  # every answer streamed a first token
+    # each answer counted for the revision the router's onnxship-revision header names
+    assert stats.by_revision == {"r1": stats.ok} and len(stats.ttft_by_revision["r1"]) == stats.ok
     p50 = stats.percentile(0.5, ttft=True)
     assert p50 is not None and 50 <= p50 < (stats.percentile(0.5) or 0)  # before the whole answer
     body = backend.requests[0]

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from onnxship.router.balance import REVISION_HEADER
+
 DEMO_VOCAB = 8192
 # Short, varied prompts: the answers of a greedy canary and of stable are compared when mirrored.
 PROMPTS = (
@@ -64,6 +66,9 @@ class LoadStats:
     statuses: Counter[int] = field(default_factory=Counter)
     latencies_ms: list[float] = field(default_factory=list)
     ttft_ms: list[float] = field(default_factory=list)  # streams: to the first token
+    # answers by the revision that gave them (the router's onnxship-revision header)
+    by_revision: Counter[str] = field(default_factory=Counter)
+    ttft_by_revision: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def errors(self) -> int:
@@ -73,8 +78,10 @@ class LoadStats:
     def error_rate(self) -> float:
         return self.errors / self.sent if self.sent else 0.0
 
-    def percentile(self, q: float, ttft: bool = False) -> float | None:
+    def percentile(self, q: float, ttft: bool = False, revision: str = "") -> float | None:
         values = self.ttft_ms if ttft else self.latencies_ms
+        if revision:
+            values = self.ttft_by_revision.get(revision, [])
         if not values:
             return None
         ordered = sorted(values)
@@ -87,23 +94,26 @@ class LoadStats:
             Counter(self.statuses),
             list(self.latencies_ms),
             list(self.ttft_ms),
+            Counter(self.by_revision),
+            {rev: list(values) for rev, values in self.ttft_by_revision.items()},
         )
 
 
 async def _send(
     session: aiohttp.ClientSession, url: str, body: dict[str, object], started: float
-) -> tuple[int, float | None]:
-    """Status of one request, read to its end, and when a streamed answer's first token came
-    (a ``data:`` event whose delta carries text)."""
+) -> tuple[int, float | None, str]:
+    """Status of one request, read to its end, when a streamed answer's first token came
+    (a ``data:`` event whose delta carries text), and the revision that answered."""
     first: float | None = None
     async with session.post(url, json=body) as resp:
+        revision = resp.headers.get(REVISION_HEADER, "")
         if not body.get("stream"):
             await resp.read()
-            return resp.status, None
+            return resp.status, None, revision
         async for line in resp.content:
             if first is None and line.startswith(b"data: {") and _carries_text(line[6:]):
                 first = time.monotonic() - started
-        return resp.status, first
+        return resp.status, first, revision
 
 
 def _carries_text(event: bytes) -> bool:
@@ -129,9 +139,9 @@ async def _worker(
     while not stop.is_set():
         body = chat_request(rng, chat_model) if chat_model else token_request(rng)
         started = time.monotonic()
-        status, first = 0, None
+        status, first, revision = 0, None, ""
         try:
-            status, first = await _send(session, url, body, started)
+            status, first, revision = await _send(session, url, body, started)
         except (TimeoutError, aiohttp.ClientError, OSError):
             status = 0
         stats.sent += 1
@@ -139,8 +149,10 @@ async def _worker(
         if status == 200:
             stats.ok += 1
             stats.latencies_ms.append((time.monotonic() - started) * 1000)
+            stats.by_revision[revision] += 1
             if first is not None:
                 stats.ttft_ms.append(first * 1000)
+                stats.ttft_by_revision.setdefault(revision, []).append(first * 1000)
             for values in (stats.latencies_ms, stats.ttft_ms):
                 if len(values) > 20_000:
                     del values[:10_000]
