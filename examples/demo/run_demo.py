@@ -152,6 +152,61 @@ def summary(state: DeploymentState, users: LoadStats, v3_users: LoadStats) -> Ta
     return table
 
 
+def fresh_state(state_dir: Path, name: str) -> DeploymentState:
+    """The deployment ``name`` starting over; the store beside it stays, so artifacts are
+    cache hits."""
+    state = DeploymentState(state_dir, name)
+    if state.running_pid():
+        raise DemoFailed(f"an `onnxship up` already runs {name} from {state_dir}/; stop it first")
+    if state.dir.exists():
+        shutil.rmtree(state.dir)
+        console.print(
+            f"  starting {name} over (artifacts in {state_dir}/ are kept: expect cache hits)"
+        )
+    return state
+
+
+def start_up(spec: Path, port: int, state_dir: Path) -> subprocess.Popen[bytes]:
+    """`onnxship up SPEC` as a user starts it in a terminal (plain progress lines)."""
+    say(f"onnxship up {shown(spec)}")
+    return subprocess.Popen(
+        [
+            *onnxship_command(),
+            "up",
+            str(spec),
+            "--port",
+            str(port),
+            "--ui",
+            "plain",
+            "--serve-threads",
+            "1",
+            "--state-dir",
+            str(state_dir),
+        ],
+        env={**os.environ, "ONNXSHIP_LOG_FORMAT": "text"},
+    )
+
+
+def stop_up(up: subprocess.Popen[bytes], state: DeploymentState) -> bool:
+    """Ctrl-C (SIGINT) to `onnxship up`; True when it exited 0 and left no child process
+    (any left is killed and counted)."""
+    say("Ctrl-C (SIGINT) to onnxship up")
+    pids = (state.read_runtime() or {}).get("pids", [])
+    if up.poll() is None:
+        up.send_signal(signal.SIGINT)
+    try:
+        code = up.wait(30)
+    except subprocess.TimeoutExpired:
+        up.kill()
+        code = up.wait()
+    left = [p for p in pids if pid_alive(p)]
+    console.print(f"  onnxship up exited with {code}; child processes left: {len(left)}")
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return code == 0 and not left
+
+
 def diff(after: LoadStats, before: LoadStats) -> LoadStats:
     return LoadStats(
         after.sent - before.sent,
@@ -172,35 +227,11 @@ def run(args: argparse.Namespace) -> int:
     say("building the demo models (a 4-layer transformer encoder, v1, v2 and a broken v3)")
     for name, path in build_model.build(HERE / "models").items():
         console.print(f"  {name}: {shown(path)}")
-    state = DeploymentState(state_dir, NAME)
-    if state.running_pid():
-        raise DemoFailed(f"an `onnxship up` already runs {NAME} from {state_dir}/; stop it first")
-    if state.dir.exists():
-        # The deployment starts over; the store beside it stays, so artifacts are cache hits.
-        shutil.rmtree(state.dir)
-        console.print(
-            f"  starting {NAME} over (artifacts in {state_dir}/ are kept: expect cache hits)"
-        )
+    state = fresh_state(state_dir, NAME)
     port = args.port if not port_in_use(args.port) else free_port()
     endpoint = f"http://127.0.0.1:{port}"
     state_args = ["--state-dir", str(state_dir)]
-
-    say(f"onnxship up {shown(HERE)}/v1.yaml")
-    up = subprocess.Popen(
-        [
-            *onnxship_command(),
-            "up",
-            str(HERE / "v1.yaml"),
-            "--port",
-            str(port),
-            "--ui",
-            "plain",
-            "--serve-threads",
-            "1",
-            *state_args,
-        ],
-        env={**os.environ, "ONNXSHIP_LOG_FORMAT": "text"},
-    )
+    up = start_up(HERE / "v1.yaml", port, state_dir)
     load: LoadGenerator | None = None
     ok = False
     try:
@@ -256,21 +287,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if load is not None:
             load.stop()
-        say("Ctrl-C (SIGINT) to onnxship up")
-        pids = (state.read_runtime() or {}).get("pids", [])
-        if up.poll() is None:
-            up.send_signal(signal.SIGINT)
-        try:
-            code = up.wait(30)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            code = up.wait()
-        left = [p for p in pids if pid_alive(p)]
-        console.print(f"  onnxship up exited with {code}; child processes left: {len(left)}")
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        if code != 0 or left:
+        if not stop_up(up, state):
             ok = False
     console.print(
         f"\n[bold {'green' if ok else 'red'}]demo {'done' if ok else 'FAILED'}[/] "

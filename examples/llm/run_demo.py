@@ -25,6 +25,7 @@ import importlib.util
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 from rich.console import Console
 from rich.table import Table
@@ -39,7 +40,7 @@ sys.path.insert(0, str(HERE))
 import build_models  # noqa: E402  (the builder beside this script)
 
 
-def _encoder_demo() -> object:
+def _encoder_demo() -> ModuleType:
     """examples/demo/run_demo.py, whose helpers (stages, CLI calls, shutdown) this demo shares."""
     path = HERE.parent / "demo" / "run_demo.py"
     spec = importlib.util.spec_from_file_location("encoder_demo", path)
@@ -51,7 +52,7 @@ def _encoder_demo() -> object:
 
 
 demo = _encoder_demo()
-DemoFailed, console, say, cli = demo.DemoFailed, demo.console, demo.say, demo.cli  # type: ignore[attr-defined]
+DemoFailed, console, say, cli = demo.DemoFailed, demo.console, demo.say, demo.cli
 NAME = "chat"
 
 
@@ -114,14 +115,14 @@ def run(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir)
     say("building the demo decoder (2 layers, SmolLM2's tokenizer: v1, v2 and a broken v3)")
     for name, path in build_models.build(HERE / "models").items():
-        console.print(f"  {name}: {demo.shown(path)}")  # type: ignore[attr-defined]
-    state = demo.fresh_state(state_dir, NAME)  # type: ignore[attr-defined]
+        console.print(f"  {name}: {demo.shown(path)}")
+    state = demo.fresh_state(state_dir, NAME)
     port = args.port if not port_in_use(args.port) else free_port()
     endpoint = f"http://127.0.0.1:{port}"
     state_args = ["--state-dir", str(state_dir)]
-    up = demo.start_up(HERE / "v1.yaml", port, state_dir)  # type: ignore[attr-defined]
-    wait_for = demo.wait_for  # type: ignore[attr-defined]
-    version_of = demo.version_of  # type: ignore[attr-defined]
+    up = demo.start_up(HERE / "v1.yaml", port, state_dir)
+    wait_for = demo.wait_for
+    version_of = demo.version_of
     load: LoadGenerator | None = None
     ok = False
     try:
@@ -164,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         say(f"v3 rolled back: {status.message}")
         time.sleep(2)
         after = load.stats.copy()
-        v3_users = demo.diff(after, before_v3)  # type: ignore[attr-defined]
+        v3_users = demo.diff(after, before_v3)
         v3_users.by_revision = after.by_revision - before_v3.by_revision
         users = load.stop()
         load = None
@@ -182,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if load is not None:
             load.stop()
-        if not demo.stop_up(up, state):  # type: ignore[attr-defined]
+        if not demo.stop_up(up, state):
             ok = False
     console.print(
         f"\n[bold {'green' if ok else 'red'}]demo-llm {'done' if ok else 'FAILED'}[/] "
