@@ -144,11 +144,14 @@ def run(args: argparse.Namespace) -> int:
         status = wait_for(
             state,
             "v2 to be promoted to stable",
-            lambda s: s.phase == "Ready" and version_of(s, s.stable_revision) == "v2",
+            lambda s: s.aborted
+            or (s.phase == "Ready" and version_of(s, s.stable_revision) == "v2"),
             args.timeout,
             up,
             resume_when_inconclusive=True,
         )
+        if status.aborted:
+            raise DemoFailed(f"v2 was rolled back: {status.message}")
         say(f"v2 is stable ({status.stable_revision})")
         time.sleep(1)
 
