@@ -68,7 +68,7 @@ def summary(
     table = Table(title=f"onnxship demo-llm: {NAME}", header_style="bold")
     for col in (
         "revision", "model", "variant", "outcome", "size (MB)", "top-1", "KL", "tokens",
-        "live tokens", "TTFT p50/p99 (ms)", "answers", "mirrored",
+        "live tokens", "TTFT p50/p99 (ms)", "answers", "mirrored", "cache",
     ):  # fmt: skip
         table.add_column(col)
     for rev in status.revisions:
@@ -96,6 +96,7 @@ def summary(
             f"{ms(users.percentile(0.99, revision=rev.name))}",
             str(users.by_revision.get(rev.name, 0)),
             str(int(st.get("mirrored", 0))),
+            "hit" if comp and comp.cache_hit else "compressed",
         )
     table.caption = (
         "top-1 / KL / tokens: the generation gate, compressed against its own original; live "
