@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
 
         say("onnxship status")
         print(cli("status", *state_args), end="")
-        Console(width=None if sys.stdout.isatty() else 160).print(
+        Console(width=None if sys.stdout.isatty() else 200).print(
             summary(state, users, v3_users, time.monotonic() - started)
         )
         if users.ok == 0 or not users.ttft_ms:
