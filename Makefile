@@ -57,7 +57,7 @@ demo: $(DEMO_STAMP)
 ## make demo-llm: the same story for a chat model (examples/llm/): a small decoder built with
 ## onnx.helper (SmolLM2's tokenizer from ../shared), v1 int8 weight-only, v2 int4 canaried with
 ## mirrored greedy answers compared token by token, a broken v3 rolled back on token agreement
-## while streamed chat completions go through the router. About 90 s on two cores.
+## while streamed chat completions go through the router. About 2 minutes on two cores.
 demo-llm: $(DEMO_STAMP)
 	$(BIN)/python examples/llm/run_demo.py
 
