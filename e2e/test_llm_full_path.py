@@ -83,7 +83,7 @@ CANARY = {
     "steps": [
         {"mirror": {"percent": 100, "duration": "10s"}},
         {"setWeight": 50},
-        {"pause": {"duration": "12s"}},
+        {"pause": {"duration": "8s"}},
     ],
     "analysis": ANALYSIS,
     "progressDeadline": "3m",
