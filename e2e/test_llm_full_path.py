@@ -83,7 +83,7 @@ CANARY = {
     "steps": [
         {"mirror": {"percent": 100, "duration": "10s"}},
         {"setWeight": 50},
-        {"pause": {"duration": "8s"}},
+        {"pause": {"duration": "10s"}},
     ],
     "analysis": ANALYSIS,
     "progressDeadline": "3m",
@@ -482,7 +482,7 @@ def test_llm_full_path_compress_stream_canary_and_roll_back_on_tokens(
             continue
         answered = Counter(a.revision for a in users.since(t0 + ROUTER_LAG, t1))
         n = sum(answered.values())
-        if n >= 20:
+        if n >= 15:
             shares.append((weights.get(v2, 0), mirror.get(v2, 0), answered[v2] / n, n))
     steps = {(w, m) for w, m, _, _ in shares}
     assert {(0, 100), (50, 0), (100, 0)} <= steps, (shares, watch.seen)
