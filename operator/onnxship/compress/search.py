@@ -1,8 +1,11 @@
 """quantize: auto. Build candidates, measure each against the gate, keep the smallest that passes.
 
-Candidates, in order: int8 dynamic on MatMuls; the same plus Conv and LSTM; static int8 (QDQ,
-per-channel, calibrated on the samples); fp16 where the execution provider gains from it; none
-(the optimized graph). Each is measured for size, latency (batch 1) and agreement per output.
+Candidates, in order: weight-only int4 (MatMulNBits, HQQ, block 32; only on models with large
+constant MatMul weights); int8 dynamic on MatMuls; the same plus Conv and LSTM; static int8 (QDQ,
+per-channel, calibrated on the samples); weight-only int8 (MatMulNBits, block 32: no activation
+quantization, for when dynamic int8 fails the gate); fp16 where the execution provider gains from
+it; none (the optimized graph). Each is measured for size, latency (batch 1) and agreement per
+output.
 
 Faster than a plain search (build everything, score everything on every row):
 - a candidate is skipped unbuilt when it cannot be smaller than one that already passed (its
@@ -39,6 +42,7 @@ from .accuracy import (
     outputs_read,
 )
 from .errors import InvalidModelError, InvalidSettingsError
+from .llm.weights import quantize_weight_only
 from .samples import Samples
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,11 @@ SCREEN_ROWS = 32
 CALIBRATION_ROWS = 64  # activation ranges settle well before; each row costs a full run
 SIZE_MARGIN = 0.99  # a bound this close to a passed size cannot beat it once scales are added
 GPU_PROVIDERS = ("CUDA", "TensorRT", "ROCm", "DirectML", "CoreML")
+# Weight-only candidates are tried only where some MatMul has a constant weight this large
+# (256x256): MiniLM's smallest is 384x384. Below it the block scales (1/8 of int8's bytes) and
+# the build and screening time buy little over int8, which already quantizes those weights.
+LARGE_MATMUL_VALUES = 65_536
+WEIGHT_ONLY_BLOCK = 32
 
 
 def _first_line(exc: BaseException, path: Path | None = None) -> str:
@@ -144,6 +153,7 @@ class Plan:
     build: Callable[[Path], list[str]] | None  # None: the source itself
     weights: dict[str, int] = field(default_factory=dict)  # float weights it turns int8
     halves: int = 0  # float bytes it turns fp16
+    saves: int = 0  # bytes it saves at most, when neither int8 nor fp16 (weight-only)
     skip: str = ""
 
 
@@ -228,7 +238,64 @@ def plans(
             f"{execution_provider} has no fast fp16 kernels: fp16 halves the size but runs "
             "slower than fp32 there"
         )
-    return [*result, static, fp16, Plan("none", "", None)]
+    int4, int8 = (_weight_only(source, graph, bits, execution_provider) for bits in (4, 8))
+    return [int4, *result, static, int8, fp16, Plan("none", "", None)]
+
+
+def matmul_weights(graph: onnx.ModelProto) -> dict[str, int]:
+    """2-D float initializers read only as a MatMul's B (what MatMulNBits replaces) -> values."""
+    uses: dict[str, list[tuple[str, int]]] = {}
+    for node in graph.graph.node:
+        for i, name in enumerate(node.input):
+            uses.setdefault(name, []).append((node.op_type, i))
+    return {
+        t.name: int(np.prod(t.dims))
+        for t in graph.graph.initializer
+        if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+        and len(t.dims) == 2
+        and uses.get(t.name)
+        and all(u == ("MatMul", 1) for u in uses[t.name])
+    }
+
+
+def _weight_only(source: Path, graph: onnx.ModelProto, bits: int, provider: str) -> Plan:
+    """Weight-only MatMulNBits (block 32; the vocabulary table as int8 GatherBlockQuantized).
+    4 bits: HQQ (asymmetric, float zero points kept exact as block offsets): on MiniLM's
+    sentence embedding 0.975 cosine where round-to-nearest gave 0.966. 8 bits: round-to-nearest,
+    0.9996 there, where dynamic int8 (activations quantized too) gave 0.992."""
+    q = Quantize(
+        mode="weightOnly",
+        bits=bits,
+        block_size=WEIGHT_ONLY_BLOCK,
+        algorithm="hqq" if bits == 4 else "rtn",
+        symmetric=bits == 8,
+        embedding="int8",
+        accuracy_level=4,
+    )
+    weights = matmul_weights(graph)
+    tables = {n.input[0] for n in graph.graph.node if n.op_type == "Gather"}
+    table = max(
+        (int(np.prod(t.dims)) for t in graph.graph.initializer if t.name in tables), default=0
+    )
+    # per value: fp32 4 bytes -> bits/8 + a 4-byte scale per block (an upper bound on the
+    # saving: fp16 weights, zero points and offsets save less)
+    per_value = 4 - bits / 8 - 4 / WEIGHT_ONLY_BLOCK
+    plan = Plan(
+        f"weight-only-int{bits}",
+        f"quantize:weightOnly:int{bits}:{q.algorithm}:b{WEIGHT_ONLY_BLOCK}",
+        lambda dst: quantize_weight_only(source, dst.parent, q),
+        {k: v * 4 for k, v in weights.items()},
+        saves=int(per_value * sum(weights.values()) + (4 - 1 - 4 / WEIGHT_ONLY_BLOCK) * table),
+    )
+    largest = max(weights.values(), default=0)
+    if largest < LARGE_MATMUL_VALUES:
+        plan.skip = (
+            f"no large MatMul weight (the largest constant one has {largest:,} values; "
+            f"weight-only pays off from {LARGE_MATMUL_VALUES:,})"
+        )
+    elif provider not in ("CPU", "CUDA"):
+        plan.skip = f"MatMulNBits has kernels for CPU and CUDA only, not {provider}"
+    return plan
 
 
 def search(
@@ -263,11 +330,13 @@ def search(
             if not key:
                 report.why = "not tried: the model has no weights this candidate quantizes"
                 continue
-            if key in seen_weights and plan.name != "static-int8":
+            if key in seen_weights and plan.name != "static-int8" and not plan.saves:
                 report.why = f"not tried: it quantizes the same weights as {seen_weights[key]}"
                 continue
-            seen_weights.setdefault(key, plan.name)
-        bound = source_bytes - 0.75 * sum(plan.weights.values()) - 0.5 * plan.halves
+            if not plan.saves:  # weight-only leaves activations float: not the same variant
+                seen_weights.setdefault(key, plan.name)
+        saved = plan.saves or 0.75 * sum(plan.weights.values())
+        bound = source_bytes - saved - 0.5 * plan.halves
         if best is not None and bound >= best.bytes * SIZE_MARGIN:
             report.why = (
                 f"not tried: it cannot be smaller than {best.name} ({best.bytes:,} bytes), "

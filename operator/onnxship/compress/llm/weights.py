@@ -195,7 +195,9 @@ def _plan(graph: onnx.GraphProto, q: Quantize) -> _Plan:
             and use[0][1] == 0
             and _axis(use[0][0]) == 0
             and q.embedding != "keep"
+            and _size(tensor) > (_size(inits[plan.embedding]) if plan.embedding else 0)
         ):
+            # the largest table is the vocabulary (an encoder also gathers positions, types)
             plan.embedding, plan.gather = name, use[0][0].name
     hidden = _hidden(inits, plan)
     if q.embedding != "keep" and (plan.tied or plan.embedding) and hidden % q.block_size:
@@ -205,6 +207,10 @@ def _plan(graph: onnx.GraphProto, q: Quantize) -> _Plan:
         )
         plan.tied = plan.embedding = plan.gather = ""
     return plan
+
+
+def _size(tensor: TensorProto) -> int:
+    return int(np.prod(tensor.dims, dtype=np.int64))
 
 
 def _hidden(inits: dict[str, TensorProto], plan: _Plan) -> int:
