@@ -156,7 +156,10 @@ def test_auto_lists_every_candidate_and_keeps_warmup_rows(
     outcome = compress(cnn.uri, Compression(), file_store, sample_inputs=str(cnn.samples))  # type: ignore[attr-defined]
     report = outcome.manifest.report
     names = [c.name for c in report.candidates]
-    assert names == ["int8-matmul", "int8-conv", "static-int8", "fp16", "none"]
+    assert names == [
+        "weight-only-int4", "int8-matmul", "int8-conv", "static-int8", "weight-only-int8",
+        "fp16", "none",
+    ]
     chosen = [c for c in report.candidates if c.chosen]
     assert len(chosen) == 1 and chosen[0].passed and chosen[0].bytes == report.compressed_bytes
     assert all(c.why for c in report.candidates)
