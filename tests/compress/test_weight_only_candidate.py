@@ -30,13 +30,13 @@ def test_a_large_encoder_gets_weight_only_int4_measured_with_its_size(
     outcome = compress(big.uri, loose, file_store, sample_inputs=str(big.samples))
     c = _by_name(outcome)
     int4 = c["weight-only-int4"]
-    assert int4.steps == ["quantize:weightOnly:int4:hqq:b32"]
+    assert int4.steps == ["quantize:weightOnly:int4:rtn:b32"]
     assert int4.accuracy is not None and int4.latency_ms
     # about 0.6 of a byte a weight (4 bits + block scales) against 4: under 1/4 of the source
     assert 0 < int4.bytes < 0.25 * outcome.manifest.report.original_bytes, int4
     assert int4.passed and int4.chosen, int4.why  # smallest, and 4-bit passes a 0.9 gate
     # the smallest that passed is published, and int8 is not even built
-    assert outcome.manifest.report.steps[-1] == "quantize:weightOnly:int4:hqq:b32"
+    assert outcome.manifest.report.steps[-1] == "quantize:weightOnly:int4:rtn:b32"
     assert outcome.manifest.report.compressed_bytes == int4.bytes
     assert c["int8-matmul"].why.startswith("not tried: it cannot be smaller than weight-only")
 
