@@ -42,6 +42,8 @@ def test_printer_columns(admin: Api, namespace: str) -> None:
                 "stableRevision": "cols-aaaa",
                 "canaryRevision": "cols-bbbb",
                 "canaryWeight": 10,
+                "variant": "int4-hqq-b32-emb8",
+                "agreement": 0.97,
             }
         },
     )
@@ -49,11 +51,16 @@ def test_printer_columns(admin: Api, namespace: str) -> None:
     assert table.ok, table.message
     body = table.body
     columns = [c["name"] for c in body["columnDefinitions"] if c.get("priority", 0) == 0]
-    assert columns == ["Name", "Phase", "Stable", "Canary", "Weight", "Age"], columns
+    assert columns == [
+        "Name", "Phase", "Stable", "Canary", "Weight", "Variant", "Agreement", "Age"
+    ], columns
     wide = [c["name"] for c in body["columnDefinitions"] if c.get("priority", 0) > 0]
-    assert wide == ["Model"]
+    assert wide == ["Live-Agreement", "TTFT-P99-ms", "Model"]
     [row] = body["rows"]
-    assert row["cells"][:6] == ["cols", "Progressing", "cols-aaaa", "cols-bbbb", 10, "v1"]
+    assert row["cells"][:7] == [
+        "cols", "Progressing", "cols-aaaa", "cols-bbbb", 10, "int4-hqq-b32-emb8", 0.97
+    ]
+    assert row["cells"][9] == "v1"
 
 
 def _md(name: str) -> dict[str, Any]:
