@@ -205,7 +205,8 @@ def test_a_refusal_carries_sizes_and_the_candidates_table(tmp_path: Path) -> Non
     report = doc["report"]
     assert report["originalBytes"] > 0 and report["compressedBytes"] > 0
     assert [c["name"] for c in report["candidates"]] == [
-        "int8-matmul", "int8-conv", "static-int8", "fp16", "none",
+        "weight-only-int4", "int8-matmul", "int8-conv", "static-int8", "weight-only-int8",
+        "fp16", "none",
     ]  # fmt: skip
     assert all(c["bytes"] for c in report["candidates"] if c.get("accuracy"))
     assert "int8-matmul" in doc["error"]  # the table is in the message too
