@@ -13,13 +13,14 @@ embedding. Weights are random but deterministic per ``seed``, scaled so greedy o
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 SMOLLM2 = Path(__file__).resolve().parents[3] / "shared" / "models" / "smollm2"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
@@ -29,6 +30,23 @@ ROPE_THETA = 100000.0
 EPS = 9.999999747378752e-06  # the builder's float32 1e-5
 MASK = "/model/attn_mask_reformat/attn_mask_subgraph"
 DATA = "model.onnx.data"
+
+
+def _demo_graph() -> object:
+    """The graph code of the LLM demo (examples/llm/build_models.py): one copy, there, because
+    the demo may not import from tests/; the tests differ from it only in the weights."""
+    name = "onnxship_llm_demo_models"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[2] / "examples" / "llm" / "build_models.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+_model = _demo_graph()._model  # type: ignore[attr-defined]
 
 
 def build_tiny_llm(
@@ -104,129 +122,3 @@ def _weights(
     w[f"model.layers.{layers}.final_norm_layernorm.weight"] = 1.0 + normal((hidden,), 0.1)
     w["lm_head.MatMul.weight"] = normal((hidden, VOCAB), 1.0)
     return w
-
-
-def _model(
-    w: dict[str, np.ndarray], layers: int, heads: int, kv_heads: int, head: int
-) -> onnx.ModelProto:
-    def const(name: str, value: np.ndarray) -> onnx.NodeProto:
-        return helper.make_node(
-            "Constant", [], [f"/model/constants/INT64/{name}"],
-            name=f"/model/constant_nodes/INT64/{name}",
-            value=numpy_helper.from_array(value, f"/model/constants/INT64/{name}"),
-        )
-
-    one_1d, one = "/model/constants/INT64/[1]", "/model/constants/INT64/1"
-    seqlens, total = f"{MASK}/Sub/Cast/output_0", f"{MASK}/Gather/Cast/output_0"
-    nodes = [
-        const("[1]", np.array([1], np.int64)),
-        helper.make_node("ReduceSum", ["attention_mask", one_1d], [f"{MASK}/ReduceSum/output_0"],
-                         name=f"{MASK}/ReduceSum", keepdims=0),
-        helper.make_node("Sub", [f"{MASK}/ReduceSum/output_0", one_1d], [f"{MASK}/Sub/output_0"],
-                         name=f"{MASK}/Sub"),
-        helper.make_node("Cast", [f"{MASK}/Sub/output_0"], [seqlens], name=f"{MASK}/Sub/Cast",
-                         to=TensorProto.INT32),
-        helper.make_node("Shape", ["attention_mask"], [f"{MASK}/Shape/output_0"],
-                         name=f"{MASK}/Shape"),
-        const("1", np.array(1, np.int64)),
-        helper.make_node("Gather", [f"{MASK}/Shape/output_0", one], [f"{MASK}/Gather/output_0"],
-                         name=f"{MASK}/Gather", axis=0),
-        helper.make_node("Cast", [f"{MASK}/Gather/output_0"], [total], name=f"{MASK}/Gather/Cast",
-                         to=TensorProto.INT32),
-        helper.make_node("Transpose", ["lm_head.MatMul.weight"],
-                         ["/model/embed_tokens/Transpose/output_0"],
-                         name="/model/embed_tokens/Transpose", perm=[1, 0]),
-        helper.make_node("Gather", ["/model/embed_tokens/Transpose/output_0", "input_ids"],
-                         ["/model/embed_tokens/Gather/output_0"],
-                         name="/model/embed_tokens/Gather"),
-    ]
-    skip = "/model/embed_tokens/Gather/output_0"  # the residual stream entering the layer
-    for i in range(layers):
-        p, n = f"/model/layers.{i}", f"model.layers.{i}"
-        if i == 0:
-            nodes.append(helper.make_node(
-                "SimplifiedLayerNormalization", [skip, f"{n}.input_layernorm.weight"],
-                [f"{p}/input_layernorm/output_0"], name=f"{p}/input_layernorm/LayerNorm",
-                epsilon=EPS, axis=-1, stash_type=1))
-        # for i > 0 the previous layer's closing SkipSimplifiedLayerNormalization made it
-        nodes += [
-            _matmul(f"{p}/attn/qkv_proj", f"{p}/input_layernorm/output_0", n),
-            helper.make_node(
-                "GroupQueryAttention",
-                [f"{p}/attn/qkv_proj/MatMul/output_0", "", "", f"past_key_values.{i}.key",
-                 f"past_key_values.{i}.value", seqlens, total, "cos_cache", "sin_cache",
-                 "", "", ""],
-                [f"{p}/attn/GroupQueryAttention/output_0", f"present.{i}.key",
-                 f"present.{i}.value"],
-                name=f"{p}/attn/GroupQueryAttention", domain="com.microsoft",
-                num_heads=heads, kv_num_heads=kv_heads, scale=float(1 / np.sqrt(head)),
-                local_window_size=-1, softcap=0.0, do_rotary=1, rotary_interleaved=0),
-            _matmul(f"{p}/attn/o_proj", f"{p}/attn/GroupQueryAttention/output_0", n),
-            _skip_norm(f"{p}/post_attention_layernorm", skip, f"{p}/attn/o_proj/MatMul/output_0",
-                       f"{n}.post_attention_layernorm.weight"),
-            _matmul(f"{p}/mlp/gate_proj", f"{p}/post_attention_layernorm/output_0", n),
-            _matmul(f"{p}/mlp/up_proj", f"{p}/post_attention_layernorm/output_0", n),
-            helper.make_node("Sigmoid", [f"{p}/mlp/gate_proj/MatMul/output_0"],
-                             [f"{p}/mlp/act_fn/Sigmoid/output_0"], name=f"{p}/mlp/act_fn/Sigmoid"),
-            helper.make_node("Mul", [f"{p}/mlp/gate_proj/MatMul/output_0",
-                                     f"{p}/mlp/act_fn/Sigmoid/output_0"],
-                             [f"{p}/mlp/act_fn/Mul/output_0"], name=f"{p}/mlp/act_fn/Mul"),
-            helper.make_node("Mul", [f"{p}/mlp/act_fn/Mul/output_0",
-                                     f"{p}/mlp/up_proj/MatMul/output_0"],
-                             [f"{p}/mlp/Mul/output_0"], name=f"{p}/mlp/Mul"),
-            _matmul(f"{p}/mlp/down_proj", f"{p}/mlp/Mul/output_0", n),
-        ]
-        skip = f"{p}/post_attention_layernorm/output_3"
-        down = f"{p}/mlp/down_proj/MatMul/output_0"
-        if i + 1 < layers:
-            q = f"/model/layers.{i + 1}"
-            nodes.append(_skip_norm(f"{q}/input_layernorm", skip, down,
-                                    f"model.layers.{i + 1}.input_layernorm.weight"))
-            skip = f"{q}/input_layernorm/output_3"
-        else:
-            f = f"/model/layers.{layers}/final_norm_layernorm"
-            nodes.append(helper.make_node(
-                "SkipSimplifiedLayerNormalization",
-                [skip, down, f"model.layers.{layers}.final_norm_layernorm.weight"],
-                [f"{f}/output_0"], name=f"{f}/SkipLayerNorm", domain="com.microsoft", epsilon=EPS))
-            nodes.append(helper.make_node("MatMul", [f"{f}/output_0", "lm_head.MatMul.weight"],
-                                          ["logits"], name="/lm_head/MatMul"))
-
-    def kv(name: str, seq: str) -> onnx.ValueInfoProto:
-        return helper.make_tensor_value_info(
-            name, TensorProto.FLOAT, ["batch_size", kv_heads, seq, "kv_cache_dim"])
-
-    inputs = [
-        helper.make_tensor_value_info("input_ids", TensorProto.INT64,
-                                      ["batch_size", "sequence_length"]),
-        helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
-                                      ["batch_size", "total_sequence_length"]),
-    ]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
-                                             ["batch_size", "sequence_length", VOCAB])]
-    for i in range(layers):
-        for part in ("key", "value"):
-            inputs.append(kv(f"past_key_values.{i}.{part}", "past_sequence_length"))
-            outputs.append(kv(f"present.{i}.{part}", "total_sequence_length"))
-    graph = helper.make_graph(
-        nodes, "main_graph", inputs, outputs,
-        initializer=[numpy_helper.from_array(a, name) for name, a in w.items()],
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 22), helper.make_opsetid("com.microsoft", 1)],
-        ir_version=10, producer_name="onnxruntime-genai",
-    )
-    return model
-
-
-def _matmul(prefix: str, x: str, layer: str) -> onnx.NodeProto:
-    weight = f"{layer}.{prefix.split('/', 3)[-1].replace('/', '.')}.MatMul.weight"
-    return helper.make_node("MatMul", [x, weight], [f"{prefix}/MatMul/output_0"],
-                            name=f"{prefix}/MatMul")
-
-
-def _skip_norm(prefix: str, skip: str, x: str, weight: str) -> onnx.NodeProto:
-    return helper.make_node(
-        "SkipSimplifiedLayerNormalization", [skip, x, weight],
-        [f"{prefix}/output_0", "", "", f"{prefix}/output_3"], name=f"{prefix}/SkipLayerNorm",
-        domain="com.microsoft", epsilon=EPS)
