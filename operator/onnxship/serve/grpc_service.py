@@ -135,14 +135,16 @@ def _decode(request: Any) -> InferRequest:
 
 
 def create_server(
-    dataplane: DataPlane, host: str, port: int, max_message_bytes: int
+    dataplane: DataPlane, host: str, port: int, max_message_bytes: int, reuse_port: bool = False
 ) -> tuple[grpc.aio.Server, int]:
-    """A grpc.aio server (not started) and the port it bound (useful when ``port`` is 0)."""
+    """A grpc.aio server (not started) and the port it bound (useful when ``port`` is 0).
+
+    ``reuse_port``: the pod's worker processes share the port (serve/workers.py)."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
     )
     servicer = InferenceServicer(dataplane)
