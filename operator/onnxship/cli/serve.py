@@ -37,8 +37,16 @@ def serve_command(
     ),
     http_port: int = typer.Option(8080, "--http-port"),
     grpc_port: int = typer.Option(8081, "--grpc-port", help="gRPC port; -1 turns gRPC off."),
+    workers: int = typer.Option(
+        0,
+        "--workers",
+        help="Processes sharing the ports, each with its own session; 0 = one per CPU of the "
+        "limit (1 for a causal LM). 1 = a single process, no supervisor.",
+    ),
     threads: int = typer.Option(
-        0, "--threads", help="ONNX Runtime intra-op threads; 0 = from the CPU limit."
+        0,
+        "--threads",
+        help="ONNX Runtime intra-op threads per worker; 0 = the CPU limit split between workers.",
     ),
     inter_op_threads: int = typer.Option(1, "--inter-op-threads"),
     optimization: str = typer.Option(
@@ -98,6 +106,7 @@ def serve_command(
             host=host,
             http_port=http_port,
             grpc_port=None if grpc_port < 0 else grpc_port,
+            workers=workers,
             threads=threads,
             inter_op_threads=inter_op_threads,
             graph_optimization_level=optimization,
@@ -120,6 +129,8 @@ def serve_command(
         )
         fail(problems, ExitCode.usage)
     try:
-        run(config)
+        status = run(config)
     except StartupError as exc:
         fail(str(exc), ExitCode[exc.kind] if exc.kind in ExitCode.__members__ else ExitCode.failure)
+    if status:
+        raise typer.Exit(status)  # a worker died: the supervisor has logged which and how

@@ -38,6 +38,17 @@ class ServeConfig(BaseModel):
     graph_optimization_level: Literal["none", "basic", "extended", "all"] = "all"
     spin: bool = Field(False, description="Let idle ORT workers spin (dedicated cores only).")
 
+    # --- processes: N workers share the ports (SO_REUSEPORT), each with its own loop and session
+    workers: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Worker processes; 0 = the CPU limit, or 1 for a causal LM (serve/workers.py).",
+    )
+    # Set by the supervisor, never by a user: the optimized copy of the model (external data,
+    # prepacked weights) that every worker memory-maps instead of holding its own.
+    shared_model: Path | None = None
+
     # --- scheduling
     max_batch_size: int = Field(1, ge=1, le=4096, description="1 turns dynamic batching off.")
     max_batch_delay_ms: float = Field(2.0, ge=0, le=10_000)

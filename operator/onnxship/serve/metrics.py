@@ -1,9 +1,20 @@
-"""Prometheus metrics of one server, in a registry of its own (no process-global state)."""
+"""Prometheus metrics of one server, in a registry of its own (no process-global state).
+
+With worker processes (serve/workers.py) every worker writes its values to memory-mapped
+files in the pod's private ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess
+mode, chosen when the worker's interpreter starts), and whichever worker answers ``/metrics``
+reads them all: one view of the pod, the same names and labels as one process. Counters and
+histograms add up; each gauge says how its workers' values combine (``multiprocess_mode``,
+ignored by a single process).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -33,8 +44,13 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class ServeMetrics:
-    def __init__(self, model: str, version: str) -> None:
+    def __init__(self, model: str, version: str, multiprocess_dir: Path | None = None) -> None:
+        """``multiprocess_dir``: the pod's metrics folder when this is one of its workers."""
         self.registry = CollectorRegistry(auto_describe=True)
+        self._pod_registry: CollectorRegistry | None = None
+        if multiprocess_dir is not None:
+            self._pod_registry = CollectorRegistry()
+            MultiProcessCollector(self._pod_registry, path=str(multiprocess_dir))
         labels = ["model", "version"]
         self._requests = Counter(
             "onnxship_inference_requests",
@@ -62,24 +78,28 @@ class ServeMetrics:
             "onnxship_inference_queue_depth",
             "Requests admitted and not yet answered.",
             labels,
+            multiprocess_mode="livesum",
             registry=self.registry,
         ).labels(model, version)
         self._in_flight = Gauge(
             "onnxship_inference_in_flight",
             "Inference requests being handled (decoding, queued, running, encoding).",
             labels,
+            multiprocess_mode="livesum",
             registry=self.registry,
         ).labels(model, version)
         self._load = Gauge(
             "onnxship_model_load_seconds",
             "Seconds to fetch, load and warm up the model.",
             labels,
+            multiprocess_mode="max",
             registry=self.registry,
         ).labels(model, version)
         self._ready = Gauge(
             "onnxship_model_ready",
             "1 when the model answers requests.",
             labels,
+            multiprocess_mode="livemin",
             registry=self.registry,
         ).labels(model, version)
         self._model, self._version = model, version
@@ -111,7 +131,7 @@ class ServeMetrics:
         self._ready.set(1 if ready else 0)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._pod_registry or self.registry)
 
 
 # Generation: first tokens take a prompt's run (tens of ms to seconds), whole answers up to
@@ -135,9 +155,11 @@ class LlmMetrics:
         def hist(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
             return Histogram(name, doc, labels, buckets=buckets, registry=reg).labels(*values)
 
-        def gauge(name: str, doc: str, names: list[str] = labels) -> Gauge:
+        def gauge(
+            name: str, doc: str, names: list[str] = labels, mode: str = "livesum"
+        ) -> Gauge:
             value = values if names is labels else (metrics._model,)
-            return Gauge(name, doc, names, registry=reg).labels(*value)
+            return Gauge(name, doc, names, registry=reg, multiprocess_mode=mode).labels(*value)
 
         self._ttft = hist(
             "onnxship_llm_time_to_first_token_seconds",
@@ -180,13 +202,15 @@ class LlmMetrics:
         self._running = gauge("onnxship_llm_requests_running", "Sequences being generated.")
         self._waiting = gauge("onnxship_llm_requests_waiting", "Requests waiting for a slot.")
         self._kv = gauge(
-            "onnxship_llm_kv_cache_usage_ratio", "Tokens in the KV cache over its capacity (0-1)."
+            "onnxship_llm_kv_cache_usage_ratio",
+            "Tokens in the KV cache over its capacity (0-1).",
+            mode="livemax",  # the fullest worker's: what an inference gateway must avoid
         )
         self._kv_bytes = gauge("onnxship_llm_kv_cache_bytes", "KV cache capacity in bytes.")
         gw = ["model_name"]
         self._gw_waiting = gauge("vllm:num_requests_waiting", "Requests waiting (GIE).", gw)
         self._gw_running = gauge("vllm:num_requests_running", "Requests running (GIE).", gw)
-        self._gw_kv = gauge("vllm:kv_cache_usage_perc", "KV cache usage, 0-1 (GIE).", gw)
+        self._gw_kv = gauge("vllm:kv_cache_usage_perc", "KV cache usage, 0-1 (GIE).", gw, "livemax")
         self._values = values
 
     def queued(self, seconds: float) -> None:

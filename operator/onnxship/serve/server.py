@@ -3,6 +3,10 @@
 Order matters for Kubernetes probes: the listeners open first (live at once), the model loads
 in the background (ready after warm-up), and SIGTERM turns readiness off, lets in-flight
 requests finish within the grace period, then exits 0.
+
+With ``--workers N`` (N > 1) ``run`` starts a supervisor instead (serve/workers.py) and each
+worker process runs ``serve`` with its ``PodMember``: the ports shared with SO_REUSEPORT,
+readiness and ``/metrics`` the pod's.
 """
 
 from __future__ import annotations
@@ -18,27 +22,56 @@ from .config import ServeConfig
 from .dataplane import DataPlane
 from .errors import StartupError
 from .grpc_service import create_server
+from .metrics import ServeMetrics
+from .pod import WORKER_HEADER, PodMember
 from .rest import RestFrontEnd
 
 log = logging.getLogger(__name__)
 
 
-async def serve(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
-    """Serve until SIGTERM/SIGINT (or ``stop`` is set); raises StartupError if loading fails."""
+class PodDataPlane(DataPlane):
+    """A worker's data plane: ready only when the whole pod is (every worker loaded and
+    warmed up), whichever worker a probe lands on. Requests are still refused by the
+    worker's own state (loading, draining)."""
+
+    def __init__(self, config: ServeConfig, pod: PodMember) -> None:
+        super().__init__(config, ServeMetrics(config.name, config.version, pod.metrics_dir))
+        self.pod = pod
+
+    def ready(self) -> bool:
+        return super().ready() and self.pod.all_ready()
+
+
+async def serve(
+    config: ServeConfig, stop: asyncio.Event | None = None, *, pod: PodMember | None = None
+) -> None:
+    """Serve until SIGTERM/SIGINT (or ``stop`` is set); raises StartupError if loading fails.
+
+    ``pod``: this process is one of the pod's workers (serve/workers.py starts them).
+    """
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not on the main thread
             loop.add_signal_handler(sig, stop.set)
 
-    dataplane = DataPlane(config)
-    runner = web.AppRunner(
-        RestFrontEnd(dataplane, config.max_body_bytes).app(), access_log=None, handle_signals=False
-    )
+    dataplane = DataPlane(config) if pod is None else PodDataPlane(config, pod)
+    app = RestFrontEnd(dataplane, config.max_body_bytes).app()
+    if pod is not None:
+        # Which worker answered: how a user (and the tests) can see the pod spread
+        # connections over its workers. One header, set after the handler has run.
+        worker = str(pod.index)
+
+        async def _name_worker(request: web.Request, response: web.StreamResponse) -> None:
+            response.headers[WORKER_HEADER] = worker
+
+        app.on_response_prepare.append(_name_worker)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     grpc_server = None
+    reuse_port = pod is not None  # one process alone keeps "port in use" an error
     try:
-        site = web.TCPSite(runner, config.host, config.http_port)
+        site = web.TCPSite(runner, config.host, config.http_port, reuse_port=reuse_port)
         try:
             await site.start()
         except OSError as exc:
@@ -49,7 +82,11 @@ async def serve(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         if config.grpc_port is not None:
             try:
                 grpc_server, grpc_port = create_server(
-                    dataplane, config.host, config.grpc_port, config.max_body_bytes
+                    dataplane,
+                    config.host,
+                    config.grpc_port,
+                    config.max_body_bytes,
+                    reuse_port=reuse_port,
                 )
             except (OSError, RuntimeError) as exc:
                 raise StartupError(
@@ -62,7 +99,7 @@ async def serve(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
             extra={"host": config.host, "http_port": config.http_port, "grpc_port": grpc_port},
         )
 
-        load = asyncio.create_task(dataplane.load(), name="load-model")
+        load = asyncio.create_task(_load(dataplane, pod), name="load-model")
         stopped = asyncio.create_task(stop.wait(), name="wait-for-stop")
         await asyncio.wait({load, stopped}, return_when=asyncio.FIRST_COMPLETED)
         if load.done():
@@ -88,6 +125,18 @@ async def serve(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
     log.info("stopped")
 
 
-def run(config: ServeConfig) -> None:
-    """Blocking entry point for the CLI and for anything that runs the server in-process."""
-    asyncio.run(serve(config))
+async def _load(dataplane: DataPlane, pod: PodMember | None) -> None:
+    await dataplane.load()
+    if pod is not None:
+        pod.mark_ready()
+
+
+def run(config: ServeConfig) -> int:
+    """Blocking entry point for the CLI: the server, or with several workers their
+    supervisor. Returns the exit status (non-zero: a worker died, see serve/workers.py)."""
+    if config.workers == 1:
+        asyncio.run(serve(config))
+        return 0
+    from .workers import run_pod  # the supervisor: only where workers may be more than one
+
+    return run_pod(config)
