@@ -1,4 +1,5 @@
-"""The router's data path: an aiohttp reverse proxy for the inference protocol.
+"""The router's data path: a reverse proxy for the inference protocol (``front`` takes the
+clients' requests, ``upstream`` sends them on).
 
 Bodies are read once and forwarded as bytes, never parsed (binary tensors included); only
 mirrored answers are decoded, after the user has been answered. A route change swaps one
@@ -7,8 +8,8 @@ connection pool outlives any table, so weight changes under load drop nothing.
 
 Answers with a Content-Length are forwarded whole. Chunked, close-delimited and event-stream
 answers (a language model's tokens) are passed on piece by piece as they arrive; a client
-that leaves closes the backend's request (the server is told to stop, through
-``handler_cancellation``), and a backend that breaks off a stream cuts the client's
+that leaves closes the backend's request (the server is told to stop: the front cancels the
+handler), and a backend that breaks off a stream cuts the client's
 connection (so it sees an incomplete answer, not a hang) and counts as the revision's error.
 """
 
@@ -21,13 +22,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from aiohttp import web
-from multidict import CIMultiDict
-
 from onnxship.api.routes import Backend, RouteTable
 
 from .balance import ENVIRONMENT_HEADER, REVISION_HEADER, Routing
 from .compare import HEADER_LENGTH, compare_answers, compare_tokens
+from .front import Reply, Request
 from .metrics import RouterMetrics
 from .streams import EVENT_STREAM, Piece, StreamMeter, answer_tokens, greedy_copy, is_generation
 from .upstream import Stream, UpstreamError, UpstreamPool, UpstreamTimeout
@@ -39,7 +38,7 @@ _SKIP_REQUEST = {
     "host", "connection", "keep-alive", "proxy-connection", "te", "trailer",
     "transfer-encoding", "upgrade", "content-length", "expect",
 }  # fmt: skip
-_SKIP_RESPONSE = _SKIP_REQUEST | {"date", "server"}
+_SKIP_RESPONSE = _SKIP_REQUEST
 
 
 @dataclass
@@ -86,6 +85,7 @@ class ProxySettings:
 class Router:
     def __init__(self, settings: ProxySettings, metrics: RouterMetrics | None = None) -> None:
         self.settings = settings
+        self.sticky_header = settings.sticky_header.lower()  # the front's lookups are lower case
         self.metrics = metrics or RouterMetrics()
         self.routing = Routing(RouteTable())
         self.health = Health()
@@ -135,14 +135,14 @@ class Router:
 
     # ------------------------------------------------------------ data path
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: Request, reply: Reply) -> None:
         routing = self.routing  # one table per request, even if it changes meanwhile
-        environment = request.headers.get(ENVIRONMENT_HEADER, "")
-        sticky_header = self.settings.sticky_header
+        environment = request.header(ENVIRONMENT_HEADER)
+        sticky_header = self.sticky_header
         backend = routing.choose(
             environment,
-            request.headers.get(REVISION_HEADER, ""),
-            request.headers.get(sticky_header, "") if sticky_header else "",
+            request.header(REVISION_HEADER),
+            request.header(sticky_header) if sticky_header else "",
             self.health.healthy,
         )
         if backend is None:
@@ -151,12 +151,14 @@ class Router:
                 if routing.empty
                 else f"no backend serves environment {environment!r} / the pinned revision"
             )
-            return web.json_response({"error": why}, status=503)
+            answer = _error(503, why)
+            reply.answer(answer.status, answer.headers, answer.body)
+            return
         call = _Call(
             request.method,
             request.path_qs,
-            [(k, v) for k, v in request.headers.items() if k.lower() not in _SKIP_REQUEST],
-            await _read_body(request),
+            [(k, v) for k, v in request.headers if k.lower() not in _SKIP_REQUEST],
+            request.body,
         )
         started = time.perf_counter()
         generation = is_generation(call.path_qs)
@@ -173,7 +175,7 @@ class Router:
             self._failed(backend)
         else:
             self.health.ok(backend)
-            headers = CIMultiDict((k, v) for k, v in raw if k.lower() not in _SKIP_RESPONSE)
+            headers = [(k, v) for k, v in raw if k.lower() not in _SKIP_RESPONSE]
             if isinstance(body, Stream):
                 copy_to = routing.mirror_for(backend)
                 baseline: asyncio.Future[Piece | None] | None = None
@@ -181,9 +183,10 @@ class Router:
                     # the mirror compares with what the user gets, once it has all come
                     baseline = asyncio.get_running_loop().create_future()
                     self._mirror(copy_to, backend, call, baseline)
-                return await self._stream(
-                    request, backend, status, headers, body, started, baseline
+                await self._stream(
+                    request, reply, backend, status, headers, body, started, baseline
                 )
+                return
             answer = _Answer(status, headers, body)
         self.metrics.observe(
             backend.revision, backend.environment, answer.status, "primary",
@@ -197,30 +200,30 @@ class Router:
         if copy_to is not None:
             self._mirror(copy_to, backend, call, answer)
         # Which revision answered (its errors too): what a user checks during a canary.
-        answer.headers[REVISION_HEADER] = backend.revision
-        return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+        answer.headers.append((REVISION_HEADER, backend.revision))
+        reply.answer(answer.status, answer.headers, answer.body)
 
     async def _stream(
         self,
-        request: web.BaseRequest,
+        request: Request,
+        reply: Reply,
         backend: Backend,
         status: int,
-        headers: CIMultiDict[str],
+        headers: list[tuple[str, str]],
         body: Stream,
         started: float,
         baseline: asyncio.Future[Piece | None] | None = None,
-    ) -> web.StreamResponse:
+    ) -> None:
         """Pass a streamed answer on as it comes, metering its tokens; count it at its end.
         ``baseline`` (a mirror step) gets the generated text once the answer is complete."""
-        headers[REVISION_HEADER] = backend.revision
-        sse = headers.get("Content-Type", "").lower().startswith(EVENT_STREAM)
+        headers.append((REVISION_HEADER, backend.revision))
+        sse = _header(headers, "content-type").lower().startswith(EVENT_STREAM)
         meter = StreamMeter(started, sse, collect=baseline is not None)
-        resp = web.StreamResponse(status=status, headers=headers)
         code, outcome = status, "abandoned"
         timeout = self.settings.timeout
         clock = time.perf_counter
         try:
-            await resp.prepare(request)
+            reply.start(status, headers)
             while True:
                 try:
                     piece = await body.read(timeout)
@@ -232,17 +235,16 @@ class Router:
                         backend.revision, request.path, exc,
                     )  # fmt: skip
                     # No last chunk: the client sees an incomplete answer end, not a hang.
-                    if request.transport is not None:
-                        request.transport.close()
-                    return resp
+                    reply.cut()
+                    return
                 if not piece:
                     break
                 meter.feed(piece, clock())
-                await resp.write(piece)
-            await resp.write_eof()
+                await reply.write(piece)
+            reply.end()
             outcome = "complete"
         except ConnectionError:
-            pass  # the client left while we wrote; aiohttp closes its side quietly
+            pass  # the client left while we wrote
         finally:
             # Early (the client left, or a cancel): closing drops the backend's connection.
             body.close()
@@ -253,7 +255,6 @@ class Router:
                 whole = outcome == "complete" and code == 200 and sse
                 got = Piece(True, meter.text, meter.usage, tuple(meter.ids))
                 baseline.set_result(got if whole else None)
-        return resp
 
     async def _send(
         self, backend: Backend, call: _Call, role: str, timeout: float | None = None
@@ -265,7 +266,7 @@ class Router:
                 backend.url, call.method, call.path_qs, call.headers, call.body,
                 timeout or self.settings.timeout,
             )  # fmt: skip
-            headers = CIMultiDict((k, v) for k, v in raw if k.lower() not in _SKIP_RESPONSE)
+            headers = [(k, v) for k, v in raw if k.lower() not in _SKIP_RESPONSE]
             answer = _Answer(status, headers, body)
             self.health.ok(backend)
         except UpstreamTimeout:
@@ -392,29 +393,29 @@ class _Call:
 @dataclass(frozen=True)
 class _Answer:
     status: int
-    headers: CIMultiDict[str]
+    headers: list[tuple[str, str]]
     body: bytes
 
     @property
     def header_length(self) -> int | None:
-        value = self.headers.get(HEADER_LENGTH)
+        value = _header(self.headers, HEADER_LENGTH.lower())
         try:
-            return int(value) if value is not None else None
+            return int(value) if value else None
         except ValueError:
             return None
 
 
-async def _read_body(request: web.BaseRequest) -> bytes:
-    # The low-level server does not answer `Expect: 100-continue` (curl sends it for bodies
-    # over 1 MiB and would otherwise wait a second); the backend never sees the header.
-    if request.headers.get("Expect", "").lower() == "100-continue" and request.body_exists:
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    return await request.read()
+def _header(headers: list[tuple[str, str]], name: str) -> str:
+    """The value of header ``name`` (lower case) in a list of pairs; "" when absent."""
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return ""
 
 
 def _error(status: int, message: str) -> _Answer:
     body = json.dumps({"error": message}).encode()
-    return _Answer(status, CIMultiDict({"Content-Type": "application/json"}), body)
+    return _Answer(status, [("Content-Type", "application/json")], body)
 
 
 def _has(table: RouteTable, backend: Backend) -> bool:
