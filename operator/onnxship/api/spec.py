@@ -307,7 +307,25 @@ class Serving(ApiModel):
     image: Annotated[str, StringConstraints(max_length=512)] = Field(
         "", description="Runtime image; empty = the operator's configured default."
     )
-    threads: int = Field(0, ge=0, le=256, description="Intra-op threads; 0 = from the CPU limit.")
+    workers: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description=(
+            "Server processes per pod, sharing its ports, each with its own session (the "
+            "weights memory-mapped once for all). 0: one per CPU of the pod's CPU limit (else "
+            "its request; 1 without either) for encoders and classifiers, whose throughput "
+            "grows with processes; always 1 for causal LMs, whose concurrency is the decode "
+            "batch (serving.generation) and whose every worker would hold its own weights and "
+            "KV cache. Set 1 for the lowest single-request latency of a large model."
+        ),
+    )
+    threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Intra-op threads per worker; 0 = the CPU limit split between the workers.",
+    )
     instances: int = Field(
         1,
         ge=1,

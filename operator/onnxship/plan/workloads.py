@@ -425,6 +425,36 @@ def pod_resources(
     return out
 
 
+def cpu_count(quantity: str) -> float | None:
+    """A CPU quantity (``2``, ``1.5``, ``500m``) in CPUs; None if it is no plain CPU amount."""
+    try:
+        return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+    except ValueError:
+        return None
+
+
+def serve_workers(
+    spec: ModelDeploymentSpec,
+    env: Environment | EnvironmentStatus,
+    artifact: CompressionSummary | None,
+) -> int:
+    """``serving.workers``, or for 0: 1 for a causal LM (its weights and KV cache once per
+    pod), else one per CPU of the pod's CPU limit, else of its request, else 1. Given to the
+    server explicitly: without a limit, the server's own default would count the node's
+    cores, and a 64-core node would start 64 copies of the session."""
+    if spec.serving.workers:
+        return spec.serving.workers
+    if is_causal_lm(spec, artifact):
+        return 1
+    own = env.resources if isinstance(env, Environment) else None
+    resources = resources_of(own, spec.serving.resources)
+    for part in ("limits", "requests"):
+        cpus = cpu_count(str(resources.get(part, {}).get("cpu", "")))
+        if cpus is not None and cpus > 0:
+            return max(1, math.ceil(cpus - 1e-9))
+    return 1
+
+
 def serve_args(
     owner: Owner,
     spec: ModelDeploymentSpec,
@@ -476,6 +506,7 @@ def serve_args(
         "--cache-dir",
         cache_dir,
     ]
+    args += ["--workers", str(serve_workers(spec, env, artifact))]
     threads = spec.serving.threads if threads is None else threads
     if threads:
         args += ["--threads", str(threads)]
