@@ -91,7 +91,12 @@ class LlmService:
         )
         service = cls(folder, runtime, tokenizer, defaults, 0.0)
         if config.warmup:
-            service._warm_up()
+            try:
+                service._warm_up()
+            except Exception as exc:  # ORT's own types: a graph that loads but cannot run
+                raise StartupError(
+                    f"{folder}: the warm-up generation failed: {exc}", kind="invalid_model"
+                ) from exc
         service.load_seconds = time.perf_counter() - start
         return service
 
