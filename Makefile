@@ -86,6 +86,15 @@ SOAK_ARGS ?=
 bench-soak: venv
 	$(BIN)/python bench/router_soak.py $(SOAK_ARGS)
 
+## make bench-scale: the operator at 1,000 ModelDeployments on the e2e control plane (KWOK
+## nodes, moto S3), against a minimal kopf operator; not CI (tens of minutes on 2 cores).
+## SCALE_ARGS="--count 50" for a quick one; writes bench/results/raw/scale.json
+SCALE_ARGS ?=
+.PHONY: bench-scale
+bench-scale: venv
+	e2e/build.sh
+	nice -n 10 $(BIN)/python bench/scale_bench.py $(SCALE_ARGS)
+
 $(BENCH_PEERS)/fastapi/.installed:
 	-$(PYTHON) -m venv $(BENCH_PEERS)/fastapi && $(BENCH_PEERS)/fastapi/bin/pip install --quiet \
 	  'fastapi>=0.110,<1' 'uvicorn>=0.29,<1' 'onnxruntime==$(ORT_VERSION)' 'numpy>=1.26,<3' \

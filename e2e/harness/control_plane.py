@@ -14,6 +14,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,20 +179,24 @@ def _http_ok(url: str) -> bool:
 CONTROLLERS = "*,-node-lifecycle-controller"
 
 
-def start_control_plane(controllers: str = CONTROLLERS) -> ControlPlane:
-    """Start etcd, kube-apiserver and kube-controller-manager; return once all three work."""
+def start_control_plane(
+    controllers: str = CONTROLLERS, apiserver_args: Sequence[str] = ()
+) -> ControlPlane:
+    """Start etcd, kube-apiserver and kube-controller-manager; return once all three work.
+
+    ``apiserver_args``: more kube-apiserver flags (the scale bench's audit log)."""
     folder = _new_run_folder()
     pki = make_pki(folder / "pki")
     cp = ControlPlane(folder=folder, pki=pki)
     try:
-        _start(cp, controllers)
+        _start(cp, controllers, apiserver_args)
     except BaseException:
         cp.stop()
         raise
     return cp
 
 
-def _start(cp: ControlPlane, controllers: str) -> None:
+def _start(cp: ControlPlane, controllers: str, apiserver_args: Sequence[str] = ()) -> None:
     folder, pki = cp.folder, cp.pki
     t0 = time.monotonic()
     client, peer = free_port(), free_port()
@@ -247,6 +252,7 @@ def _start(cp: ControlPlane, controllers: str) -> None:
             "--allow-privileged=true",
             "--profiling=false",
             "--v=1",
+            *apiserver_args,
         ],
         folder,
     )
