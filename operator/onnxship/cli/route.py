@@ -37,12 +37,18 @@ def route_command(
         "", help="Header whose value pins a client to one revision (e.g. x-session-id)."
     ),
     watch_interval: float = typer.Option(0.5, help="Seconds between checks of --routes."),
+    workers: int = typer.Option(
+        1,
+        min=1,
+        help="Router processes sharing the inference port (SO_REUSEPORT), one core each; "
+        "routes, /metrics and the admin port stay those of one router.",
+    ),
 ) -> None:
     """Split inference requests between revisions by weight, mirror to a canary, count."""
     from onnxship.router.proxy import ProxySettings
     from onnxship.router.server import RouterSettings, run
 
-    run(
+    status = run(
         RouterSettings(
             host=host,
             port=port,
@@ -51,6 +57,7 @@ def route_command(
             admin_port=admin_port,
             admin_token=admin_token,
             watch_interval=watch_interval,
+            workers=workers,
             proxy=ProxySettings(
                 timeout=timeout,
                 generation_timeout=generation_timeout,
@@ -58,3 +65,5 @@ def route_command(
             ),
         )
     )
+    if status:
+        raise typer.Exit(status)

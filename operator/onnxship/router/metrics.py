@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .streams import StreamMeter
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import Metric
 
 REQUESTS = "onnxship_router_requests_total"
 DURATION = "onnxship_router_request_duration_seconds"
@@ -36,6 +37,8 @@ TOKEN_COMPARISONS = "onnxship_router_mirror_generation_comparisons_total"
 TOKEN_AGREEMENT = "onnxship_router_mirror_token_agreement"
 FIRST_DIVERGENCE = "onnxship_router_mirror_first_divergence"
 IDENTICAL = "onnxship_router_mirror_identical_generations_total"
+TOKEN_AGREEMENT_MEAN = "onnxship_router_mirror_token_agreement_mean"
+RELOADS = "onnxship_router_route_reloads"
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
@@ -122,7 +125,7 @@ class RouterMetrics:
             registry=r,
         )
         self.reloads = Counter(
-            "onnxship_router_route_reloads",
+            RELOADS,
             "Route table changes, by source (file|admin) and result (ok|invalid).",
             ["source", "result"],
             registry=r,
@@ -193,7 +196,7 @@ class RouterMetrics:
             registry=r,
         )
         self.token_agreement_mean = Gauge(
-            "onnxship_router_mirror_token_agreement_mean",
+            TOKEN_AGREEMENT_MEAN,
             "Mean token agreement of the canary with stable since the mirror started.",
             ["revision", "baseline"],
             registry=r,
@@ -263,3 +266,75 @@ class RouterMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+    def families(self) -> list[Family]:
+        """The metrics as plain data (JSON), for a pod's other workers to merge."""
+        return [
+            {
+                "name": f.name,
+                "type": f.type,
+                "help": f.documentation,
+                "samples": [[s.name, s.labels, s.value] for s in f.samples],
+            }
+            for f in self.registry.collect()
+        ]
+
+
+# One worker's metrics as data: {"name", "type", "help", "samples": [[name, labels, value]]}.
+Family = dict[str, Any]
+# Gauges that are the mean of a histogram's observations: recomputed from the summed histogram,
+# which is what one process would have said.
+_MEANS = {AGREEMENT: COSINE, TOKEN_AGREEMENT_MEAN: TOKEN_AGREEMENT}
+# Every worker counts each route change it adopts: the pod adopted it once.
+_SAME_IN_EVERY_WORKER = {RELOADS}
+_Values = dict[tuple[str, tuple[tuple[str, str], ...]], float]  # (sample, labels) -> value
+
+
+def merged_exposition(parts: list[list[Family]]) -> bytes:
+    """The workers' metrics as one process would expose them: counters and histograms summed,
+    gauges of the route table (the same in every worker) their largest value, means recomputed.
+    """
+    merged: dict[str, tuple[str, str, _Values]] = {}
+    for part in parts:
+        for family in part:
+            name, kind = family["name"], family["type"]
+            entry = merged.setdefault(name, (kind, family["help"], {}))
+            values = entry[2]
+            largest = kind == "gauge" or name in _SAME_IN_EVERY_WORKER
+            for sample, labels, value in family["samples"]:
+                key = (sample, tuple(sorted(labels.items())))
+                old = values.get(key)
+                if old is None:
+                    values[key] = value
+                elif sample.endswith("_created"):
+                    values[key] = min(old, value)
+                elif largest:
+                    values[key] = max(old, value)
+                else:
+                    values[key] = old + value
+    for gauge, histogram in _MEANS.items():
+        if gauge in merged and histogram in merged:
+            observed = merged[histogram][2]
+            means = merged[gauge][2]
+            for key in means:
+                total = observed.get((histogram + "_sum", key[1]))
+                count = observed.get((histogram + "_count", key[1]))
+                if total is not None and count:
+                    means[key] = total / count
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Merged(merged))  # type: ignore[arg-type]
+    return generate_latest(registry)
+
+
+class _Merged:
+    def __init__(self, merged: dict[str, tuple[str, str, _Values]]) -> None:
+        self.merged = merged
+
+    def collect(self) -> list[Metric]:
+        out = []
+        for name, (kind, doc, values) in self.merged.items():
+            metric = Metric(name, doc, kind)
+            for (sample, labels), value in values.items():
+                metric.add_sample(sample, dict(labels), value)
+            out.append(metric)
+        return out

@@ -19,7 +19,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -29,6 +29,7 @@ from onnxship.api.routes import RouteTable
 
 from .front import FrontServer, Handler, Reply, Request
 from .proxy import ProxySettings, Router
+from .workers import Pod, WorkerUnavailable, supervise
 
 log = logging.getLogger("onnxship.router")
 
@@ -47,6 +48,7 @@ class RouterSettings:
     watch_interval: float = 0.5
     proxy: ProxySettings = field(default_factory=ProxySettings)
     shutdown_grace: float = 10.0
+    workers: int = 1  # router processes sharing the inference port (workers.py)
 
 
 def parse_routes(text: str) -> RouteTable:
@@ -93,18 +95,25 @@ class RoutesFile:
             self.check()
 
 
-def inference_handler(router: Router) -> Handler:
-    """The inference port: ``/v2/...`` and ``/v1/...`` proxied, ``/metrics``, ``/healthz``."""
+def inference_handler(router: Router, pod: Pod | None = None) -> Handler:
+    """The inference port: ``/v2/...`` and ``/v1/...`` proxied, ``/metrics`` (the pod's, when
+    this is one of several workers), ``/healthz``."""
 
     async def dispatch(request: Request, reply: Reply) -> None:
         path = request.path
         if path.startswith(("/v2/", "/v1/")) or path == "/v2":
             await router.handle(request, reply)
         elif path == "/metrics" and request.method == "GET":
-            reply.answer(200, [("Content-Type", CONTENT_TYPE_LATEST)], router.metrics.exposition())
+            try:
+                text = await pod.exposition(router) if pod else router.metrics.exposition()
+            except WorkerUnavailable as exc:  # a partial sum would look like counters falling
+                _json(reply, 503, {"error": f"metrics incomplete: {exc}"})
+                return
+            reply.answer(200, [("Content-Type", CONTENT_TYPE_LATEST)], text)
         elif path == "/healthz" and request.method == "GET":
             backends = len(router.routing.table.backends)
-            _json(reply, 200, {"live": True, "backends": backends})
+            worker = pod.index if pod else 0  # which worker answered (of a pod's several)
+            _json(reply, 200, {"live": True, "backends": backends, "worker": worker})
         else:
             _json(reply, 404, {"error": f"not found: {path}"})
 
@@ -115,7 +124,33 @@ def _json(reply: Reply, status: int, doc: dict[str, Any]) -> None:
     reply.answer(status, [("Content-Type", "application/json")], json.dumps(doc).encode())
 
 
-def admin_app(router: Router, token: str, routes_file: Path | None) -> web.Application:
+class RouteControl(Protocol):
+    """What the admin port acts on: one router, or every worker of a pod (workers.Fleet)."""
+
+    async def table_json(self) -> str: ...
+    async def adopt(self, table: RouteTable, source: str) -> bool: ...
+    async def rejected(self, source: str) -> None: ...
+    async def exposition(self) -> bytes: ...
+
+
+class _Local:
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    async def table_json(self) -> str:
+        return routes_json(self.router.routing.table)
+
+    async def adopt(self, table: RouteTable, source: str) -> bool:
+        return self.router.set_routes(table, source)
+
+    async def rejected(self, source: str) -> None:
+        self.router.metrics.reloads.labels(source, "invalid").inc()
+
+    async def exposition(self) -> bytes:
+        return self.router.metrics.exposition()
+
+
+def admin_app(control: RouteControl, token: str, routes_file: Path | None) -> web.Application:
     @web.middleware
     async def auth(request: web.Request, handler: _Handler) -> web.StreamResponse:
         if token:
@@ -127,22 +162,29 @@ def admin_app(router: Router, token: str, routes_file: Path | None) -> web.Appli
     app = web.Application(middlewares=[auth])
 
     async def get_routes(_: web.Request) -> web.Response:
-        return web.Response(text=routes_json(router.routing.table), content_type="application/json")
+        return web.Response(text=await control.table_json(), content_type="application/json")
 
     async def put_routes(request: web.Request) -> web.Response:
         try:
             table = parse_routes(await request.text())
         except (ValueError, ValidationError) as exc:
-            router.metrics.reloads.labels("admin", "invalid").inc()
+            await control.rejected("admin")
             return web.json_response({"error": f"not a valid route table: {exc}"}, status=400)
-        changed = router.set_routes(table, "admin")
+        try:
+            changed = await control.adopt(table, "admin")
+        except WorkerUnavailable as exc:
+            return web.json_response({"error": f"not every worker took it: {exc}"}, status=503)
         if routes_file is not None:
             # Keep the file the source of truth, so a restart comes back with these routes.
             _write_atomic(routes_file, routes_json(table))
         return web.json_response({"changed": changed})
 
     async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=router.metrics.exposition(), content_type="text/plain")
+        try:
+            text = await control.exposition()
+        except WorkerUnavailable as exc:
+            return web.json_response({"error": f"metrics incomplete: {exc}"}, status=503)
+        return web.Response(body=text, content_type="text/plain")
 
     app.router.add_get(ROUTES_PATH, get_routes)
     app.router.add_put(ROUTES_PATH, put_routes)
@@ -156,17 +198,22 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> None:
-    """Run until ``stop`` is set (or SIGTERM/SIGINT), then drain requests in flight."""
+async def serve(
+    settings: RouterSettings, stop: asyncio.Event | None = None, pod: Pod | None = None
+) -> None:
+    """Run until ``stop`` is set (or SIGTERM/SIGINT), then drain requests in flight.
+    ``pod``: this router is one of a pod's workers (workers.py)."""
     router = Router(settings.proxy)
     watcher = RoutesFile(settings.routes_file, router) if settings.routes_file else None
     if watcher is not None:
         watcher.check()
     runners: list[web.BaseRunner] = []
     await router.start()
-    front = FrontServer(inference_handler(router), settings.proxy.max_body_bytes)
-    await front.start(settings.host, settings.port)
-    if settings.admin_port:
+    front = FrontServer(inference_handler(router, pod), settings.proxy.max_body_bytes)
+    await front.start(settings.host, settings.port, reuse_port=pod is not None)
+    if pod is not None:
+        runners.append(await pod.start_control(router))
+    if settings.admin_port and pod is None:
         loopback = settings.admin_host in ("127.0.0.1", "::1", "localhost")
         if not settings.admin_token and not loopback:
             log.warning(
@@ -175,18 +222,20 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> 
                 settings.admin_host,
             )
         admin = web.AppRunner(
-            admin_app(router, settings.admin_token, settings.routes_file), access_log=None
+            admin_app(_Local(router), settings.admin_token, settings.routes_file),
+            access_log=None,
         )
         await admin.setup()
         await web.TCPSite(admin, settings.admin_host, settings.admin_port).start()
         runners.append(admin)
     admin_at = f"http://{settings.admin_host}:{settings.admin_port}" if settings.admin_port else ""
-    log.info(
-        "routing on http://%s:%d%s",
-        settings.host,
-        settings.port,
-        f", admin on {admin_at}" * bool(admin_at),
-    )
+    if pod is None:
+        log.info(
+            "routing on http://%s:%d%s",
+            settings.host,
+            settings.port,
+            f", admin on {admin_at}" * bool(admin_at),
+        )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -204,9 +253,13 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None) -> 
         await router.stop()
 
 
-def run(settings: RouterSettings) -> None:
+def run(settings: RouterSettings) -> int:
+    """Serve until SIGTERM/SIGINT; the exit status."""
+    if settings.workers > 1:
+        return supervise(settings)
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(serve(settings))
+    return 0
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
