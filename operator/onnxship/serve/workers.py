@@ -227,7 +227,10 @@ class Supervisor:
                 w.reported = True
                 _mark_dead(folder, w.pid)
                 if self.stopping:
-                    status = status or _status(rc)
+                    # -SIGTERM: stopped before it had installed its handler (still importing),
+                    # so with nothing in flight; a clean stop as far as the pod goes.
+                    if rc not in (-signal.SIGTERM, -signal.SIGINT):
+                        status = status or _status(rc)
                     continue
                 # A worker ended on its own: the pod cannot serve as promised any more.
                 self.stopping = True
@@ -383,6 +386,8 @@ def _main(argv: list[str]) -> int:
         except StartupError as exc:
             root.record_failure("prepare", exc)
             return 1
+        except KeyboardInterrupt:  # Ctrl-C reaches the whole process group
+            return 130
         return 0
     index, workers = int(argv[2]), int(argv[3])
     _child_logging(index)
