@@ -110,8 +110,9 @@ def test_over_the_queue_limit_answers_503_at_once(
     start_server: StartServer, model_dir: Path
 ) -> None:
     # A long batch delay holds admitted requests in the queue, so the limit is reached for sure.
+    # One worker: the limit is each worker process's own queue.
     server = start_server(
-        "--model", str(model_dir / "mlp.onnx"), "--name", "mlp",
+        "--model", str(model_dir / "mlp.onnx"), "--name", "mlp", "--workers", "1",
         "--max-batch-size", "64", "--max-batch-delay-ms", "1500", "--max-queue-size", "4",
     )  # fmt: skip
     body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 32], "data": [0.1] * 32}]}

@@ -172,6 +172,30 @@ def test_nan_and_infinity_survive_a_json_response(echo_server: Server) -> None:
     assert result.as_numpy("out_FP64").tolist() == ECHO_VALUES["FP64"].tolist()
 
 
+def test_unknown_paths_and_methods_answer_in_the_protocols_error_shape(mlp_server: Server) -> None:
+    for method, path, status, reason in [
+        ("GET", "/v2/nope", 404, "Not Found"),
+        ("POST", "/v3/models/mlp/infer", 404, "Not Found"),
+        ("GET", "/v2/models/mlp/infer", 405, "Method Not Allowed"),
+        ("PUT", "/v2/models/mlp/versions/v3/infer", 405, "Method Not Allowed"),
+        ("DELETE", "/v2/health/ready", 405, "Method Not Allowed"),
+    ]:
+        r = httpx.request(method, mlp_server.url + path)
+        assert r.status_code == status, (method, path)
+        assert r.json() == {"error": f"{method} {path}: {reason}"}
+
+
+def test_a_request_id_that_reads_null_keeps_a_finite_answer_exact(mlp_server: Server) -> None:
+    # Spotting NaN by the word "null" in orjson's output must not misfire on an id.
+    body = {
+        "id": "null",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 32], "data": [0.25] * 32}],
+    }
+    r = httpx.post(f"{mlp_server.url}/v2/models/mlp/infer", json=body)
+    doc = r.json()
+    assert doc["id"] == "null" and all(isinstance(v, float) for v in doc["outputs"][0]["data"])
+
+
 def test_outputs_selection(start_server: StartServer, model_dir: Path) -> None:
     server = start_server("--model", str(model_dir / "tokens.onnx"), "--name", "tok")
     ids = [[5, 6, 7]]

@@ -171,3 +171,59 @@ async def test_instances_run_batches_side_by_side() -> None:
     await s.stop()
     assert [float(r["y"][0, 0]) for r in results] == [0.0, 2.0, 4.0, 6.0]
     assert peak == 2
+
+
+class TimedSession:
+    """Sleeps ``per_row_s`` per row; remembers which thread ran each call."""
+
+    def __init__(self, per_row_s: float) -> None:
+        self.per_row_s = per_row_s
+        self.threads: list[str] = []
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        self.threads.append(threading.current_thread().name)
+        time.sleep(self.per_row_s * feeds["x"].shape[0])
+        return {"y": feeds["x"] * 2}
+
+
+async def test_short_runs_stay_on_the_event_loop_thread() -> None:
+    # The first run is measured on the executor; runs known to be short skip the thread hop.
+    session = TimedSession(per_row_s=0.0)
+    s = Scheduler(session.run, ThreadPoolExecutor(1, "infer"), output_order=["y"], batchable=True)
+    loop_thread = threading.current_thread().name
+    for i in range(4):
+        out = await s.submit({"x": np.full((1, 2), i, np.float32)}, ["y"])
+        np.testing.assert_array_equal(out["y"], [[2 * i, 2 * i]])
+    assert session.threads[0].startswith("infer")
+    assert session.threads[1:] == [loop_thread] * 3
+    assert s.depth == 0
+
+
+async def test_long_runs_and_large_requests_go_to_the_executor() -> None:
+    # A run slower than INLINE_MAX_S would stall every other request (and health probes)
+    # on the event loop: it runs on the executor, and the loop keeps turning meanwhile.
+    slow = TimedSession(per_row_s=0.02)
+    s = Scheduler(slow.run, ThreadPoolExecutor(1, "infer"), output_order=["y"], batchable=True)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    tick = asyncio.create_task(ticker())
+    for _ in range(3):
+        await s.submit({"x": np.ones((1, 2), np.float32)}, ["y"])
+    tick.cancel()
+    assert all(t.startswith("infer") for t in slow.threads)
+    assert ticks >= 10
+
+    # A model whose 1-row run is short still sends a request 10,000 times as large away.
+    fast = TimedSession(per_row_s=0.00002)
+    s = Scheduler(fast.run, ThreadPoolExecutor(1, "infer"), output_order=["y"], batchable=True)
+    for _ in range(3):
+        await s.submit({"x": np.ones((1, 2), np.float32)}, ["y"])
+    await s.submit({"x": np.ones((10_000, 2), np.float32)}, ["y"])
+    assert fast.threads[-2] == threading.current_thread().name
+    assert fast.threads[-1].startswith("infer")

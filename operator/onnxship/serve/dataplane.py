@@ -8,11 +8,10 @@ format into ``InferRequest``, call ``infer``, and encode the ``InferResult``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,12 +75,38 @@ class InferResult:
     outputs: list[tuple[str, str, np.ndarray]]  # name, OIP datatype, array
 
 
-@dataclass
 class Outcome:
-    """How one request ended, for the metrics: the HTTP status (gRPC codes mapped to it)."""
+    """One inference request in a front end, from the first byte read to its answer.
 
-    code: int = 500
-    started: float = field(default_factory=time.perf_counter)
+    A context manager (``with dataplane.tracking() as outcome``): it counts the request in
+    flight (SIGTERM waits for these, including ones still uploading their body) and, at the
+    end, records it with ``code``, the HTTP status the front end set (gRPC codes mapped to
+    it). A plain class rather than ``contextlib.contextmanager``: this runs on every request,
+    and the generator machinery cost more than the counting.
+    """
+
+    __slots__ = ("_dp", "code", "started")
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self._dp = dataplane
+        self.code = 500
+        self.started = 0.0
+
+    def __enter__(self) -> Outcome:
+        dp = self._dp
+        self.started = time.perf_counter()
+        dp.in_flight += 1
+        dp._idle.clear()
+        dp.metrics.in_flight(1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        dp = self._dp
+        dp.in_flight -= 1
+        dp.metrics.in_flight(-1)
+        if dp.in_flight == 0:
+            dp._idle.set()
+        dp.metrics.request(self.code, time.perf_counter() - self.started)
 
 
 class DataPlane:
@@ -249,25 +274,9 @@ class DataPlane:
             [(n, sig[n].datatype, values[n]) for n in outputs],
         )
 
-    @contextlib.contextmanager
-    def tracking(self) -> Iterator[Outcome]:
-        """Around one whole inference request in a front end, from the first byte read.
-
-        It counts the request in flight (SIGTERM waits for these, including ones still
-        uploading their body) and, at the end, records it with the code the front end set.
-        """
-        outcome = Outcome()
-        self.in_flight += 1
-        self._idle.clear()
-        self.metrics.in_flight(1)
-        try:
-            yield outcome
-        finally:
-            self.in_flight -= 1
-            self.metrics.in_flight(-1)
-            if self.in_flight == 0:
-                self._idle.set()
-            self.metrics.request(outcome.code, time.perf_counter() - outcome.started)
+    def tracking(self) -> Outcome:
+        """Around one whole inference request in a front end: see ``Outcome``."""
+        return Outcome(self)
 
     def admit(self, name: str, version: str | None) -> None:
         """What a request can be refused for before its body is read: an unknown model or
@@ -321,8 +330,8 @@ class DataPlane:
                 feeds[tensor.name] = tensors.from_data(spec, shape, tensor.data)
             else:
                 raise InvalidInput(f"input {tensor.name!r} has no data")
-        missing = [s for n, s in specs.items() if n not in feeds]
-        if missing:
+        if len(feeds) != len(specs):
+            missing = [s for n, s in specs.items() if n not in feeds]
             raise InvalidInput(
                 "missing input " + ", ".join(f"{s.name!r} ({s.describe()})" for s in missing)
             )

@@ -25,14 +25,17 @@ def check_header(spec: TensorSpec, datatype: str, shape: Sequence[int]) -> tuple
             f"input {name!r}: expected datatype {spec.datatype}, got {datatype or '(none)'}"
         )
     try:
-        dims = tuple(int(d) for d in shape)
+        dims = tuple(map(int, shape))
     except (TypeError, ValueError):
         raise InvalidInput(
             f"input {name!r}: shape must be a list of integers, got {shape!r}"
         ) from None
-    fits = len(dims) == len(spec.shape) and all(
-        d >= 0 and want in (-1, d) for d, want in zip(dims, spec.shape, strict=False)
-    )
+    fits = len(dims) == len(spec.shape)
+    if fits:
+        for d, want in zip(dims, spec.shape, strict=True):
+            if d < 0 or (want != -1 and want != d):
+                fits = False
+                break
     if not fits:
         raise InvalidInput(
             f"input {name!r}: expected shape {list(spec.shape)} (-1 = any), got {list(dims)}"
