@@ -25,6 +25,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from onnxship.serve.config import ServeConfig
+from onnxship.serve.session import cpu_limit
 from onnxship.serve.workers import worker_count, worker_threads
 
 from .conftest import StartServer
@@ -229,6 +230,17 @@ def test_another_pod_cannot_share_a_pods_port(tmp_path: Path, model_dir: Path) -
         assert f"cannot listen on 127.0.0.1:{http_port}" in second.stderr
     finally:
         assert first.terminate() == 0
+
+
+@pytest.mark.skipif(cpu_limit() < 2, reason="with one CPU every model gets one worker")
+def test_by_default_a_causal_lm_gets_one_process_and_an_encoder_one_per_cpu(
+    start_server: StartServer, model_dir: Path, tiny_llm: Path
+) -> None:
+    llm = start_server("--model", str(tiny_llm), "--name", "tiny")
+    encoder = start_server("--model", str(model_dir / "mlp.onnx"))
+    assert "onnxship-worker" not in one_connection("GET", f"{llm.url}/v2/health/ready").headers
+    assert '"started workers"' not in llm.output()
+    assert f'"workers": {cpu_limit()}' in encoder.output()
 
 
 @pytest.mark.parametrize(
