@@ -15,6 +15,22 @@ three paths, because on a shared 2-vCPU VM speed drifts over minutes; ratios are
 within a round and the median round is reported.
 
     .venv/bin/python bench/router_bench.py [--seconds 4] [--rounds 3] [--out-json FILE]
+
+``--scaling`` measures instead what a pod's proxy sustains flat out (issue 22): ``onnxship
+route --workers W`` against nginx with ``worker_processes W`` and the same weights, for each
+W of ``--workers``, with mirroring off (90/10 split) and on (stable 100%, every request
+copied to the canary: a canary's mirror step; nginx's ``mirror`` directive). The backends
+are nginx answering a fixed v2 body (so neither they nor the load generator, wrk, is the
+bottleneck where there are cores for them); the proxy is pinned to ``--cores`` and the rest
+to ``--client-cores`` with taskset. It writes req/s, p50/p99 and the proxy's CPU per request
+(all its processes), interleaved per round, and the per-round ratios' median:
+
+    .venv/bin/python bench/router_bench.py --scaling --workers 1 2 4 --cores 0-3 \
+        --client-cores 4-15 --out-json bench/results/raw/router_scaling.json
+
+Without ``--cores`` nothing is pinned (a 2-core machine: everything shares both cores).
+``--baseline-pythonpath DIR`` adds the router as found in DIR (an older copy of the
+package, one worker) to each round: before and after in one run.
 """
 
 from __future__ import annotations
@@ -367,6 +383,313 @@ def scenario(
         )
     return summary
 
+# ---------------------------------------------------------------------------- scaling
+
+FIXED_ANSWER = TRIVIAL_BODY.replace(b'"inputs"', b'"outputs"').replace(b'"x"', b'"y"').decode()
+
+WRK_POST = """
+wrk.method = "POST"
+wrk.body = [[%s]]
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def ensure_wrk(install: bool) -> str | None:
+    found = shutil.which("wrk")
+    if found or not install:
+        return found
+    try:
+        subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return shutil.which("wrk")
+
+
+def pinned(cores: str | None, args: list[str]) -> list[str]:
+    return ["taskset", "-c", cores, *args] if cores else args
+
+
+def nginx_conf(prefix: Path, workers: int, body: str) -> tuple[Path, Path]:
+    """The prefix's folders and the start of a config: workers, pid, temp paths."""
+    for d in ("logs", "tmp"):
+        (prefix / d).mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    head = f"""
+worker_processes {workers};
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {prefix}/tmp/body;
+  proxy_temp_path {prefix}/tmp/proxy;
+  fastcgi_temp_path {prefix}/tmp/fastcgi;
+  uwsgi_temp_path {prefix}/tmp/uwsgi;
+  scgi_temp_path {prefix}/tmp/scgi;
+{body}
+}}
+"""
+    conf.write_text(head)
+    return conf, prefix
+
+
+def start_nginx_conf(
+    nginx: str, conf: Path, prefix: Path, log: Path, port: int, cores: str | None
+) -> Proc:
+    args = [nginx, "-c", str(conf), "-p", str(prefix), "-g", "daemon off;"]
+    proc = Proc(pinned(cores, args), log)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nginx did not listen on {port}: {log.read_text()[-500:]}")
+
+
+def start_fixed_backends(
+    nginx: str, tmp: Path, workers: int, cores: str | None
+) -> tuple[Proc, str, str]:
+    """Two v2 stand-ins (r1, r2) in one nginx: a fixed answer, next to no CPU."""
+    p1, p2 = free_port(), free_port()
+    servers = "\n".join(
+        f"""  server {{
+    listen 127.0.0.1:{p} backlog=4096;
+    location / {{ default_type application/json; return 200 '{FIXED_ANSWER}'; }}
+  }}"""
+        for p in (p1, p2)
+    )
+    conf, prefix = nginx_conf(tmp / "backends", workers, servers)
+    proc = start_nginx_conf(nginx, conf, prefix, tmp / "backends.log", p1, cores)
+    return proc, f"http://127.0.0.1:{p1}", f"http://127.0.0.1:{p2}"
+
+
+def start_nginx_proxy(
+    nginx: str, tmp: Path, workers: int, u1: str, u2: str, mirror: bool, cores: str | None
+) -> tuple[Proc, str]:
+    port = free_port()
+    if mirror:  # stable takes every request, a copy goes to the canary
+        upstreams = f"""  upstream stable {{ server {u1.removeprefix("http://")}; keepalive 256; }}
+  upstream canary {{ server {u2.removeprefix("http://")}; keepalive 256; }}"""
+        locations = """    location / {
+      mirror /_mirror;
+      proxy_pass http://stable;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+    location = /_mirror {
+      internal;
+      proxy_pass http://canary$request_uri;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }"""
+    else:
+        upstreams = f"""  upstream revisions {{
+    server {u1.removeprefix("http://")} weight=90;
+    server {u2.removeprefix("http://")} weight=10;
+    keepalive 256;
+  }}"""
+        locations = """    location / {
+      proxy_pass http://revisions;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }"""
+    body = f"""{upstreams}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    client_max_body_size 64m;
+{locations}
+  }}"""
+    conf, prefix = nginx_conf(tmp / f"nginx-{workers}-{int(mirror)}", workers, body)
+    log = tmp / f"nginx-{workers}-{int(mirror)}.log"
+    return start_nginx_conf(nginx, conf, prefix, log, port, cores), f"http://127.0.0.1:{port}"
+
+
+def start_router_pod(
+    tmp: Path, workers: int, u1: str, u2: str, mirror: bool, cores: str | None,
+    pythonpath: str = "",
+) -> tuple[Proc, str]:  # fmt: skip
+    port = free_port()
+    if mirror:
+        doc: dict[str, Any] = {
+            "backends": [
+                {"revision": "r1", "url": u1, "weight": 100},
+                {"revision": "r2", "url": u2, "weight": 0},
+            ],
+            "mirror": {"revision": "r2", "percent": 100},
+        }
+    else:
+        doc = {
+            "backends": [
+                {"revision": "r1", "url": u1, "weight": 90},
+                {"revision": "r2", "url": u2, "weight": 10},
+            ]
+        }
+    tag = f"{'before' if pythonpath else 'router'}-{workers}-{int(mirror)}"
+    routes = tmp / f"routes-{tag}.json"
+    routes.write_text(json.dumps(doc))
+    args = [*ONNXSHIP, "--log-level", "WARNING", "route", "--port", str(port),
+            "--routes", str(routes)]  # fmt: skip
+    if workers > 1:
+        args += ["--workers", str(workers)]
+    env = {"PYTHONPATH": pythonpath} if pythonpath else None
+    proc = Proc(pinned(cores, args), tmp / f"{tag}.log", env=env)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/healthz")
+    return proc, url
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and all its descendants (router workers, nginx workers)."""
+    total, todo = 0.0, [pid]
+    tick = os.sysconf("SC_CLK_TCK")
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return total
+
+
+def wrk_load(
+    wrk: str, tmp: Path, url: str, args: argparse.Namespace, seconds: float
+) -> dict[str, Any]:
+    script = tmp / "post.lua"
+    if not script.exists():
+        script.write_text(WRK_POST % TRIVIAL_BODY.decode())
+    cmd = pinned(args.client_cores, [
+        wrk, "-t", str(args.wrk_threads), "-c", str(args.connections), "-d", f"{max(1, round(seconds))}s",
+        "--latency", "-s", str(script), url + "/v2/models/m/infer",
+    ])  # fmt: skip
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    found: dict[str, Any] = {"requests": 0, "rps": 0.0, "errors": 0}
+    units = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+    for line in out.splitlines():
+        words = line.split()
+        if "requests in" in line:
+            found["requests"] = int(words[0])
+        elif line.startswith("Requests/sec:"):
+            found["rps"] = float(words[1])
+        elif words[:1] in (["50%"], ["99%"]):
+            value = words[1]
+            unit = next(u for u in ("us", "ms", "s") if value.endswith(u))
+            found[f"p{words[0][:-1]}_ms"] = float(value[: -len(unit)]) * units[unit]
+        elif "Non-2xx" in line or "Socket errors" in line:
+            found["errors"] += sum(int(w.strip(",")) for w in words if w.strip(",").isdigit())
+    return found
+
+
+def python_load(tmp: Path, url: str, args: argparse.Namespace, seconds: float) -> dict[str, Any]:
+    body = tmp / "trivial.json"
+    body.write_bytes(TRIVIAL_BODY)
+    r = load(tmp, url, body, args.connections, seconds)
+    return {"requests": r["all_requests"], "rps": r["rps"], "errors": r["errors"],
+            "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"]}  # fmt: skip
+
+
+def scaling(args: argparse.Namespace, nginx: str, tmp: Path) -> dict[str, Any]:
+    wrk = ensure_wrk(not args.no_install)
+    procs: list[Proc] = []
+    machine = {
+        "cpus": os.cpu_count(),
+        "proxy_cores": args.cores or "all (not pinned)",
+        "client_cores": args.client_cores or "all (not pinned)",
+        "load_generator": "wrk" if wrk else "aiohttp (Python)",
+        "connections": args.connections,
+        "loadavg_before": os.getloadavg(),
+    }
+    try:
+        backends, u1, u2 = start_fixed_backends(
+            nginx, tmp, args.backend_workers, args.client_cores
+        )
+        procs.append(backends)
+        grid = [(w, m) for w in args.workers for m in args.mirror]
+        runs: list[dict[str, Any]] = []
+        for i in range(args.rounds):
+            for workers, mirror_name in grid:
+                mirror = mirror_name == "on"
+                kinds = ["nginx", "router"]
+                if args.baseline_pythonpath and workers == 1:
+                    kinds.append("before")
+                for kind in kinds:
+                    if kind == "nginx":
+                        proc, url = start_nginx_proxy(
+                            nginx, tmp, workers, u1, u2, mirror, args.cores
+                        )
+                    else:
+                        proc, url = start_router_pod(
+                            tmp, workers, u1, u2, mirror, args.cores,
+                            args.baseline_pythonpath if kind == "before" else "",
+                        )  # fmt: skip
+                    try:
+                        def run(s: float, u: str = url) -> dict[str, Any]:
+                            if wrk:
+                                return wrk_load(wrk, tmp, u, args, s)
+                            return python_load(tmp, u, args, s)
+
+                        run(1.0)  # warm: pools, connections
+                        cpu0 = tree_cpu(proc.p.pid)
+                        got = run(args.seconds)
+                        cpu = tree_cpu(proc.p.pid) - cpu0
+                    finally:
+                        proc.stop(signal.SIGQUIT if kind == "nginx" else signal.SIGTERM)
+                    row = {
+                        "round": i + 1, "workers": workers, "mirror": mirror_name,
+                        "proxy": kind, **got,
+                        "cpu_us_per_request": cpu / max(1, got["requests"]) * 1e6,
+                        "loadavg": os.getloadavg()[0],
+                    }  # fmt: skip
+                    runs.append(row)
+                    print(
+                        f"[scaling] round {i + 1} workers {workers} mirror {mirror_name} "
+                        f"{kind}: {got['rps']:.0f} req/s, {row['cpu_us_per_request']:.0f} us "
+                        f"CPU/req, p50 {got.get('p50_ms', 0):.2f} ms, errors {got['errors']}, "
+                        f"load {row['loadavg']:.1f}",
+                        flush=True,
+                    )
+    finally:
+        for p in procs:
+            p.stop(signal.SIGQUIT)
+
+    def pick(r: int, w: int, m: str, k: str) -> dict[str, Any] | None:
+        want = (r, w, m, k)
+        found = (x for x in runs if (x["round"], x["workers"], x["mirror"], x["proxy"]) == want)
+        return next(found, None)
+
+    summary: dict[str, Any] = {}
+    for workers, mirror_name in grid:
+        key = f"workers_{workers}_mirror_{mirror_name}"
+        entry: dict[str, Any] = {}
+        for kind in ("router", "nginx", "before"):
+            rows = [x for x in runs if (x["workers"], x["mirror"], x["proxy"]) ==
+                    (workers, mirror_name, kind)]  # fmt: skip
+            if rows:
+                entry[kind] = {
+                    k: statistics.median(x[k] for x in rows)
+                    for k in ("rps", "cpu_us_per_request", "p50_ms", "p99_ms")
+                    if all(k in x for x in rows)
+                }
+        for kind in ("router", "before"):
+            ratios_rps, ratios_cpu = [], []
+            for r in range(1, args.rounds + 1):
+                a, n = pick(r, workers, mirror_name, kind), pick(r, workers, mirror_name, "nginx")
+                if a and n and n["rps"]:
+                    ratios_rps.append(a["rps"] / n["rps"])
+                    ratios_cpu.append(a["cpu_us_per_request"] / max(1e-9, n["cpu_us_per_request"]))
+            if ratios_rps:
+                entry[f"{kind}_vs_nginx_rps"] = statistics.median(ratios_rps)
+                entry[f"{kind}_vs_nginx_rps_range"] = [min(ratios_rps), max(ratios_rps)]
+                entry[f"{kind}_vs_nginx_cpu_per_request"] = statistics.median(ratios_cpu)
+        summary[key] = entry
+    machine["loadavg_after"] = os.getloadavg()
+    return {"machine": machine, "summary": summary, "runs": runs}
+
+
 
 def main() -> None:
     # SIGTERM stops the servers this script started, like Ctrl-C does.
@@ -379,8 +702,27 @@ def main() -> None:
     ap.add_argument("--skip-serve", action="store_true", help="trivial backend only")
     ap.add_argument("--only", choices=["trivial", "minilm"], help="one backend kind only")
     ap.add_argument("--out-json", type=Path)
+    ap.add_argument("--scaling", action="store_true", help="flat-out req/s per worker count")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="with --scaling")
+    ap.add_argument("--mirror", nargs="+", choices=["off", "on"], default=["off", "on"])
+    ap.add_argument("--cores", help="CPU list for the proxy (taskset -c), e.g. 0-3")
+    ap.add_argument("--client-cores", help="CPU list for wrk and the backends, e.g. 4-15")
+    ap.add_argument("--connections", type=int, default=64, help="with --scaling")
+    ap.add_argument("--wrk-threads", type=int, default=2, help="with --scaling")
+    ap.add_argument("--backend-workers", type=int, default=2, help="nginx backends' workers")
+    ap.add_argument("--baseline-pythonpath", default="", help="an older onnxship to compare")
     args = ap.parse_args()
     nginx = ensure_nginx(not args.no_install)
+    if args.scaling:
+        if not nginx:
+            sys.exit("--scaling needs nginx (apt-get install nginx-light)")
+        tmp = Path(tempfile.mkdtemp(prefix="router-scaling-"))
+        out = scaling(args, nginx, tmp)
+        print(json.dumps(out["summary"], indent=2))
+        if args.out_json:
+            args.out_json.parent.mkdir(parents=True, exist_ok=True)
+            args.out_json.write_text(json.dumps(out, indent=2))
+        return
     results: dict[str, Any] = {"nginx": bool(nginx), "cpus": os.cpu_count()}
     tmp = Path(tempfile.mkdtemp(prefix="router-bench-"))
     procs: list[Proc] = []

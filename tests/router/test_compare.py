@@ -54,3 +54,31 @@ def test_different_shapes_disagree_and_garbage_is_not_comparable() -> None:
     c = compare_answers(json_answer(Y), None, json_answer(Y[:1]), None)
     assert c is not None and c.cosine == 0.0 and c.top1 == 0.0
     assert compare_answers(b"not json", None, json_answer(Y), None) is None
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP64", "INT64"])
+def test_small_json_answers_compare_as_numpy_does(datatype: str) -> None:
+    """Small JSON outputs are compared without numpy: the same figures as the binary path."""
+    rng = np.random.default_rng(7)
+    dtype = {"FP32": "<f4", "FP64": "<f8", "INT64": "<i8"}[datatype]
+    for shape in ((4,), (3, 5), (2, 2, 6), ()):
+        a = rng.normal(scale=4, size=shape).astype(dtype)
+        b = (a + rng.normal(scale=2, size=shape)).astype(dtype)
+
+        def as_json(y: np.ndarray) -> bytes:
+            out = {"name": "y", "datatype": datatype, "shape": list(y.shape),
+                   "data": y.ravel().tolist()}  # fmt: skip
+            return json.dumps({"outputs": [out]}).encode()
+
+        def as_binary(y: np.ndarray) -> tuple[bytes, int]:
+            out = {"name": "y", "datatype": datatype, "shape": list(y.shape),
+                   "parameters": {"binary_data_size": y.nbytes}}  # fmt: skip
+            head = json.dumps({"outputs": [out]}).encode()
+            return head + y.tobytes(), len(head)
+
+        small = compare_answers(as_json(a), None, as_json(b), None)
+        full = compare_answers(*as_binary(a), *as_binary(b))
+        assert small is not None and full is not None
+        assert small.top1 == full.top1, shape
+        assert small.cosine == pytest.approx(full.cosine, abs=1e-12)
+        assert small.max_abs_diff == pytest.approx(full.max_abs_diff, abs=1e-12)

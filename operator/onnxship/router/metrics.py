@@ -204,6 +204,7 @@ class RouterMetrics:
         self._token_sums: dict[tuple[str, str], tuple[float, int]] = {}
         self._children: dict[tuple[str, str, int, str], tuple[Any, Any]] = {}
         self._agreement_sums: dict[tuple[str, str], tuple[float, int]] = {}
+        self._compared: dict[tuple[str, str], tuple[Any, ...]] = {}
 
     def observe(
         self, revision: str, environment: str, code: int, role: str, seconds: float
@@ -241,15 +242,25 @@ class RouterMetrics:
     def compared(
         self, revision: str, baseline: str, cosine: float, top1: float, diff: float
     ) -> None:
-        self.comparisons.labels(revision, baseline).inc()
-        self.cosine.labels(revision, baseline).observe(cosine)
+        key = (revision, baseline)
+        c = self._compared.get(key)
+        if c is None:  # once per pair: labels() hashes and locks (see observe)
+            c = self._compared[key] = (
+                self.comparisons.labels(revision, baseline),
+                self.cosine.labels(revision, baseline),
+                self.top1.labels(revision, baseline),
+                self.max_abs_diff.labels(revision, baseline),
+                self.agreement.labels(revision, baseline),
+            )
+        c[0].inc()
+        c[1].observe(cosine)
         if top1 >= 1.0:
-            self.top1.labels(revision, baseline).inc()
-        self.max_abs_diff.labels(revision, baseline).observe(diff)
-        total, n = self._agreement_sums.get((revision, baseline), (0.0, 0))
+            c[2].inc()
+        c[3].observe(diff)
+        total, n = self._agreement_sums.get(key, (0.0, 0))
         total, n = total + cosine, n + 1
-        self._agreement_sums[(revision, baseline)] = (total, n)
-        self.agreement.labels(revision, baseline).set(total / n)
+        self._agreement_sums[key] = (total, n)
+        c[4].set(total / n)
 
     def compared_tokens(
         self, revision: str, baseline: str, result: TokenComparison, unit: str
