@@ -275,11 +275,62 @@ def cold_start(d: dict[str, Any], out_dir: Path) -> Plot | None:
     }
 
 
+def scaling(d: dict[str, Any], out_dir: Path) -> Plot | None:
+    settings = d.get("settings")
+    if not settings:
+        return None
+    models = list(dict.fromkeys(st["model"] for st in settings))
+    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 5.4), squeeze=False)
+    lines = {
+        "raw": ("raw session.run, N processes (ceiling)", {"color": "black", "linewidth": 2.5}),
+        "ours/json": ("ours --workers N, JSON", {"color": "tab:green"}),
+        "ours/binary": ("ours --workers N, binary", {"color": "tab:green", "linestyle": "--"}),
+        "ours/grpc": ("ours --workers N, gRPC", {"color": "tab:green", "linestyle": ":"}),
+        "ours_before/json": ("before: --instances N, JSON", {"color": "tab:olive"}),
+        "ours_before/binary": ("before, binary", {"color": "tab:olive", "linestyle": "--"}),
+        "ours_before/grpc": ("before, gRPC", {"color": "tab:olive", "linestyle": ":"}),
+        "fastapi/json": ("FastAPI+uvicorn, N workers, JSON", {"color": "tab:blue"}),
+        "kserve/json": ("KServe, --workers N, JSON", {"color": "tab:purple"}),
+    }
+    for ax, model in zip(axes[0], models, strict=True):
+        sts = sorted((st for st in settings if st["model"] == model), key=lambda st: st["n"])
+        ns = [st["n"] for st in sts]
+        for key, (label, style) in lines.items():
+            ys = [st["raw_rows_per_s"] if key == "raw" else st["rps"].get(key) for st in sts]
+            if any(y is None for y in ys):
+                continue
+            ax.plot(ns, ys, marker="o", label=label, **style)
+            # hollow markers: the load generator shared the server's cores there
+            for n, y, st in zip(ns, ys, sts, strict=True):
+                if st["loadgen_shares_server_cores"]:
+                    ax.plot([n], [y], marker="o", color="white", markersize=4)
+        ax.set_yscale("log")
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.set_xlabel("server cores N (pinned)")
+        ax.set_ylabel("requests (rows) per second, log scale")
+        ax.set_title(sts[0]["title"] + ", batch 1", fontsize=10)
+        ax.grid(True, which="both", alpha=0.25)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=3)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))  # room for the legend below the plots
+    fig.savefig(out_dir / "scaling.png", dpi=110)
+    plt.close(fig)
+    return {
+        "file": "scaling.png",
+        "title": "Scaling with cores: onnxship serve vs raw ONNX Runtime and the peers",
+        "caption": f"scaling_bench.py on {d.get('cpus')} CPUs, {d.get('connections')} connections "
+        "in a closed loop from bench/loadgen.py on the cores the server does not have (a white "
+        "dot: none were left, the load generator shared the server's cores). The black line is "
+        "N single-threaded processes calling session.run on the same N cores: the ceiling.",
+    }
+
+
 PLOTS: dict[str, Callable[[dict[str, Any], Path], Plot | None]] = {
     "compress": compression,
     "serve": serve_latency,
     "cold_start": cold_start,
     "rollout": canary,
+    "scaling": scaling,
 }
 
 

@@ -177,6 +177,16 @@ def benches(args: argparse.Namespace) -> list[Bench]:
             timeout_full=5400,
             timeout_quick=1500,
         ),
+        Bench(
+            "scaling",
+            "10. scaling with cores (scaling_bench.py)",
+            # core counts from the machine: 1, 2 here; 2, 4, 8 on 16 cores
+            words("--rounds 3") + peers,
+            words("--rounds 1 --time-scale 0.5") + peers,
+            smoke=words("--models mlp --cores 1 --rounds 1 --seconds 1 --warmup 0.5 --peers"),
+            timeout_full=3600,
+            timeout_quick=900,
+        ),
     ]
 
 
@@ -908,6 +918,104 @@ def llm_compress_figures(d: dict[str, Any]) -> list[Figure]:
     return out
 
 
+SCALING_ROWS = {
+    "ours/json": "ours --workers N, HTTP JSON",
+    "ours/binary": "ours --workers N, HTTP binary",
+    "ours/grpc": "ours --workers N, gRPC",
+    "ours_before/json": "before: --instances N, HTTP JSON",
+    "ours_before/binary": "before: --instances N, HTTP binary",
+    "ours_before/grpc": "before: --instances N, gRPC",
+    "fastapi/json": "FastAPI+uvicorn, N workers, JSON",
+    "kserve/json": "KServe ModelServer, --workers N, JSON",
+}
+
+
+def scaling_figures(d: dict[str, Any]) -> list[Figure]:
+    """Per model and core count: each of ours against raw ONNX Runtime on the same cores, and
+    ours over JSON against each peer (per-round ratios)."""
+    out: list[Figure] = []
+    s = "10. scaling with cores"
+    for st in d["settings"]:
+        rounds = st["rounds"]
+        where = f"{st['title']}, {st['n']} cores"
+        shared = " (load generator on the same cores)" if st["loadgen_shares_server_cores"] else ""
+        raw = [r["raw"] for r in rounds]
+        best = "ours" if "ours/json" in rounds[0] else "ours_before"
+        wanted = (f"{best}/json", f"{best}/binary", f"{best}/grpc", "ours_before/json")
+        for job in dict.fromkeys(wanted):
+            if job not in rounds[0]:
+                continue
+            ours = [r[job]["rps"] for r in rounds]
+            anchor = f"raw: {st['n']} pinned session.run processes (rows/s)"
+            note = ""
+            if "vs_raw_per_cpu" in st:
+                note = (f"per CPU-second {st['vs_raw_per_cpu'][job]:.2f}x raw (server got "
+                        f"{st['server_cpu_share'][job]:.2f}, raw {st['raw_cpu_share']:.2f} of "
+                        f"its {st['n']} cores)")  # fmt: skip
+            note = "; ".join(x for x in (shared.strip(" ()"), note) if x)
+            out.append(fig(s, f"{where}: {SCALING_ROWS[job]} vs raw", ours, raw, "req/s", anchor,
+                           better="higher", note=note))  # fmt: skip
+        for peer in ("fastapi/json", "kserve/json"):
+            if peer in rounds[0] and f"{best}/json" in rounds[0]:
+                ours = [r[f"{best}/json"]["rps"] for r in rounds]
+                title = f"{where}: {SCALING_ROWS[f'{best}/json']} vs {peer.split('/')[0]}"
+                out.append(fig(s, title, ours, [r[peer]["rps"] for r in rounds], "req/s",
+                               SCALING_ROWS[peer], better="higher"))  # fmt: skip
+        errs = {k: v for k, v in st.get("errors", {}).items() if v}
+        if errs:
+            out.append(Figure(s, f"{where}: errors under load (not counted)", None, None, "", "",
+                              note=", ".join(f"{k}: {v}" for k, v in errs.items())))  # fmt: skip
+    return out
+
+
+def scaling_section(d: dict[str, Any] | None) -> list[str]:
+    """The issue's table: every row of every setting, req/s, / raw, / each peer."""
+    if not d or not d.get("settings"):
+        return []
+    lines = [
+        "## Scaling with cores (scaling_bench.py)",
+        "",
+        f"{d['date']}, {d['cpus']} CPUs, {d['connections']} connections, closed loop, batch 1, "
+        f"{d['rounds']} rounds (medians; ratios per round, then their median); load average "
+        f"{d['loadavg_start'][0]:.1f} at the start, {d.get('loadavg_end', [0])[0]:.1f} at the end. "
+        f"The \"before\" row: {d.get('before', {}).get('setting', '--instances N')} from "
+        f"{d.get('before', {}).get('code', 'this tree')}. raw: N single-threaded processes calling "
+        "session.run at batch 1, pinned to the server's N cores. \"/ raw per CPU-s\": answers "
+        "per CPU-second of the server's processes over raw's rows per CPU-second, the ratio "
+        "other tenants' load on a shared machine does not move (a server with more runnable "
+        "threads can take more of its cores than raw's N single threads did).",
+        "",
+    ]
+    if d.get("note"):
+        lines += [f"**Note:** {d['note']}.", ""]
+    lines += [
+        "| model | cores | raw rows/s | row | req/s | / raw | / raw per CPU-s | / FastAPI "
+        "| / KServe | p99 ms | load gen |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for st in d["settings"]:
+        lg = (
+            "shares the server's cores"
+            if st["loadgen_shares_server_cores"]
+            else f"{st['loadgen_processes']} proc. on {len(st['loadgen_cores'])} other cores"
+        )
+        order = [*SCALING_ROWS]
+        for job, rps in sorted(st["rps"].items(), key=lambda kv: [*order, kv[0]].index(kv[0])):
+            vp = st["vs_peer"].get(job, {})
+            cells = [f"{vp[p]:.2f}" if p in vp else "" for p in ("fastapi/json", "kserve/json")]
+            per_cpu = st.get("vs_raw_per_cpu", {}).get(job)
+            lines.append(
+                f"| {st['title']} | {st['n']} | {st['raw_rows_per_s']:,.1f} | "
+                f"{SCALING_ROWS.get(job, job)} | {rps:,.1f} | {st['vs_raw'][job]:.3f} | "
+                f"{'' if per_cpu is None else f'{per_cpu:.3f}'} | "
+                f"{cells[0]} | {cells[1]} | {st['p99_ms'][job]:.0f} | {lg} |"
+            )
+        for what, why in st.get("not_measured", {}).items():
+            cells = f"| {st['title']} | {st['n']} | | {what}: not measured, {why} |"
+            lines.append(cells + " |" * 7)
+    return [*lines, ""]
+
+
 def figures() -> tuple[list[Figure], dict[str, Any]]:
     figs: list[Figure] = []
     raw: dict[str, Any] = {}
@@ -920,6 +1028,7 @@ def figures() -> tuple[list[Figure], dict[str, Any]]:
         "rollout": rollout_figures,
         "llm_serve": llm_serve_figures,
         "llm_compress": llm_compress_figures,
+        "scaling": scaling_figures,
     }
     for name, make in makers.items():
         d = load(name)
@@ -1083,6 +1192,8 @@ def report_md(doc: dict[str, Any]) -> str:
             f"| {f['figure']} | {fmt(f['ours'], f['unit'])} | {fmt(f['anchor'], f['unit'])} | "
             f"{ratio} | {spread} | {f['anchor_name']} | {f['note']} |"
         )
+    for section in doc.get("sections") or []:
+        lines += ["", *section]
     g = doc["gpu"]
     lines += ["", "## GPU", "", ("ran" if g["ran"] else "skipped") + f": {g['reason']}", ""]
     lines += ["## What ran", "", "| benchmark | exit | seconds | command |", "|---|---:|---:|---|"]
@@ -1135,7 +1246,8 @@ def main() -> None:
         "--only",
         nargs="+",
         metavar="NAME",
-        help="compress serve router router_stream cold_start rollout operator corpus",
+        help="compress serve router router_stream cold_start rollout operator corpus llm_serve "
+        "llm_compress scaling",
     )
     ap.add_argument(
         "--report-only",
@@ -1210,6 +1322,7 @@ def main() -> None:
         "gpu": gpu_section(),
         "benchmarks": ran,
         "figures": [asdict(f) for f in figs],
+        "sections": [x for x in (scaling_section(raw.get("scaling")),) if x],
     }
     try:
         sys.path.insert(0, str(BENCH))
