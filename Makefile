@@ -88,12 +88,13 @@ bench-soak: venv
 
 ## make bench-scale: the operator at 1,000 ModelDeployments on the e2e control plane (KWOK
 ## nodes, moto S3), against a minimal kopf operator; not CI (tens of minutes on 2 cores).
-## SCALE_ARGS="--count 50" for a quick one; writes bench/results/raw/scale.json
+## SCALE_ARGS="--count 50" for a quick one; writes bench/results/raw/scale.json and its
+## section of bench/results/REPORT.md
 SCALE_ARGS ?=
 .PHONY: bench-scale
 bench-scale: venv
 	e2e/build.sh
-	nice -n 10 $(BIN)/python bench/scale_bench.py $(SCALE_ARGS)
+	nice -n 10 $(BIN)/python bench/scale_bench.py --report $(SCALE_ARGS)
 
 $(BENCH_PEERS)/fastapi/.installed:
 	-$(PYTHON) -m venv $(BENCH_PEERS)/fastapi && $(BENCH_PEERS)/fastapi/bin/pip install --quiet \

@@ -72,14 +72,26 @@ def main() -> int:
     p.add_argument("--cases", nargs="+", default=["anchor", "onnxship"])
     p.add_argument("--output", type=Path, default=OUTPUT)
     p.add_argument("--keep", action="store_true", help="keep the audit log folder")
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="also write the section of bench/results/REPORT.md (make bench-scale does)",
+    )
+    p.add_argument(
+        "--report-only", action="store_true", help="rewrite that section from --output's JSON"
+    )
     args = p.parse_args()
+    if args.report_only:
+        write_report(json.loads(args.output.read_text()))
+        return 0
 
     missing = missing_binaries()
     if missing or not kwok_available():
         print(f"e2e binaries missing in {BIN}: {missing or ['kwok']}; run e2e/build.sh")
         return 2
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    for noisy in ("werkzeug", "urllib3"):  # a line per request; retries while it starts
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     canaries = args.canaries or min(100, max(1, args.count // 10))
     options = Options(
         count=args.count,
@@ -100,6 +112,8 @@ def main() -> int:
     cp = start_control_plane(CONTROLLERS, audit_args(scratch))
     audit = AuditTail(scratch / "audit.log")
     kubelet: FakeKubelet | None = None
+    failure = ""
+    cases: dict[str, Any] = {}
     try:
         t = time.time()
         store = prepare_store(f"http://{host}:{port}", scratch / "models")
@@ -121,7 +135,12 @@ def main() -> int:
             what="KWOK to make the node Ready",
         )
         run = ScaleRun(cp, audit, store, NODE, options, say=lambda m: print(m, flush=True))
-        cases = run.run()
+        cases = run.results  # what was measured stays, should a case fail
+        try:
+            run.run()
+        except Exception as exc:  # written down with what was measured before it
+            failure = f"{type(exc).__name__}: {exc}"
+            print(f"FAILED: {failure}")
     finally:
         audit.stop()
         if kubelet is not None:
@@ -154,13 +173,135 @@ def main() -> int:
         "process: /proc VmHWM, utime+stime, threads, established TCP connections (1 s samples)",
         "cases": cases,
     }
-    if "anchor" in cases and "onnxship" in cases:
+    if failure:
+        result["failure"] = failure
+        print(json.dumps(result, indent=2)[:6000])
+    if not failure and "anchor" in cases and "onnxship" in cases:
         result["ratios_onnxship_over_anchor"] = ratios(cases["anchor"], cases["onnxship"])
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(summary(result), indent=2))
+    if args.report:
+        write_report(result)
+    if not failure:
+        print(json.dumps(summary(result), indent=2))
     print(f"written to {args.output}")
-    return 0
+    return 1 if failure else 0
+
+
+REPORT = ROOT / "bench" / "results" / "REPORT.md"
+BEGIN, END = "<!-- scale_bench:begin -->", "<!-- scale_bench:end -->"
+
+
+def _top(counts: dict[str, float], n: int = 6) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in list(counts.items())[:n])
+
+
+def report_section(result: dict[str, Any]) -> list[str]:
+    """The REPORT.md section: every figure beside the anchor's, from one JSON."""
+    o, cases = result["options"], result["cases"]
+    a, b = cases.get("anchor", {}), cases.get("onnxship", {})
+    r = result.get("ratios_onnxship_over_anchor", {})
+
+    def g(c: dict[str, Any], *path: str) -> Any:
+        for k in path:
+            c = c.get(k, {}) if isinstance(c, dict) else {}
+        return c if c != {} else None
+
+    def row(figure: str, path: tuple[str, ...], unit: str = "", ratio: str = "") -> str:
+        ours, anchor = g(b, *path), g(a, *path)
+        cell = lambda v: "-" if v is None else f"{v:g}{unit}"  # noqa: E731
+        rv = r.get(ratio) if ratio else None
+        return f"| {figure} | {cell(ours)} | {cell(anchor)} | {'' if rv is None else rv} |"
+
+    lines = [
+        BEGIN,
+        f"## Operator at scale: {o['count']:,} ModelDeployments on the real API server "
+        "(scale_bench.py, issue 21)",
+        "",
+        f"`make bench-scale` ({result['started_utc']}, {result['wall_seconds'] / 60:.0f} min, "
+        f"{result['cpus']} CPUs; load average {g(b, 'loadavg_start') or g(a, 'loadavg_start')} "
+        f"at the start, {g(b, 'loadavg_end')} at the end). kube-apiserver, etcd and "
+        "kube-controller-manager "
+        f"{result['versions']['kube-apiserver']} (e2e/), KWOK {result['versions']['kwok']} "
+        "plays the node (Pods Ready without running), moto S3 holds both models' artifacts "
+        f"(pinned digests: no Job). {o['count']:,} ModelDeployments applied, then the operator "
+        f"started (the clock starts with it); {o['canaries']} model changes ({o['steps']}); "
+        f"the operator restarted at rest; all deleted at once. Resync {o['resync_seconds']:g} s "
+        f"(the operator's default), rest windows {o['rest_seconds']:g} s, 1 replica a revision. "
+        "**Anchor:** a minimal kopf operator that writes status on create and on spec "
+        "changes (bench/operator_bench.py's, kopf's Events off), on the same objects in its own "
+        "namespace, first, in the same run. "
+        "**Counted:** " + result["counted"] + ".",
+        "",
+        "| figure | onnxship | anchor | ratio |",
+        "|---|---:|---:|---:|",
+        row("time to all Ready", ("seconds_to_all_ready",), " s", "time_to_all_ready"),
+        row("peak RSS (VmHWM)", ("process", "peak_rss_mb"), " MB", "peak_rss"),
+        row("CPU seconds, whole run", ("process", "cpu_seconds"), " s", "cpu_seconds"),
+        row("threads (max sampled)", ("process", "threads_max")),
+        row("open TCP connections (max sampled)", ("process", "connections_max")),
+        row(
+            "API requests per object, start to all Ready",
+            ("ready", "requests_per_object"),
+            "",
+            "requests_per_object_to_ready",
+        ),
+        row(
+            "operator requests/s at rest",
+            ("rest", "operator_requests_per_second"),
+            "",
+            "requests_per_second_at_rest",
+        ),
+        row("requests per object per pass at rest", ("rest", "requests_per_object_per_pass")),
+        row("writes at rest", ("rest", "operator_writes")),
+        row(
+            "API server requests/s at rest, all clients",
+            ("rest", "apiserver_requests_per_second_all_clients"),
+        ),
+        row(f"{o['canaries']} canaries: time to all done", ("canary", "seconds_to_all_done"), " s"),
+        row("canaries with every step written", ("canary", "canaries_with_every_step_written")),
+        row(
+            "restart at rest: time back to rest",
+            ("restart", "seconds_back_to_rest"),
+            " s",
+            "seconds_back_to_rest_after_restart",
+        ),
+        row("restart at rest: writes (must be 0)", ("restart", "writes")),
+        row("restart at rest: objects changed (resourceVersion)", ("restart", "objects_changed")),
+        row("delete all: time until gone", ("delete", "seconds_to_all_gone"), " s"),
+        row("delete all: time until children gone", ("delete", "seconds_to_children_gone"), " s"),
+        "",
+    ]
+    if b:
+        seqs = g(b, "canary", "canary_weight_sequences") or {}
+        lines += [
+            "onnxship's requests per object, start to all Ready: "
+            + _top(g(b, "ready", "requests_per_object_by_verb") or {}, 10)
+            + ". At rest, per window: "
+            + _top(g(b, "rest", "operator_requests_by_verb") or {})
+            + ". Canary weights written (sequence: canaries): "
+            + "; ".join(f"{k}: {v}" for k, v in seqs.items())
+            + ".",
+            "",
+        ]
+    if result.get("failure"):
+        lines += [f"**The run failed:** {result['failure']}", ""]
+    return [*lines, END]
+
+
+def write_report(result: dict[str, Any], path: Path = REPORT) -> None:
+    """Put the section into REPORT.md: in place of the last one, else before ## GPU."""
+    text = path.read_text() if path.exists() else ""
+    section = "\n".join(report_section(result))
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1]
+    elif "\n## GPU" in text:
+        head, rest = text.split("\n## GPU", 1)
+        text = head + "\n" + section + "\n\n## GPU" + rest
+    else:
+        text += "\n" + section + "\n"
+    path.write_text(text)
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:

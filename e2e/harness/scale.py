@@ -770,6 +770,8 @@ class ScaleRun:
         self.o = options
         self.admin = cp.admin
         self.say = say
+        # Filled as each case goes: what was measured before a failure stays readable.
+        self.results: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------ setup
 
@@ -937,6 +939,7 @@ class ScaleRun:
         ns = case.namespace
         names = [f"m{i:04d}" for i in range(o.count)]
         result: dict[str, Any] = {"case": case_name, "namespace": ns, "count": o.count}
+        self.results[case_name] = result
         result["loadavg_start"] = _loadavg()
         routes: dict[str, list[dict[str, int]]] = defaultdict(list)
 
@@ -1139,6 +1142,9 @@ class ScaleRun:
             result["bind_errors"] = binder.errors[:5]
             result["loadavg_end"] = _loadavg()
             return result
+        except BaseException as exc:
+            result["error"] = f"{type(exc).__name__}: {exc}"
+            raise
         finally:
             for s in samplers:
                 s.stop()
