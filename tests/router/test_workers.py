@@ -160,3 +160,15 @@ async def test_sigterm_drains_every_worker(backends, pod) -> None:
     assert results == [(200, "slow")] * 12
     code = await asyncio.get_running_loop().run_in_executor(None, p.proc.wait, 15)
     assert code == 0, p.proc.stdout.read().decode()[-2000:]  # type: ignore[union-attr]
+
+
+def test_workers_zero_follows_the_cpu_limit(tmp_path: Path) -> None:
+    import os
+
+    from onnxship.router.workers import workers_for_quota
+
+    assert workers_for_quota(tmp_path) == 1  # no cgroup files: no limit known
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert workers_for_quota(tmp_path) == 1  # no limit: not the node's core count
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert workers_for_quota(tmp_path) == min(2, len(os.sched_getaffinity(0)))

@@ -39,14 +39,16 @@ def route_command(
     watch_interval: float = typer.Option(0.5, help="Seconds between checks of --routes."),
     workers: int = typer.Option(
         1,
-        min=1,
+        min=0,
         help="Router processes sharing the inference port (SO_REUSEPORT), one core each; "
-        "routes, /metrics and the admin port stay those of one router.",
+        "routes, /metrics and the admin port stay those of one router. 0: one per CPU of the "
+        "container's CPU limit (1 without a limit).",
     ),
 ) -> None:
     """Split inference requests between revisions by weight, mirror to a canary, count."""
     from onnxship.router.proxy import ProxySettings
     from onnxship.router.server import RouterSettings, run
+    from onnxship.router.workers import workers_for_quota
 
     status = run(
         RouterSettings(
@@ -57,7 +59,7 @@ def route_command(
             admin_port=admin_port,
             admin_token=admin_token,
             watch_interval=watch_interval,
-            workers=workers,
+            workers=workers or workers_for_quota(),
             proxy=ProxySettings(
                 timeout=timeout,
                 generation_timeout=generation_timeout,

@@ -680,6 +680,8 @@ def router_deployment(
             str(ROUTER_PORT),
             "--routes",
             "/etc/onnxship/routes/routes.json",
+            "--workers",
+            "0",  # one router process per CPU of the pod's limit (1 without one)
         ],
         "ports": [{"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 5},

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import multiprocessing
 import os
 import shutil
@@ -51,6 +52,28 @@ if TYPE_CHECKING:
     from .server import RouterSettings
 
 log = logging.getLogger("onnxship.router")
+
+
+def workers_for_quota(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """``--workers 0``: one worker per CPU of the container's quota (rounded up, within the
+    CPUs it may run on); 1 without a quota, where the node's core count says nothing about
+    what the pod may use."""
+    quota: float | None = None
+    try:  # cgroup v2: "max 100000" or "200000 100000"
+        q, period = (cgroup_root / "cpu.max").read_text().split()
+        if q != "max":
+            quota = int(q) / int(period)
+    except (OSError, ValueError):
+        try:  # cgroup v1
+            q1 = int((cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text())
+            p1 = int((cgroup_root / "cpu" / "cpu.cfs_period_us").read_text())
+            if q1 > 0 and p1 > 0:
+                quota = q1 / p1
+        except (OSError, ValueError):
+            pass
+    if quota is None:
+        return 1
+    return max(1, min(len(os.sched_getaffinity(0)), math.ceil(quota)))
 
 
 class WorkerUnavailable(Exception):
