@@ -9,7 +9,8 @@ after the answer), and changes the route table every ``--churn-every`` seconds (
 and a 10% mirror to the second backend every other time). Every ``--interval`` seconds it
 samples the router process's open file descriptors (``/proc/<pid>/fd``) and resident memory
 (``VmRSS``). Growth is the median of the last minute over the median of the first minute
-after a ``--warmup`` of 10 s (the connection pools fill, then hold); above
+after a ``--warmup`` of 10 s (the connection pools fill, then hold); with ``--workers N`` the
+figures are the supervisor's and its workers' together. Above
 ``--max-fd-growth`` or ``--max-rss-growth`` the script exits 1.
 
     .venv/bin/python bench/router_soak.py [--seconds 300] [--out-json FILE]
@@ -71,12 +72,17 @@ asyncio.run(main())
 
 
 def sample(pid: int) -> tuple[int, int]:
-    """(open file descriptors, VmRSS in bytes) of a process."""
-    fds = len(os.listdir(f"/proc/{pid}/fd"))
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return fds, int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
+    """(open file descriptors, VmRSS in bytes) of a process and its children (--workers)."""
+    fds = rss = 0
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        pids += [int(c) for c in (task / "children").read_text().split()]
+    for p in pids:
+        fds += len(os.listdir(f"/proc/{p}/fd"))
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss += int(line.split()[1]) * 1024
+    return fds, rss
 
 
 def routes(u1: str, u2: str, step: int) -> dict[str, Any]:
@@ -131,6 +137,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=10.0, help="seconds before the baseline")
     ap.add_argument("--max-fd-growth", type=float, default=1.25)
     ap.add_argument("--max-rss-growth", type=float, default=1.10)
+    ap.add_argument("--workers", type=int, default=1, help="onnxship route --workers")
     ap.add_argument("--out-json", type=Path, default=ROOT / "bench/results/raw/router_soak.json")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="router-soak-"))
@@ -142,7 +149,8 @@ def main() -> None:
         port, admin_port = free_port(), free_port()
         router = Proc(
             [*ONNXSHIP, "--log-level", "WARNING", "route", "--port", str(port),
-             "--admin-port", str(admin_port), "--admin-token", TOKEN],
+             "--admin-port", str(admin_port), "--admin-token", TOKEN,
+             "--workers", str(args.workers)],
             tmp / "router.log",
         )  # fmt: skip
         procs.append(router)
@@ -182,6 +190,7 @@ def main() -> None:
         results = {
             "seconds": args.seconds,
             "concurrency": args.concurrency,
+            "workers": args.workers,
             "cpus": os.cpu_count(),
             "route_changes": step,
             "traffic": traffic,
