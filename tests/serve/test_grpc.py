@@ -89,3 +89,48 @@ def test_typed_contents_are_accepted_too(server: Server) -> None:
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "needs 32 elements" in err.value.details()
     assert np.isfinite(y).all()
+
+
+def test_raw_inputs_are_views_of_the_received_bytes_in_any_field_order() -> None:
+    from onnxship.serve.dataplane import InferResult
+    from onnxship.serve.grpc_service import _encode, split_raw_inputs
+    from onnxship.serve.proto import oip_pb2 as pb
+
+    a = np.arange(6, dtype="<f4").reshape(2, 3)
+    b = np.arange(300, dtype="<i8")  # over 127 bytes: a two-byte length
+    head = pb.ModelInferRequest(model_name="m", id="r1")
+    head.inputs.add(name="a", datatype="FP32", shape=[2, 3])
+    head.inputs.add(name="b", datatype="INT64", shape=[300])
+    head.outputs.add(name="y")
+    first = pb.ModelInferRequest(raw_input_contents=[a.tobytes()])
+    last = pb.ModelInferRequest(raw_input_contents=[b.tobytes()])
+    # Protobuf merges concatenated messages: a raw content may come before the other fields.
+    data = first.SerializeToString() + head.SerializeToString() + last.SerializeToString()
+    rest, raws = split_raw_inputs(data)
+    assert [bytes(r) for r in raws] == [a.tobytes(), b.tobytes()]
+    assert all(r.obj is data for r in raws)  # views of what gRPC handed over: no copy
+    assert (rest.model_name, rest.id, [t.name for t in rest.inputs]) == ("m", "r1", ["a", "b"])
+    assert [o.name for o in rest.outputs] == ["y"] and not rest.raw_input_contents
+
+    result = InferResult("m", "1", "r1", [("y", "FP32", a), ("z", "INT64", b)])
+    answer = pb.ModelInferResponse.FromString(_encode(result))
+    assert (answer.model_name, answer.model_version, answer.id) == ("m", "1", "r1")
+    assert [(o.name, o.datatype, list(o.shape)) for o in answer.outputs] == [
+        ("y", "FP32", [2, 3]),
+        ("z", "INT64", [300]),
+    ]
+    assert list(answer.raw_output_contents) == [a.tobytes(), b.tobytes()]
+
+
+def test_a_message_that_is_not_a_request_is_invalid_argument(server: Server) -> None:
+    import grpc
+
+    with grpc.insecure_channel(server.grpc_addr) as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        for garbage in (b"\x3a\xff\xff\x01", b"\x07", b"\x3a\x05ab"):
+            with pytest.raises(grpc.RpcError) as err:
+                infer(garbage)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a ModelInferRequest" in err.value.details()
+    client = grpcclient.InferenceServerClient(server.grpc_addr)
+    assert client.is_server_ready()

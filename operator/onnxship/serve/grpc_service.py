@@ -2,6 +2,13 @@
 
 Inputs arrive as ``raw_input_contents`` (what tritonclient and KServe clients send) or as
 typed ``contents``; outputs always go back as ``raw_output_contents``, as Triton does.
+
+ModelInfer takes and returns the message's bytes (no protobuf (de)serializer on the method):
+the tensor bytes are the bulk of a request and of an answer, and protobuf would copy each
+twice (into its own memory when parsing, into a new ``bytes`` on each access; into the
+message, then into its serialised form). Here the inputs are NumPy views of the bytes gRPC
+received, the small rest is parsed by protobuf, and each output is copied once, into the
+answer's bytes.
 """
 
 from __future__ import annotations
@@ -11,9 +18,10 @@ import logging
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from . import tensors
-from .dataplane import DataPlane, InferRequest, RequestTensor
+from .dataplane import DataPlane, InferRequest, InferResult, RequestTensor
 from .errors import InvalidInput, ServeError
 from .proto import oip_pb2 as pb
 from .proto import oip_pb2_grpc as pb_grpc
@@ -77,18 +85,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["outputs"]],
         )
 
-    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ModelInfer(self, request: bytes, context: grpc.aio.ServicerContext) -> Any:
         with self.dp.tracking() as outcome:
             try:
-                result = await self.dp.infer(_decode(request))
-                response = pb.ModelInferResponse(
-                    model_name=result.model_name,
-                    model_version=result.model_version,
-                    id=result.id or "",
-                )
-                for name, datatype, arr in result.outputs:
-                    response.outputs.add(name=name, datatype=datatype, shape=arr.shape)
-                    response.raw_output_contents.append(bytes(tensors.to_raw(datatype, arr)))
+                result = await self.dp.infer(_decode(*split_raw_inputs(request)))
+                response = _encode(result)
                 outcome.code = 200
                 return response
             except ServeError as exc:
@@ -102,8 +103,92 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
 
 
-def _decode(request: Any) -> InferRequest:
-    raw = request.raw_input_contents
+# ModelInferRequest.raw_input_contents and ModelInferResponse.raw_output_contents: their field
+# numbers with wire type 2 (length-delimited), as oip.proto declares them.
+_RAW_INPUT_FIELD = 7
+_RAW_OUTPUT_KEY = bytes([6 << 3 | 2])
+
+
+def split_raw_inputs(data: bytes) -> tuple[Any, list[memoryview]]:
+    """A serialised ModelInferRequest as the message without its raw_input_contents, parsed,
+    and those contents as views of ``data`` (no copy), in order.
+
+    Only the top-level fields are walked (a handful: names, tensors, the raw contents),
+    by the protobuf wire format's rules; the rest is left to protobuf.
+    """
+    view = memoryview(data)
+    raws: list[memoryview] = []
+    kept: list[memoryview] = []
+    pos, end, kept_from = 0, len(data), 0
+    try:
+        while pos < end:
+            start = pos
+            key, pos = _varint(data, pos)
+            wire = key & 7
+            if wire == 2:
+                length, pos = _varint(data, pos)
+                value, pos = pos, pos + length
+            elif wire == 0:
+                _, pos = _varint(data, pos)
+            elif wire == 1:
+                pos += 8
+            elif wire == 5:
+                pos += 4
+            else:
+                raise ValueError(f"wire type {wire}")
+            if pos > end:
+                raise ValueError("a field runs past the end")
+            if key >> 3 == _RAW_INPUT_FIELD and wire == 2:
+                kept.append(view[kept_from:start])
+                raws.append(view[value:pos])
+                kept_from = pos
+        rest = data if not raws else b"".join([*kept, view[kept_from:]])
+        return pb.ModelInferRequest.FromString(rest), raws
+    except (ValueError, IndexError, DecodeError) as exc:
+        raise InvalidInput(f"the request is not a ModelInferRequest message ({exc})") from None
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    byte = data[pos]
+    if byte < 0x80:
+        return byte, pos + 1
+    value, shift = 0, 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("a varint longer than 10 bytes")
+
+
+def _encode(result: InferResult) -> bytes:
+    """A serialised ModelInferResponse: the metadata from protobuf, then each output's bytes
+    as a raw_output_contents field, copied once from the array's memory."""
+    response = pb.ModelInferResponse(
+        model_name=result.model_name, model_version=result.model_version, id=result.id or ""
+    )
+    parts: list[bytes | memoryview] = []
+    for name, datatype, arr in result.outputs:
+        response.outputs.add(name=name, datatype=datatype, shape=arr.shape)
+        raw = tensors.to_raw(datatype, arr)
+        size = len(raw) if isinstance(raw, bytes) else raw.nbytes
+        parts += (_RAW_OUTPUT_KEY, _varint_bytes(size), raw)
+    return b"".join([response.SerializeToString(), *parts])
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _decode(request: Any, raw: list[memoryview]) -> InferRequest:
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(
             f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs"
@@ -147,9 +232,26 @@ def create_server(
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
     )
-    servicer = InferenceServicer(dataplane)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    _add_servicer(InferenceServicer(dataplane), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot listen for gRPC on {host}:{port}")
     return server, bound
+
+
+def _add_servicer(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """As the generated ``add_GRPCInferenceServiceServicer_to_server``, but ModelInfer takes
+    and returns bytes (see the module's docstring)."""
+    handlers = {}
+    for method in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata"):
+        handlers[method] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method),
+            request_deserializer=getattr(pb, f"{method}Request").FromString,
+            response_serializer=getattr(pb, f"{method}Response").SerializeToString,
+        )
+    handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(servicer.ModelInfer)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
+SERVICE = "inference.GRPCInferenceService"
