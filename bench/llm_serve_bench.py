@@ -7,17 +7,24 @@
 Model: SmolLM2-135M-Instruct (`scripts/materialize-smollm2.sh` -> .cache/models/smollm2-fp32),
 and int4 / int8 variants made once with ONNX Runtime's MatMulNBitsQuantizer (block 32,
 symmetric, accuracy level 4) into .cache/models/smollm2-ortq-{int4,int8}.
-Prompts: the first 8 of ../shared/models/smollm2/prompts.jsonl, chat template applied; every
-generation forced to exactly --tokens new tokens (GenAI: min_length = max_length; ours:
-min_tokens = max_tokens), greedy.
+Prompts: ../shared/models/smollm2/prompts.jsonl, chat template applied (its default system
+line: 24 shared tokens of ~38), a fresh set for each figure so that no prompt is one the
+server has seen (it reuses cached prefixes, as vLLM's prefix caching does): batch 1 prompts
+0-7, 8 streams 8-15, the ramp 16 onwards. Every generation forced to exactly --tokens new
+tokens (GenAI: min_length = max_length; ours: min_tokens = max_tokens), greedy.
 
-Per variant and round (our server a subprocess, the bench its client over HTTP, streaming;
-GenAI in this process while the server idles; the two sides of each figure back to back):
-- batch 1, prompt by prompt: TTFT (GenAI: append_tokens + first generate_next_token; ours:
-  request sent -> first content chunk) and decode tokens/s ((tokens - 1) / time from first to
-  last token); medians over the prompts.
+Rounds outside, variants inside (int4, int8, int4, int8...); per variant and round (our server
+a subprocess, the bench its client over HTTP, streaming; GenAI in this process while the
+server idles; the two sides of each figure back to back; load average at start and end):
+- batch 1, prompt by prompt, GenAI and ours alternating: TTFT (GenAI: append_tokens + first
+  generate_next_token; ours: request sent -> first content chunk) and decode tokens/s
+  ((tokens - 1) / time from first to last token); medians, and the median of the per-prompt
+  ratios; our answers compared with GenAI's.
 - 8 at once: aggregate tokens/s (8 x tokens / wall time) against GenAI's static batch of 8
-  (left-padded, one Generator), and TTFT p50/p99 against og.Engine given the same 8 requests.
+  (left-padded, one Generator), TTFT p50/p99 against og.Engine given the same 8 requests;
+  our 8 answers compared with GenAI's batch-1 answers.
+- 8 at once with nothing to reuse: the same 8 user messages, each behind its own system line
+  (shared prefix 3 tokens): TTFT p50/p99 bound by prefill compute alone.
 - ramp: 1, 2, 4, 8, 16 concurrent streams: aggregate tokens/s and TTFT p99 (ours).
 - the design choice: 8 og.Generators stepped in turn (batch-1 steps) against static batch 8.
 """
@@ -92,6 +99,7 @@ def variant_dir(name: str) -> Path:
 
 
 _MODELS: dict[Path, Any] = {}
+_TOKENIZERS: dict[Path, Any] = {}
 
 
 def _genai(folder: Path, prompts: list[list[dict[str, str]]]) -> tuple[Any, Any, list[list[int]]]:
@@ -99,39 +107,38 @@ def _genai(folder: Path, prompts: list[list[dict[str, str]]]) -> tuple[Any, Any,
 
     if folder not in _MODELS:
         _MODELS.clear()  # one model in memory at a time
+        _TOKENIZERS.clear()
         _MODELS[folder] = og.Model(str(folder))
-    model = _MODELS[folder]
-    tok = og.Tokenizer(model)
+        _TOKENIZERS[folder] = og.Tokenizer(_MODELS[folder])
+    model, tok = _MODELS[folder], _TOKENIZERS[folder]
     ids = [[int(t) for t in tok.encode(tok.apply_chat_template(json.dumps(m),
                                                                add_generation_prompt=True))]
            for m in prompts]  # fmt: skip
     return model, tok, ids
 
 
-def genai_b1(folder: Path, prompts: list[list[dict[str, str]]], n: int) -> dict[str, Any]:
+def genai_one(folder: Path, prompt: list[int], n: int) -> tuple[float, float, str]:
+    """GenAI batch 1: TTFT, decode tokens/s, and the answer through its streaming detokenizer."""
     import onnxruntime_genai as og
 
-    model, _tok, ids = _genai(folder, prompts)
-
-    def one(p: list[int]) -> tuple[float, float]:
-        params = og.GeneratorParams(model)
-        params.set_search_options(do_sample=False, min_length=len(p) + n, max_length=len(p) + n)
-        gen = og.Generator(model, params)
-        t0 = time.perf_counter()
-        gen.append_tokens(p)
+    model, tok = _MODELS[folder], _TOKENIZERS[folder]
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, min_length=len(prompt) + n,
+                              max_length=len(prompt) + n)  # fmt: skip
+    gen = og.Generator(model, params)
+    t0 = time.perf_counter()
+    gen.append_tokens(prompt)
+    gen.generate_next_token()
+    t1 = time.perf_counter()
+    while not gen.is_done():
         gen.generate_next_token()
-        t1 = time.perf_counter()
-        while not gen.is_done():
-            gen.generate_next_token()
-        t2 = time.perf_counter()
-        return t1 - t0, (n - 1) / (t2 - t1)
+    t2 = time.perf_counter()
+    return t1 - t0, (n - 1) / (t2 - t1), _text(tok, gen.get_sequence(0)[len(prompt) :])
 
-    one(ids[0])  # warm-up
-    b1 = [one(p) for p in ids]
-    return {
-        "b1_ttft_s": statistics.median(t for t, _ in b1),
-        "b1_decode_tps": statistics.median(d for _, d in b1),
-    }
+
+def _text(tok: Any, tokens: Any) -> str:
+    stream = tok.create_stream()
+    return "".join(stream.decode(int(t)) for t in tokens)
 
 
 def genai_batch(folder: Path, prompts: list[list[dict[str, str]]], n: int) -> dict[str, Any]:
@@ -153,6 +160,7 @@ def genai_batch(folder: Path, prompts: list[list[dict[str, str]]], n: int) -> di
     while not gen.is_done():
         gen.generate_next_token()
     static_tps = len(texts) * n / (time.perf_counter() - t0)
+    static_answers = [_text(tok, gen.get_sequence(i)[width:]) for i in range(len(texts))]
     del gen
     # The other way to serve several streams with GenAI: one Generator per request, stepped
     # in turn (what a server over og.Generator does; Python threads do not help, the
@@ -170,6 +178,7 @@ def genai_batch(folder: Path, prompts: list[list[dict[str, str]]], n: int) -> di
             if not g.is_done():
                 g.generate_next_token()
     interleaved_tps = len(ids) * n / (time.perf_counter() - t0)
+    answers = [_text(tok, g.get_sequence(0)[len(p) :]) for g, p in zip(gens, ids, strict=True)]
     del gens
     # og.Engine: the same 8 requests at once
     engine = og.Engine(model)
@@ -205,19 +214,25 @@ def genai_batch(folder: Path, prompts: list[list[dict[str, str]]], n: int) -> di
         "engine8_ttft_p99_s": pct(ttfts, 99) if ttfts else None,
         "engine8_tps": tokens / engine_wall if tokens else None,
         "engine8_ttft_s": ttfts,
+        "answers": answers,  # batch 1 each: the reference for ours
+        # GenAI's own batch of 8 against its batch 1 (int4's kernels differ for several rows)
+        "static8_identical": sum(a == b for a, b in zip(static_answers, answers, strict=True)),
     }
 
 
 # ---------------------------------------------------------------------- ours
 
 
-async def stream_one(session: Any, url: str, messages: Any, n: int) -> tuple[float, float, int]:
-    """TTFT, time of the last token (from the request), content chunks received."""
+async def stream_one(
+    session: Any, url: str, messages: Any, n: int
+) -> tuple[float, float, int, str]:
+    """TTFT, time of the last token (from the request), content chunks received, the text."""
     body = {"model": "smollm2", "messages": messages, "max_tokens": n, "min_tokens": n,
             "temperature": 0, "stream": True}  # fmt: skip
     t0 = time.perf_counter()
     first = last = 0.0
     chunks = 0
+    text = ""
     async with session.post(f"{url}/v1/chat/completions", json=body) as resp:
         assert resp.status == 200, await resp.text()
         async for raw in resp.content:
@@ -230,7 +245,8 @@ async def stream_one(session: Any, url: str, messages: Any, n: int) -> tuple[flo
                 first = first or now
                 last = now
                 chunks += 1
-    return first, last, chunks
+                text += doc["choices"][0]["delta"]["content"]
+    return first, last, chunks, text
 
 
 async def concurrent(url: str, prompts: list[Any], streams: int, n: int) -> dict[str, Any]:
@@ -244,19 +260,37 @@ async def concurrent(url: str, prompts: list[Any], streams: int, n: int) -> dict
         wall = time.perf_counter() - t0
     ttfts = [r[0] for r in res]
     return {"tps": streams * n / wall, "ttft_p50_s": pct(ttfts, 50),
-            "ttft_p99_s": pct(ttfts, 99), "ttft_s": ttfts}  # fmt: skip
+            "ttft_p99_s": pct(ttfts, 99), "ttft_s": ttfts,
+            "answers": [r[3] for r in res]}  # fmt: skip
 
 
-async def ours_b1(url: str, prompts: list[Any], n: int) -> dict[str, float]:
+def batch1(folder: Path, url: str, prompts: list[Any], warm: Any, n: int) -> tuple[Any, Any]:
+    """GenAI and ours prompt by prompt, alternating (a load swing hits both sides)."""
     import aiohttp
 
-    async with aiohttp.ClientSession() as s:
-        await stream_one(s, url, prompts[0], n)  # warm-up
-        res = [await stream_one(s, url, p, n) for p in prompts]
-    return {
-        "b1_ttft_s": statistics.median(r[0] for r in res),
-        "b1_decode_tps": statistics.median((r[2] - 1) / (r[1] - r[0]) for r in res),
-    }
+    _model, _tok, ids = _genai(folder, [warm, *prompts])
+
+    async def ours(messages: Any) -> tuple[float, float, int, str]:
+        async with aiohttp.ClientSession() as s:
+            return await stream_one(s, url, messages, n)
+
+    genai_one(folder, ids[0], n)  # warm-up, on a prompt outside the set
+    asyncio.run(ours(warm))
+    g, o = [], []
+    for messages, p in zip(prompts, ids[1:], strict=True):
+        g.append(genai_one(folder, p, n))
+        o.append(asyncio.run(ours(messages)))
+    o_tps = [(r[2] - 1) / (r[1] - r[0]) for r in o]
+    paired = [x / r[1] for x, r in zip(o_tps, g, strict=True)]
+    anchor = {"b1_ttft_s": statistics.median(r[0] for r in g),
+              "b1_decode_tps": statistics.median(r[1] for r in g),
+              "b1_answers": [r[2] for r in g]}  # fmt: skip
+    mine = {"b1_ttft_s": statistics.median(r[0] for r in o),
+            "b1_decode_tps": statistics.median(o_tps),
+            "b1_decode_ratio_paired": statistics.median(paired),
+            "b1_identical": sum(r[3] == a for r, a in zip(o, anchor["b1_answers"], strict=True)),
+            "b1_answers": [r[3] for r in o]}  # fmt: skip
+    return anchor, mine
 
 
 def start_server(folder: Path, port: int, sequences: int, logfile: Path) -> subprocess.Popen[bytes]:
@@ -313,6 +347,9 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+SYSTEMS = ["Ada", "Bruno", "Chen", "Dagny", "Emeka", "Farah", "Goran", "Hiro"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", nargs="+", default=["int4", "int8"])
@@ -324,37 +361,55 @@ def main() -> None:
     args = ap.parse_args()
     if not (FP32 / "model.onnx.data").is_file():
         sys.exit(f"{FP32} is absent: run scripts/materialize-smollm2.sh first")
-    prompts = [json.loads(line)["messages"] for line in PROMPTS.open()][:8]
+    every = [json.loads(line)["messages"] for line in PROMPTS.open()]
+    b1_prompts, c8_prompts, rest = every[:8], every[8:16], every[16:-1]
+    # The same user messages, each behind its own system line: no prefix to reuse.
+    distinct = [[{"role": "system", "content": f"{who} speaking. Be a helpful assistant."}, *m]
+                for who, m in zip(SYSTEMS, c8_prompts, strict=True)]  # fmt: skip
+    ramp_prompts, at = {}, 0
+    for c in args.ramp:
+        ramp_prompts[c] = [rest[(at + i) % len(rest)] for i in range(c)]
+        at += c
     n = args.tokens
-    doc: dict[str, Any] = {"tokens": n, "prompts": len(prompts), "variants": {},
-                           "cpus": len(os.sched_getaffinity(0))}  # fmt: skip
-    for name in args.variants:
-        folder = variant_dir(name)
-        rounds = []
-        for r in range(args.rounds):
+    doc: dict[str, Any] = {"tokens": n, "prompts": "b1 0-7, c8 8-15, ramp 16+",
+                           "variants": {}, "cpus": len(os.sched_getaffinity(0)),
+                           "started": time.strftime("%H:%M UTC", time.gmtime())}  # fmt: skip
+    folders = {name: variant_dir(name) for name in args.variants}
+    for name, folder in folders.items():
+        doc["variants"][name] = {"path": str(folder.relative_to(ROOT)), "rounds": []}
+    for r in range(args.rounds):
+        for name, folder in folders.items():
             # The server idles (no CPU) while the anchor runs, and each figure's two sides run
             # back to back: on a shared machine the load moves within a round.
+            load = [os.getloadavg()[0]]
             port = free_port()
             logfile = Path(f"/tmp/llm_serve_bench_{name}.log")
             proc = start_server(folder, port, max(args.ramp), logfile)
             url = f"http://127.0.0.1:{port}"
             try:
-                log(f"[{name}] round {r + 1}: batch 1, GenAI then ours")
-                anchor = genai_b1(folder, prompts, n)
-                ours: dict[str, Any] = asyncio.run(ours_b1(url, prompts, n))
+                log(f"[{name}] round {r + 1}: batch 1, GenAI and ours alternating")
+                anchor, ours = batch1(folder, url, b1_prompts, every[-1], n)
                 log(f"[{name}] round {r + 1}: 8 at once, GenAI (static, in turn, Engine), ours")
-                anchor.update(genai_batch(folder, prompts, n))
-                ours["c8"] = asyncio.run(concurrent(url, prompts, 8, n))
-                ours["ramp"] = {str(c): asyncio.run(concurrent(url, prompts, c, n))
+                anchor.update(genai_batch(folder, c8_prompts, n))
+                ours["c8"] = asyncio.run(concurrent(url, c8_prompts, 8, n))
+                ours["c8"]["identical"] = sum(
+                    a == b for a, b in zip(ours["c8"]["answers"], anchor["answers"], strict=True)
+                )
+                ours["c8_distinct"] = asyncio.run(concurrent(url, distinct, 8, n))
+                ours["ramp"] = {str(c): asyncio.run(concurrent(url, ramp_prompts[c], c, n))
                                 for c in args.ramp}  # fmt: skip
             finally:
                 proc.terminate()
                 proc.wait(30)
-            log(f"  {json.dumps({k: v for k, v in anchor.items() if k != 'engine8_ttft_s'})}")
-            log(f"  ours b1 {ours['b1_decode_tps']:.1f} tok/s ttft {ours['b1_ttft_s']:.3f}s; "
-                f"c8 {ours['c8']['tps']:.1f} tok/s ttft p99 {ours['c8']['ttft_p99_s']:.3f}s")
-            rounds.append({"genai": anchor, "ours": ours})
-        doc["variants"][name] = {"path": str(folder.relative_to(ROOT)), "rounds": rounds}
+            load.append(os.getloadavg()[0])
+            log(f"  {json.dumps({k: v for k, v in anchor.items() if k.endswith(('_s', '_tps'))})}")
+            log(f"  ours b1 {ours['b1_decode_tps']:.1f} tok/s ttft {ours['b1_ttft_s']:.3f}s "
+                f"(identical {ours['b1_identical']}/8); c8 {ours['c8']['tps']:.1f} tok/s "
+                f"ttft p99 {ours['c8']['ttft_p99_s']:.3f}s (identical {ours['c8']['identical']}/8"
+                f", GenAI static 8 {anchor['static8_identical']}/8)"
+                f"; c8 distinct ttft p99 {ours['c8_distinct']['ttft_p99_s']:.3f}s; load {load}")
+            doc["variants"][name]["rounds"].append({"genai": anchor, "ours": ours, "load": load})
+    doc["finished"] = time.strftime("%H:%M UTC", time.gmtime())
     summary = {}
     for name, v in doc["variants"].items():
         def ratios(f: Any, rounds: list[dict[str, Any]] = v["rounds"]) -> list[float]:
@@ -362,6 +417,11 @@ def main() -> None:
 
         summary[name] = {
             "b1_decode_ratio": ratios(lambda o, g: o["b1_decode_tps"] / g["b1_decode_tps"]),
+            "b1_decode_ratio_paired": ratios(lambda o, g: o["b1_decode_ratio_paired"]),
+            "b1_identical": ratios(lambda o, g: o["b1_identical"]),
+            "c8_identical": ratios(lambda o, g: o["c8"]["identical"]),
+            "static8_identical": ratios(lambda o, g: g["static8_identical"]),
+            "c8_distinct_ttft_p99_s": ratios(lambda o, g: o["c8_distinct"]["ttft_p99_s"]),
             "b1_ttft_ratio": ratios(lambda o, g: o["b1_ttft_s"] / g["b1_ttft_s"]),
             "c8_tps_vs_static8": ratios(lambda o, g: o["c8"]["tps"] / g["static8_tps"]),
             "c8_ttft_p99_s": ratios(lambda o, g: o["c8"]["ttft_p99_s"]),
@@ -369,6 +429,7 @@ def main() -> None:
             "interleaved8_vs_static8": ratios(
                 lambda o, g: g["interleaved8_tps"] / g["static8_tps"]
             ),
+            "load": [x for r in v["rounds"] for x in r["load"]],
         }
     doc["summary"] = summary
     log(json.dumps(summary, indent=1))

@@ -204,16 +204,17 @@ class Engine:
             self._emit(seq, Finished("abort", len(seq.prompt), 0))
             self.metrics.finished("abort", time.perf_counter() - seq.arrival, len(seq.prompt), 0)
             self.metrics.aborted(0)
-        free = [i for i, occupant in enumerate(self._slots) if occupant is None]
-        while free and self._waiting:
-            seq = self._waiting.popleft()
-            # The free slot that already holds most of its prompt (no copy), else the lowest
-            # (keeps decode steps' rows few).
-            i = max(free, key=lambda j: (_common(self._cached[j], seq.prompt), -j))
-            free.remove(i)
-            seq.slot = i
-            self._slots[i] = seq
-            admitted.append(seq)
+        for i, occupant in enumerate(self._slots):
+            if not self._waiting:
+                break
+            # The lowest free slot, whatever it caches (a copy is cheap): a decode step runs
+            # rows 0..highest, so a lone sequence on slot 0 runs one row, as GenAI does (the
+            # quantized matrix products take another kernel path for several rows).
+            if occupant is None:
+                seq = self._waiting.popleft()
+                seq.slot = i
+                self._slots[i] = seq
+                admitted.append(seq)
         return admitted
 
     def _turn(self, admitted: list[Sequence]) -> None:
