@@ -562,8 +562,9 @@ def wrk_load(
     script = tmp / "post.lua"
     if not script.exists():
         script.write_text(WRK_POST % TRIVIAL_BODY.decode())
+    duration = f"{max(1, round(seconds))}s"  # wrk takes whole seconds
     cmd = pinned(args.client_cores, [
-        wrk, "-t", str(args.wrk_threads), "-c", str(args.connections), "-d", f"{max(1, round(seconds))}s",
+        wrk, "-t", str(args.wrk_threads), "-c", str(args.connections), "-d", duration,
         "--latency", "-s", str(script), url + "/v2/models/m/infer",
     ])  # fmt: skip
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -579,8 +580,10 @@ def wrk_load(
             value = words[1]
             unit = next(u for u in ("us", "ms", "s") if value.endswith(u))
             found[f"p{words[0][:-1]}_ms"] = float(value[: -len(unit)]) * units[unit]
-        elif "Non-2xx" in line or "Socket errors" in line:
-            found["errors"] += sum(int(w.strip(",")) for w in words if w.strip(",").isdigit())
+        elif "Non-2xx" in line:
+            found["errors"] += int(words[-1])
+        elif "Socket errors" in line:  # connect, read, write, timeout (wrk's 2 s)
+            found["socket_errors"] = line.split(":", 1)[1].strip()
     return found
 
 
