@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -163,8 +165,6 @@ async def test_sigterm_drains_every_worker(backends, pod) -> None:
 
 
 def test_workers_zero_follows_the_cpu_limit(tmp_path: Path) -> None:
-    import os
-
     from onnxship.router.workers import workers_for_quota
 
     assert workers_for_quota(tmp_path) == 1  # no cgroup files: no limit known
@@ -172,3 +172,34 @@ def test_workers_zero_follows_the_cpu_limit(tmp_path: Path) -> None:
     assert workers_for_quota(tmp_path) == 1  # no limit: not the node's core count
     (tmp_path / "cpu.max").write_text("150000 100000\n")
     assert workers_for_quota(tmp_path) == min(2, len(os.sched_getaffinity(0)))
+
+
+async def test_a_worker_that_dies_ends_the_pod(backends, pod) -> None:
+    a = await backends("a")
+    p = await pod(table(("r1", a, 100)))
+    children = [
+        int(c)
+        for task in Path(f"/proc/{p.proc.pid}/task").iterdir()
+        for c in (task / "children").read_text().split()
+    ]
+    assert len(children) == 2
+    os.kill(children[0], signal.SIGKILL)
+    code = await asyncio.get_running_loop().run_in_executor(None, p.proc.wait, 15)
+    out = p.proc.stdout.read().decode()  # type: ignore[union-attr]
+    assert code != 0 and "stopping the pod" in out, out[-2000:]
+    assert all(not Path(f"/proc/{c}").exists() for c in children[1:])  # no worker left behind
+
+
+def test_a_taken_port_is_a_clear_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for workers in ("1", "2"):
+            out = subprocess.run(
+                [*ROUTER, "route", "--port", str(port), "--workers", workers],
+                capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            assert out.returncode == 1, out.stderr
+            assert f"cannot listen on 127.0.0.1:{port}" in out.stderr + out.stdout
+            assert "Traceback" not in out.stderr + out.stdout

@@ -210,7 +210,10 @@ async def serve(
     runners: list[web.BaseRunner] = []
     await router.start()
     front = FrontServer(inference_handler(router, pod), settings.proxy.max_body_bytes)
-    await front.start(settings.host, settings.port, reuse_port=pod is not None)
+    try:
+        await front.start(settings.host, settings.port, reuse_port=pod is not None)
+    except OSError as exc:
+        raise ListenError(settings.host, settings.port, exc) from None
     if pod is not None:
         runners.append(await pod.start_control(router))
     if settings.admin_port and pod is None:
@@ -226,8 +229,13 @@ async def serve(
             access_log=None,
         )
         await admin.setup()
-        await web.TCPSite(admin, settings.admin_host, settings.admin_port).start()
         runners.append(admin)
+        try:
+            await web.TCPSite(admin, settings.admin_host, settings.admin_port).start()
+        except OSError as exc:
+            await front.shutdown(0)
+            await admin.cleanup()
+            raise ListenError(settings.admin_host, settings.admin_port, exc) from None
     admin_at = f"http://{settings.admin_host}:{settings.admin_port}" if settings.admin_port else ""
     if pod is None:
         log.info(
@@ -253,12 +261,23 @@ async def serve(
         await router.stop()
 
 
+class ListenError(Exception):
+    """A port the router cannot listen on (taken, or an address not this machine's)."""
+
+    def __init__(self, host: str, port: int, exc: OSError) -> None:
+        super().__init__(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
 def run(settings: RouterSettings) -> int:
     """Serve until SIGTERM/SIGINT; the exit status."""
     if settings.workers > 1:
         return supervise(settings)
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(serve(settings))
+    try:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(serve(settings))
+    except ListenError as exc:
+        log.error("%s", exc)
+        return 1
     return 0
 
 

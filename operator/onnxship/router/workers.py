@@ -195,10 +195,14 @@ def _reserve(host: str, port: int) -> socket.socket:
 
 
 def _worker(settings: RouterSettings, pod: Pod) -> None:
-    from .server import loop_factory, serve
+    from .server import ListenError, loop_factory, serve
 
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(serve(settings, pod=pod))
+    try:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(serve(settings, pod=pod))
+    except ListenError as exc:
+        log.error("%s", exc)
+        raise SystemExit(1) from None
 
 
 def supervise(settings: RouterSettings) -> int:
@@ -259,7 +263,14 @@ async def _supervise(
             admin_app(fleet, settings.admin_token, settings.routes_file), access_log=None
         )
         await admin.setup()
-        await web.TCPSite(admin, settings.admin_host, settings.admin_port).start()
+        try:
+            await web.TCPSite(admin, settings.admin_host, settings.admin_port).start()
+        except OSError as exc:
+            where = f"{settings.admin_host}:{settings.admin_port}"
+            log.error("cannot listen on %s: %s", where, exc.strerror or exc)
+            await admin.cleanup()
+            await loop.run_in_executor(None, _stop, workers)
+            return 1
     log.info(
         "routing on http://%s:%d with %d workers%s",
         settings.host, port, len(workers),
