@@ -33,7 +33,7 @@ from .upstream import Stream, UpstreamError, UpstreamPool, UpstreamTimeout
 
 log = logging.getLogger("onnxship.router")
 
-# Hop-by-hop headers (RFC 9110 7.6.1) and those aiohttp recomputes.
+# Hop-by-hop headers (RFC 9110 7.6.1) and those the front and upstream write themselves.
 _SKIP_REQUEST = {
     "host", "connection", "keep-alive", "proxy-connection", "te", "trailer",
     "transfer-encoding", "upgrade", "content-length", "expect",
