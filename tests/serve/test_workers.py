@@ -19,14 +19,17 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxship.serve.config import ServeConfig
 from onnxship.serve.session import cpu_limit
 from onnxship.serve.workers import worker_count, worker_threads
+from tests.helpers import models as helper_models
 
 from .conftest import StartServer
 from .server import CLI, Server, free_port, start
@@ -121,18 +124,49 @@ def test_metrics_count_each_request_once_for_the_pod(pod: Server) -> None:
         assert "pid=" not in text  # one pod, not a series per process
 
 
-def test_not_ready_until_every_worker_is(
-    start_server: StartServer, model_dir: Path
-) -> None:
-    server = start_server("--model", str(model_dir / "mlp.onnx"), *WORKERS, wait_ready=False)
+def slow_warmup(iterations: int = 120, size: int = 512) -> onnx.ModelProto:
+    """``y = x + mean(tanh(... tanh(I @ W) ... @ W))``: a Loop of ``iterations`` 512x512
+    MatMuls on every run (0.6 s on a quiet core, seconds on a loaded one): a worker warms up
+    that long."""
+    w = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32) / size**0.5
+    square = [size, size]
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["s_in", "w"], ["m"]),
+         helper.make_node("Tanh", ["m"], ["s_out"]),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("s_in", TensorProto.FLOAT, square)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("s_out", TensorProto.FLOAT, square)],
+    )  # fmt: skip
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["n", "", "s0"], ["s"], body=body),
+         helper.make_node("ReduceMean", ["s"], ["mean"], keepdims=0),
+         helper.make_node("Add", ["x", "mean"], ["y"])],
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(np.array(iterations, np.int64), "n"),
+         numpy_helper.from_array(np.eye(size, dtype=np.float32), "s0"),
+         numpy_helper.from_array(w, "w")],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def test_not_ready_until_every_worker_is(start_server: StartServer, tmp_path: Path) -> None:
+    model = helper_models.save(slow_warmup(), tmp_path / "slow.onnx")
+    server = start_server("--model", str(model), *WORKERS, wait_ready=False)
     _, second = worker_pids(server)
-    os.kill(second, signal.SIGSTOP)  # still importing: it has not loaded anything yet
+    os.kill(second, signal.SIGSTOP)  # within its warm-up: not ready yet
     try:
+        assert '"worker": 1' not in server.output().split('"model ready"', 1)[-1]
         deadline = time.monotonic() + 60
         while '"model ready"' not in server.output() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert '"worker": 0' in server.output()  # worker 0 loaded and warmed up
-        for _ in range(5):  # only worker 0 listens: its answer is the pod's, not its own
+        for _ in range(5):  # only worker 0 answers: its answer is the pod's, not its own
             ready = one_connection("GET", f"{server.url}/v2/health/ready")
             assert ready.status_code == 503 and ready.headers["onnxship-worker"] == "0"
             model_ready = one_connection("GET", f"{server.url}/v2/models/model/ready")
