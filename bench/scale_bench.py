@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,12 +50,45 @@ from e2e.harness.scale import (  # noqa: E402
     AuditTail,
     Options,
     ScaleRun,
-    audit_args,
+    apiserver_args,
     prepare_store,
     ratios,
 )
 
 OUTPUT = ROOT / "bench" / "results" / "raw" / "scale.json"
+
+
+def operator_code(scratch: Path, src: Path | None) -> dict[str, Any]:
+    """Pin the operator's code for the run (PYTHONPATH of every process started from here)
+    and say which it is: the commit, and the files of the tree that differ from it."""
+    if src is None:
+        src = scratch / "src"
+        shutil.copytree(
+            ROOT / "operator" / "onnxship",
+            src / "onnxship",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+        where = "this tree, copied at the start"
+    else:
+        src = src.resolve()
+        where = str(src)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        x for x in (str(src), os.environ.get("PYTHONPATH", "")) if x
+    )
+
+    def git(*argv: str) -> str:
+        done = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.strip()
+
+    return {
+        "source": where,
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "uncommitted_operator_files": git("status", "--porcelain", "operator/onnxship").split(
+            "\n"
+        )
+        if git("status", "--porcelain", "operator/onnxship")
+        else [],
+    }
 
 
 def main() -> int:
@@ -71,6 +105,13 @@ def main() -> int:
     )
     p.add_argument("--cases", nargs="+", default=["anchor", "onnxship"])
     p.add_argument("--output", type=Path, default=OUTPUT)
+    p.add_argument(
+        "--operator-src",
+        type=Path,
+        help="a folder holding the onnxship package to run as the operator (e.g. from "
+        "`git archive <commit> operator`); default: a copy of operator/onnxship taken at the "
+        "start, so that edits to the tree during a run do not reach the restarted operator",
+    )
     p.add_argument("--keep", action="store_true", help="keep the audit log folder")
     p.add_argument(
         "--report",
@@ -102,6 +143,7 @@ def main() -> int:
     )
     scratch = Path(tempfile.mkdtemp(prefix="scale-", dir=ROOT / ".cache"))
     started = time.time()
+    code = operator_code(scratch, args.operator_src)
     print(f"scale bench: {args.count} objects, {canaries} canaries, folder {scratch}")
 
     from moto.server import ThreadedMotoServer
@@ -109,7 +151,7 @@ def main() -> int:
     s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     s3.start()
     host, port = s3.get_host_and_port()
-    cp = start_control_plane(CONTROLLERS, audit_args(scratch))
+    cp = start_control_plane(CONTROLLERS, apiserver_args(scratch))
     audit = AuditTail(scratch / "audit.log")
     kubelet: FakeKubelet | None = None
     failure = ""
@@ -167,6 +209,7 @@ def main() -> int:
             c: binary_version(c).rsplit("@", 1)[-1]
             for c in ("kube-apiserver", "kube-controller-manager", "etcd", "kwok")
         },
+        "operator_code": code,
         "counted": "operator requests: the API server's audit log filtered by the operator's "
         "ServiceAccount user (kopf's own requests included; KWOK, controller-manager and "
         "harness excluded); apiserver rate: apiserver_request_total deltas (all clients); "
@@ -196,6 +239,14 @@ def _top(counts: dict[str, float], n: int = 6) -> str:
     return ", ".join(f"{k} {v:g}" for k, v in list(counts.items())[:n])
 
 
+def _code(code: dict[str, Any]) -> str:
+    if not code:
+        return "not recorded"
+    dirty = code.get("uncommitted_operator_files") or []
+    extra = f" with {len(dirty)} uncommitted files of operator/onnxship" if dirty else ""
+    return f"commit {code.get('commit')}{extra} ({code.get('source')})"
+
+
 def report_section(result: dict[str, Any]) -> list[str]:
     """The REPORT.md section: every figure beside the anchor's, from one JSON."""
     o, cases = result["options"], result["cases"]
@@ -219,8 +270,9 @@ def report_section(result: dict[str, Any]) -> list[str]:
         "(scale_bench.py, issue 21)",
         "",
         f"`make bench-scale` ({result['started_utc']}, {result['wall_seconds'] / 60:.0f} min, "
-        f"{result['cpus']} CPUs; load average {g(b, 'loadavg_start') or g(a, 'loadavg_start')} "
-        f"at the start, {g(b, 'loadavg_end')} at the end). kube-apiserver, etcd and "
+        f"{result['cpus']} CPUs; load average {(g(a, 'loadavg_start') or ['?'])[0]} "
+        f"at the start, {(g(b, 'loadavg_end') or g(a, 'loadavg_end') or ['?'])[0]} at the end). "
+        "kube-apiserver, etcd and "
         "kube-controller-manager "
         f"{result['versions']['kube-apiserver']} (e2e/), KWOK {result['versions']['kwok']} "
         "plays the node (Pods Ready without running), moto S3 holds both models' artifacts "
@@ -231,7 +283,9 @@ def report_section(result: dict[str, Any]) -> list[str]:
         "**Anchor:** a minimal kopf operator that writes status on create and on spec "
         "changes (bench/operator_bench.py's, kopf's Events off), on the same objects in its own "
         "namespace, first, in the same run. "
-        "**Counted:** " + result["counted"] + ".",
+        "**Counted:** " + result["counted"] + ". **Operator code:** "
+        + _code(result.get("operator_code") or {})
+        + ".",
         "",
         "| figure | onnxship | anchor | ratio |",
         "|---|---:|---:|---:|",

@@ -29,7 +29,14 @@ from e2e.harness.control_plane import (
 )
 from e2e.harness.install import install_crd
 from e2e.harness.kubelet import KWOK_ANNOTATION, NODE, FakeKubelet
-from e2e.harness.scale import STEPS, AuditTail, Options, ScaleRun, audit_args, prepare_store
+from e2e.harness.scale import (
+    STEPS,
+    AuditTail,
+    Options,
+    ScaleRun,
+    apiserver_args,
+    prepare_store,
+)
 
 COUNT, CANARIES = 50, 10
 OPTIONS = Options(
@@ -53,7 +60,7 @@ def scale(s3: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
             f"in {BIN}, or E2E_NODES=harness): run e2e/build.sh or make e2e"
         )
     scratch: Path = tmp_path_factory.mktemp("scale")
-    cp = start_control_plane(CONTROLLERS, audit_args(scratch))
+    cp = start_control_plane(CONTROLLERS, apiserver_args(scratch))
     audit = AuditTail(scratch / "audit.log")
     kubelet: FakeKubelet | None = None
     try:

@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -100,8 +101,10 @@ AUDIT_POLICY = textwrap.dedent(
 ).lstrip()
 
 
-def audit_args(folder: Path) -> list[str]:
-    """kube-apiserver flags that write the audit log of ServiceAccounts' requests."""
+def apiserver_args(folder: Path) -> list[str]:
+    """kube-apiserver flags that write the audit log of ServiceAccounts' requests, and room
+    for the Services of 1,000 ModelDeployments (two each, three in a canary): the harness's
+    10.0.0.0/24 ran out at 127 ("failed to allocate a serviceIP: range is full")."""
     policy = folder / "audit-policy.yaml"
     policy.write_text(AUDIT_POLICY)
     return [
@@ -110,6 +113,7 @@ def audit_args(folder: Path) -> list[str]:
         "--audit-log-format=json",
         "--audit-log-maxsize=0",
         "--audit-log-mode=blocking",
+        "--service-cluster-ip-range=10.0.0.0/16",  # the later flag wins
     ]
 
 
@@ -424,10 +428,13 @@ class Watch:
 
     def stop(self) -> None:
         self._stop.set()
+        # Not resp.close(): it waits for the reader thread's lock, i.e. for the next event
+        # or the watch's timeout. Shutting the socket down ends the read at once.
         resp = self._resp
-        if resp is not None:
-            with contextlib.suppress(Exception):
-                resp.close()
+        sock = getattr(getattr(getattr(resp, "fp", None), "raw", None), "_sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self._thread.join(5)
 
 
