@@ -333,7 +333,7 @@ def merged_exposition(parts: list[list[Family]]) -> bytes:
                 if total is not None and count:
                     means[key] = total / count
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Merged(merged))  # type: ignore[arg-type]
+    registry.register(_Merged(merged))
     return generate_latest(registry)
 
 

@@ -34,6 +34,7 @@ import shutil
 import signal
 import socket
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -242,7 +243,7 @@ def supervise(settings: RouterSettings) -> int:
 
 
 async def _supervise(
-    settings: RouterSettings, port: int, workers: list[BaseProcess], fleet: Fleet
+    settings: RouterSettings, port: int, workers: Sequence[BaseProcess], fleet: Fleet
 ) -> int:
     from .server import admin_app
 
@@ -294,7 +295,7 @@ async def _supervise(
     return code or status
 
 
-def _stop(workers: list[BaseProcess], grace: float = 5.0) -> int:
+def _stop(workers: Sequence[BaseProcess], grace: float = 5.0) -> int:
     """SIGTERM every worker (each drains), wait for them; the first non-zero status."""
     for w in workers:
         if w.exitcode is None and w.pid is not None:
