@@ -1,0 +1,75 @@
+"""The router's HTTP/1.1 front (router/front.py) as a client sees it on the wire."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from .conftest import table
+
+BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [5, 2, 3, 4]}]}
+
+
+async def exchange(url: str, raw: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes, read until the router closes the connection."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(raw)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+
+
+def post(body: bytes, *extra: str, close: bool = False) -> bytes:
+    head = ["POST /v2/models/m/infer HTTP/1.1", "Host: r", "Content-Type: application/json",
+            *extra]  # fmt: skip
+    if not any(h.lower().startswith("transfer-encoding") for h in extra):
+        head.append(f"Content-Length: {len(body)}")
+    if close:
+        head.append("Connection: close")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+async def test_pipelined_requests_are_answered_in_order(backends, router) -> None:
+    a = await backends("a", scale=2.0)
+    r = await router()
+    await r.put_routes(table(("r1", a, 100)))
+    one = json.dumps(BODY).encode()
+    two = json.dumps({**BODY, "inputs": [{**BODY["inputs"][0], "data": [7, 0, 0, 0]}]}).encode()
+    out = await exchange(r.url, post(one) + post(two, close=True))
+    answers = out.split(b"HTTP/1.1 ")[1:]
+    assert len(answers) == 2 and all(a.startswith(b"200") for a in answers)
+    first = [json.loads(a.split(b"\r\n\r\n", 1)[1])["outputs"][0]["data"][0] for a in answers]
+    assert first == [10.0, 14.0]
+
+
+async def test_a_chunked_request_body_reaches_the_backend_whole(backends, router) -> None:
+    a = await backends("a", scale=3.0)
+    r = await router()
+    await r.put_routes(table(("r1", a, 100)))
+    body = json.dumps(BODY).encode()
+    chunked = b"".join(b"%x\r\n%b\r\n" % (len(body[i : i + 7]), body[i : i + 7])
+                       for i in range(0, len(body), 7)) + b"0\r\n\r\n"  # fmt: skip
+    out = await exchange(r.url, post(chunked, "Transfer-Encoding: chunked", close=True))
+    assert out.startswith(b"HTTP/1.1 200")
+    assert json.loads(out.split(b"\r\n\r\n", 1)[1])["outputs"][0]["data"] == [15, 6, 9, 12]
+
+
+async def test_a_body_over_the_limit_is_refused_and_never_forwarded(backends, router) -> None:
+    a = await backends("a")
+    r = await router(max_body_bytes=1000)
+    await r.put_routes(table(("r1", a, 100)))
+    out = await exchange(r.url, post(b"x" * 2000))
+    assert out.startswith(b"HTTP/1.1 413") and b"1000 bytes" in out
+    chunked = b"%x\r\n%b\r\n0\r\n\r\n" % (2000, b"x" * 2000)  # no Content-Length to go by
+    out = await exchange(r.url, post(chunked, "Transfer-Encoding: chunked"))
+    assert out.startswith(b"HTTP/1.1 413")
+    assert a.hits == 0
+
+
+async def test_a_malformed_request_gets_400(router) -> None:
+    r = await router()
+    out = await exchange(r.url, b"NOT HTTP AT ALL\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400") and b"malformed" in out
