@@ -329,6 +329,7 @@ async def _grpc_run(target: Target, tally: Tally, connections: int, offset: int)
         )
         for _ in range(min(target.grpc_channels, connections))
     ]
+    await asyncio.gather(*(ch.channel_ready() for ch in channels))
     calls = [ch.unary_unary(GRPC_INFER) for ch in channels]  # bytes in, bytes out
     reqs = target.requests
 
@@ -456,7 +457,12 @@ def _load_work(
     prepared: Any, *args: Any
 ) -> Any:  # (None, target, connections, offset) | (prepared, t_start, t_end)
     if prepared is None:
-        return args  # nothing to prepare beyond the pickled target
+        target = args[0]
+        if target.kind == "grpc":  # imports take a while: before the window's clock starts
+            import grpc  # noqa: F401
+
+            from onnxship.serve.proto import oip_pb2  # noqa: F401
+        return args
     target, connections, offset = prepared
     t_start, t_end = args
     tally = Tally(t_start, t_end)
@@ -533,3 +539,103 @@ def run(
         "loadgen_cpu_share": sum(p["cpu_s"] for p in parts) / (seconds * len(parts)),
         "server_cpu_s": cpu,
     }
+
+
+# ---------------------------------------------------------------------------- its own ceiling
+
+CANNED = b'{"outputs":[{"name":"y","datatype":"FP32","shape":[1,1],"data":[1.0]}]}'
+
+
+class _Canned(asyncio.Protocol):
+    """Answers every request with the same 200, at once: the fastest server there can be."""
+
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+        + str(len(CANNED)).encode()
+        + b"\r\n\r\n"
+        + CANNED
+    )
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        n = 0
+        while True:  # requests without bodies beyond their Content-Length: count the heads
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            head = self.buf[:end].lower()
+            i = head.find(b"content-length:")
+            length = int(head[i + 15 :].split(b"\r\n", 1)[0]) if i >= 0 else 0
+            if len(self.buf) < end + 4 + length:
+                break
+            self.buf = self.buf[end + 4 + length :]
+            n += 1
+        if n:
+            self.transport.write(self.answer * n)
+
+
+def _canned_server(port: int, cores: list[int] | None, ready: Any) -> None:
+    _pin(cores)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(_Canned, "127.0.0.1", port)
+        ready.set()
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def ceiling(
+    connections: int,
+    processes: int,
+    seconds: float,
+    load_cores: Iterable[int] | None = None,
+    server_cores: Iterable[int] | None = None,
+) -> dict[str, Any]:
+    """What this generator drives against a server that costs nothing (one process answering
+    a canned 200 at once): its own limit, to set beside the figures it measures."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    srv = ctx.Process(
+        target=_canned_server,
+        args=(port, sorted(server_cores) if server_cores else None, ready),
+        daemon=True,
+    )
+    srv.start()
+    try:
+        if not ready.wait(60):
+            raise RuntimeError("the canned server did not start")
+        want = np.array([1.0], np.float32)
+        target = Target(
+            "http", "127.0.0.1", port, [http_request("/v2/models/m/infer", b"{}")],
+            Check("json", "y", [want]),
+        )  # fmt: skip
+        return run(target, connections, processes, min(1.0, seconds), seconds, load_cores)
+    finally:
+        srv.kill()
+        srv.join()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="the load generator's own ceiling (a canned server)")
+    ap.add_argument("--connections", type=int, default=96)
+    ap.add_argument("--processes", type=int, default=1)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    a = ap.parse_args()
+    r = ceiling(a.connections, a.processes, a.seconds)
+    print(f"{r['rps']:,.0f} answers/s from {r['processes']} load processes, "
+          f"{r['errors']} errors, load CPU share {r['loadgen_cpu_share']:.2f}")  # fmt: skip

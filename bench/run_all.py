@@ -180,8 +180,9 @@ def benches(args: argparse.Namespace) -> list[Bench]:
         Bench(
             "scaling",
             "10. scaling with cores (scaling_bench.py)",
-            # core counts from the machine: 1, 2 here; 2, 4, 8 on 16 cores
-            words("--rounds 3") + peers,
+            # core counts from the machine: 1, 2 here; 2, 4, 8 on 16 cores. The "before" row
+            # (--instances N) runs the serve code from before issue 22 (8b11832) where git has it.
+            words("--rounds 3 --before-ref 8b11832") + peers,
             words("--rounds 1 --time-scale 0.5") + peers,
             smoke=words("--models mlp --cores 1 --rounds 1 --seconds 1 --warmup 0.5 --peers"),
             timeout_full=3600,
@@ -988,6 +989,16 @@ def scaling_section(d: dict[str, Any] | None) -> list[str]:
     ]
     if d.get("note"):
         lines += [f"**Note:** {d['note']}.", ""]
+    c = d.get("loadgen_ceiling")
+    if c:
+        lines += [
+            f"The load generator's own ceiling (bench/loadgen.py against a server answering a "
+            f"canned 200, placed as for N={c['n']}): {c['rps']:,.0f} answers/s from "
+            f"{c['processes']} processes, {c['per_load_cpu_s']:,.0f} per load CPU-second.",
+            "",
+        ]
+    for model, why in (d.get("skipped") or {}).items():
+        lines += [f"{model}: skipped, {why}", ""]
     lines += [
         "| model | cores | raw rows/s | row | req/s | / raw | / raw per CPU-s | / FastAPI "
         "| / KServe | p99 ms | load gen |",

@@ -596,6 +596,11 @@ def summarize(result: dict[str, Any]) -> None:
         for peer in (j for j in jobs if not j.startswith("ours")):
             vs_peer.setdefault(ours, {})[peer] = med(r[ours]["rps"] / r[peer]["rps"] for r in rounds if r[peer]["rps"])
     result["vs_peer"] = vs_peer
+    # the same per CPU-second of each server: answers per CPU-second, ours over the peer's
+    result["vs_peer_per_cpu"] = {
+        ours: {peer: med((r[ours]["rps"] / r[ours]["server_cpu_s"]) / (r[peer]["rps"] / r[peer]["server_cpu_s"])
+                         for r in rounds if r[ours]["server_cpu_s"] and r[peer]["server_cpu_s"] and r[peer]["rps"])
+               for peer in peers} for ours, peers in vs_peer.items()}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- main
@@ -647,8 +652,12 @@ def main() -> None:
     cpus = ordered_cpus()
     args.before_path, before_sha = None, None
     if args.before_ref and args.ours != "workers":
-        path, before_sha = before_tree(args.before_ref)
-        args.before_path = str(path)
+        try:
+            path, before_sha = before_tree(args.before_ref)
+            args.before_path = str(path)
+        except (OSError, subprocess.CalledProcessError) as exc:  # a copy of the tree without .git
+            print(f"--before-ref {args.before_ref}: not available ({exc}); the 'before' row runs "
+                  "this tree's code", flush=True)  # fmt: skip
     ns = [int(x) for x in args.cores.split(",")] if args.cores else default_cores(len(cpus))
     too_many = [n for n in ns if not 1 <= n <= len(cpus)]
     if too_many:
@@ -669,6 +678,15 @@ def main() -> None:
         doc["note"] = (f"N={','.join(map(str, shared))}: the server has every core of this {len(cpus)}-CPU machine, "
                        "so the load generator shares them (its CPU is taken from the server's)")  # fmt: skip
         print(doc["note"], flush=True)
+    # the generator's own limit, placed as for the largest N: a canned server on the server's
+    # cores, the load on the others (answers per load CPU-second shows it on a busy machine too)
+    place = placement(cpus, max(ns), args.loadgen_procs)
+    c = loadgen.ceiling(args.connections, place["loadgen_processes"], 3.0, place["loadgen_cores"], place["server_cores"])
+    doc["loadgen_ceiling"] = {"n": max(ns), "rps": c["rps"], "processes": c["processes"], "errors": c["errors"],
+                              "loadgen_cpu_share": c["loadgen_cpu_share"],
+                              "per_load_cpu_s": c["rps"] / max(1e-9, c["loadgen_cpu_share"] * c["processes"])}  # fmt: skip
+    print(f"load generator's ceiling (a canned server, N={max(ns)} placement): {c['rps']:,.0f} answers/s from "
+          f"{c['processes']} processes ({doc['loadgen_ceiling']['per_load_cpu_s']:,.0f} per load CPU-second)", flush=True)  # fmt: skip
     tmp = Path(tempfile.mkdtemp(prefix="scaling-bench-"))
     shuffle = random.Random(args.seed)
     made = {}
