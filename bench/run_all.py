@@ -1001,7 +1001,7 @@ def scaling_section(d: dict[str, Any] | None) -> list[str]:
         lines += [f"{model}: skipped, {why}", ""]
     lines += [
         "| model | cores | raw rows/s | row | req/s | / raw | / raw per CPU-s | / FastAPI "
-        "| / KServe | p99 ms | load gen |",
+        "(per CPU-s) | / KServe (per CPU-s) | p99 ms | load gen |",
         "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for st in d["settings"]:
@@ -1013,7 +1013,11 @@ def scaling_section(d: dict[str, Any] | None) -> list[str]:
         order = [*SCALING_ROWS]
         for job, rps in sorted(st["rps"].items(), key=lambda kv: [*order, kv[0]].index(kv[0])):
             vp = st["vs_peer"].get(job, {})
-            cells = [f"{vp[p]:.2f}" if p in vp else "" for p in ("fastapi/json", "kserve/json")]
+            vpc = st.get("vs_peer_per_cpu", {}).get(job, {})
+            cells = [
+                (f"{vp[p]:.2f}" + (f" ({vpc[p]:.2f})" if p in vpc else "")) if p in vp else ""
+                for p in ("fastapi/json", "kserve/json")
+            ]
             per_cpu = st.get("vs_raw_per_cpu", {}).get(job)
             lines.append(
                 f"| {st['title']} | {st['n']} | {st['raw_rows_per_s']:,.1f} | "
