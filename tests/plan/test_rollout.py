@@ -426,3 +426,20 @@ def test_status_shows_the_newest_variant_and_asks_for_timed_streams_at_a_weight(
     assert request is not None and request.serving and not request.mirroring
     w.send(CommandKind.abort)
     assert w.status.aborted and w.status.variant == "int8-rtn-b32-emb8"  # stable's again
+
+
+def test_weight_steps_without_pauses_each_reach_the_router() -> None:
+    """Argo Rollouts writes every setWeight step; walking them in one pass in memory would send
+    the canary from 0 straight to 100% with nothing measured in between (issue 21's scale
+    run found only the 100% written)."""
+    w = stable_world(steps=[{"setWeight": 10}, {"setWeight": 40}, {"setWeight": 70}])
+    w.desired = desired("app-r2")
+    w.settle()
+    written = [
+        dict(a.split.weights).get("app-r2", 0)
+        for d in w.decisions
+        for a in d.actions
+        if isinstance(a, SetTraffic)
+    ]
+    assert [x for x in written if x] == [10, 40, 70, 100]
+    assert w.status.stable_revision == "app-r2" and w.weights() == {"app-r2": 100}

@@ -418,7 +418,12 @@ class _Run:
     def walk_steps(self) -> None:
         interval = self.spec.rollout.interval_seconds
         for _ in range(len(self.steps) + 1):
-            if self.step_idx >= len(self.steps):
+            done = self.step_idx >= len(self.steps)
+            next_weight = 100 if done else self.steps[self.step_idx].set_weight
+            if self._weight_unwritten(next_weight):
+                self.due_in(0)
+                return
+            if done:
                 self.complete()
                 return
             s = self.steps[self.step_idx]
@@ -466,6 +471,13 @@ class _Run:
                 warning=True,
             )
             return
+
+    def _weight_unwritten(self, next_weight: int | None) -> bool:
+        """One weight per pass, as Argo Rollouts does: a weight set in this pass is written to
+        the router before the next one (or completion) replaces it, so every step's traffic is
+        served and analysed rather than walked past in memory."""
+        changed = self.weight != self.original.canary_weight
+        return changed and next_weight is not None and next_weight != self.weight
 
     def complete(self) -> None:
         old, new = self.stable, self.canary
