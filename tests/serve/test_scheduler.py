@@ -188,8 +188,15 @@ class TimedSession:
 
 async def test_short_runs_stay_on_the_event_loop_thread() -> None:
     # The first run is measured on the executor; runs known to be short skip the thread hop.
+    # A generous bound (50 ms): the machine running the tests may be busy.
     session = TimedSession(per_row_s=0.0)
-    s = Scheduler(session.run, ThreadPoolExecutor(1, "infer"), output_order=["y"], batchable=True)
+    s = Scheduler(
+        session.run,
+        ThreadPoolExecutor(1, "infer"),
+        output_order=["y"],
+        batchable=True,
+        inline_max_s=0.05,
+    )
     loop_thread = threading.current_thread().name
     for i in range(4):
         out = await s.submit({"x": np.full((1, 2), i, np.float32)}, ["y"])
@@ -221,7 +228,13 @@ async def test_long_runs_and_large_requests_go_to_the_executor() -> None:
 
     # A model whose 1-row run is short still sends a request 10,000 times as large away.
     fast = TimedSession(per_row_s=0.00002)
-    s = Scheduler(fast.run, ThreadPoolExecutor(1, "infer"), output_order=["y"], batchable=True)
+    s = Scheduler(
+        fast.run,
+        ThreadPoolExecutor(1, "infer"),
+        output_order=["y"],
+        batchable=True,
+        inline_max_s=0.05,
+    )
     for _ in range(3):
         await s.submit({"x": np.ones((1, 2), np.float32)}, ["y"])
     await s.submit({"x": np.ones((10_000, 2), np.float32)}, ["y"])

@@ -97,16 +97,72 @@ class Outcome:
         self.started = time.perf_counter()
         dp.in_flight += 1
         dp._idle.clear()
-        dp.metrics.in_flight(1)
+        dp._tally.changed()
         return self
 
     def __exit__(self, *exc: object) -> None:
         dp = self._dp
         dp.in_flight -= 1
-        dp.metrics.in_flight(-1)
         if dp.in_flight == 0:
             dp._idle.set()
-        dp.metrics.request(self.code, time.perf_counter() - self.started)
+        dp._tally.request(self.code, time.perf_counter() - self.started)
+
+
+class _Tally:
+    """The request metrics of one turn of the event loop, written to Prometheus at its end.
+
+    Per request the data plane only counts in Python; the counters, histograms and gauges
+    are written once per turn in which something changed (``call_soon``: before the loop
+    next waits for sockets), whatever the number of requests in it. A write cost 0.7-2.6 us
+    in one process and 3.5-6 us in the pod's multiprocess mode (a locked store into a
+    memory-mapped file), five of them per request. A scrape, here or in another worker,
+    sees a request once the turn that ended it is over.
+    """
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self._dp = dataplane
+        self._codes: dict[int, int] = {}
+        self._durations: list[float] = []  # of successful requests
+        self._rows: list[int] = []  # per ONNX Runtime run
+        self._depth: int | None = None  # the queue's, when it changed
+        self._in_flight = 0  # as the gauge has it
+        self._scheduled = False
+
+    def request(self, code: int, seconds: float) -> None:
+        self._codes[code] = self._codes.get(code, 0) + 1
+        if code == 200:
+            self._durations.append(seconds)
+        self.changed()
+
+    def batch(self, rows: int) -> None:
+        self._rows.append(rows)
+        self.changed()
+
+    def depth(self, depth: int) -> None:
+        self._depth = depth
+        self.changed()
+
+    def changed(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        metrics = self._dp.metrics
+        if self._dp.in_flight != self._in_flight:
+            metrics.in_flight(self._dp.in_flight - self._in_flight)
+            self._in_flight = self._dp.in_flight
+        if self._depth is not None:
+            metrics.queue_depth(self._depth)
+            self._depth = None
+        if self._codes:
+            codes, durations = self._codes, self._durations
+            self._codes, self._durations = {}, []
+            metrics.requests(codes, durations)
+        if self._rows:
+            rows, self._rows = self._rows, []
+            metrics.batches(rows)
 
 
 class DataPlane:
@@ -120,6 +176,7 @@ class DataPlane:
         self.llm: LlmService | None = None  # a causal LM: it generates (serve/llm/)
         self.scheduler: Scheduler | None = None
         self.in_flight = 0
+        self._tally = _Tally(self)
         self._idle = asyncio.Event()
         self._idle.set()
         # One thread per instance: ORT releases the GIL, and its intra-op pool already spans
@@ -155,8 +212,8 @@ class DataPlane:
             instances=self.config.instances,
             batchable=sig.batchable,
             crop=sig.sequence_axis() if self.config.pad_sequences else None,
-            on_batch=self.metrics.batch,
-            on_depth=self.metrics.queue_depth,
+            on_batch=self._tally.batch,
+            on_depth=self._tally.depth,
         )
         self.scheduler.start()
         if self.config.max_batch_size > 1 and not sig.batchable:
@@ -277,6 +334,11 @@ class DataPlane:
     def tracking(self) -> Outcome:
         """Around one whole inference request in a front end: see ``Outcome``."""
         return Outcome(self)
+
+    def metrics_text(self) -> bytes:
+        """The Prometheus exposition, with this turn's requests in it."""
+        self._tally.flush()
+        return self.metrics.exposition()
 
     def admit(self, name: str, version: str | None) -> None:
         """What a request can be refused for before its body is read: an unknown model or

@@ -10,6 +10,7 @@ ignored by a single process).
 
 from __future__ import annotations
 
+import bisect
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -118,6 +119,23 @@ class ServeMetrics:
     def batch(self, rows: int) -> None:
         self._batch.observe(rows)
 
+    def requests(self, counts: dict[int, int], durations: list[float]) -> None:
+        """``request`` for many requests at once: requests by code, and the durations of the
+        successful ones. The data plane writes once per turn of the event loop (a write in
+        multiprocess mode is a locked store into a memory-mapped file, 3-6 us)."""
+        for code, n in counts.items():
+            counter = self._by_code.get(code)
+            if counter is None:
+                counter = self._by_code[code] = self._requests.labels(
+                    self._model, self._version, str(code)
+                )
+            counter.inc(n)
+        _observe_many(self._duration, durations)
+
+    def batches(self, rows: list[int]) -> None:
+        """``batch`` for many runs at once."""
+        _observe_many(self._batch, rows)
+
     def queue_depth(self, depth: int) -> None:
         self._queue.set(depth)
 
@@ -132,6 +150,26 @@ class ServeMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self._pod_registry or self.registry)
+
+
+def _observe_many(histogram: Histogram, values: list[float] | list[int]) -> None:
+    """``histogram.observe(v)`` for each value, with one write per bucket it touches and one
+    for the sum (prometheus_client's buckets, not cumulative inside, as ``observe`` fills)."""
+    if not values:
+        return
+    try:
+        bounds, buckets, total = histogram._upper_bounds, histogram._buckets, histogram._sum
+    except AttributeError:  # another prometheus_client inside: one observation at a time
+        for v in values:
+            histogram.observe(v)
+        return
+    counts: dict[int, int] = {}
+    for v in values:
+        i = bisect.bisect_left(bounds, v)  # the first bound >= v, as observe's `v <= bound`
+        counts[i] = counts.get(i, 0) + 1
+    total.inc(sum(values))
+    for i, n in counts.items():
+        buckets[i].inc(n)
 
 
 # Generation: first tokens take a prompt's run (tens of ms to seconds), whole answers up to

@@ -123,7 +123,7 @@ class RestFrontEnd:
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(
-            body=self.dp.metrics.exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE}
+            body=self.dp.metrics_text(), headers={"Content-Type": METRICS_CONTENT_TYPE}
         )
 
     # ------------------------------------------------------------------ inference
