@@ -109,6 +109,22 @@ def put_routes(admin: str, doc: dict[str, Any]) -> None:
         r.read()
 
 
+def wait_admin(admin: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    req = urllib.request.Request(
+        f"{admin}/onnxship/routes", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    while True:
+        try:
+            with urllib.request.urlopen(req, timeout=2) as r:
+                r.read()
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def growth(
     samples: list[dict[str, float]], key: str, seconds: float, warmup: float
 ) -> dict[str, float]:
@@ -156,6 +172,7 @@ def main() -> None:
         procs.append(router)
         url, admin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
         wait_http(f"{url}/healthz")
+        wait_admin(admin)  # with --workers, opened once every worker is up
         put_routes(admin, routes(u1, u2, 0))
         body = tmp / "body.json"
         body.write_bytes(TRIVIAL_BODY)

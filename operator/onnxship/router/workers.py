@@ -3,8 +3,9 @@
 One Python process proxies on one core. With N workers, the process started is a
 supervisor: it forks N workers, each an ordinary router (its own event loop, connection
 pools and metrics) listening on the inference port with SO_REUSEPORT, so the kernel spreads
-client connections between them; the supervisor keeps the admin port. Each worker also
-answers on a private control socket (a Unix socket in a 0700 folder):
+client connections between them; the supervisor keeps the admin port (open at once: what it
+is asked waits until every worker is up). Each worker also answers on a private control
+socket (a Unix socket in a 0700 folder):
 
 - ``PUT /routes``: adopt this table. The admin port's PUT answers once every worker has
   answered this one, so the next request sees the new routes whichever worker takes it.
@@ -158,10 +159,19 @@ class Fleet:
     def __init__(self, pod: Pod) -> None:
         self.pod = pod
         self.sockets = [pod.socket(i) for i in range(pod.count)]
+        # The admin port opens at once; what it is asked waits until every worker is up.
+        self.ready = asyncio.Event()
+
+    async def _up(self, timeout: float = 60.0) -> None:
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout)
+        except TimeoutError:
+            raise WorkerUnavailable(f"the workers are not up after {timeout:g}s") from None
 
     async def table_json(self) -> str:
         from .server import routes_json
 
+        await self._up()
         doc = await _call(self.sockets[0], "GET", "/routes")
         return routes_json(RouteTable.model_validate(doc))
 
@@ -170,6 +180,7 @@ class Fleet:
         from .server import routes_json
 
         body = routes_json(table).encode()
+        await self._up()
         answers = await asyncio.gather(
             *(_call(s, "PUT", f"/routes?source={source}", body) for s in self.sockets)
         )
@@ -177,9 +188,11 @@ class Fleet:
 
     async def rejected(self, source: str) -> None:
         url = f"/rejected?source={source}"
+        await self._up()
         await asyncio.gather(*(_call(s, "POST", url) for s in self.sockets))
 
     async def exposition(self) -> bytes:
+        await self._up()
         return merged_exposition(list(await asyncio.gather(*(_families(s) for s in self.sockets))))
 
 
@@ -252,12 +265,6 @@ async def _supervise(
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    # Ready when every worker answers on its control socket (its inference port is open).
-    while not all(s.exists() for s in fleet.sockets) and not stop.is_set():
-        if any(w.exitcode is not None for w in workers):
-            log.error("a router worker failed to start")
-            return _stop(workers) or 1
-        await asyncio.sleep(0.05)
     admin: web.AppRunner | None = None
     if settings.admin_port and not stop.is_set():
         admin = web.AppRunner(
@@ -272,6 +279,15 @@ async def _supervise(
             await admin.cleanup()
             await loop.run_in_executor(None, _stop, workers)
             return 1
+    # Up when every worker answers on its control socket (its inference port is open).
+    while not all(s.exists() for s in fleet.sockets) and not stop.is_set():
+        if any(w.exitcode is not None for w in workers):
+            log.error("a router worker failed to start")
+            if admin is not None:
+                await admin.cleanup()
+            return await loop.run_in_executor(None, _stop, workers) or 1
+        await asyncio.sleep(0.05)
+    fleet.ready.set()
     log.info(
         "routing on http://%s:%d with %d workers%s",
         settings.host, port, len(workers),
