@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as httpclient
 
+from onnxship.serve.errors import BodyTooLarge
 from tests.helpers.models import sample_inputs
 
 from .conftest import StartServer
@@ -246,3 +248,26 @@ def test_compressed_request_body(mlp_server: Server, model_dir: Path) -> None:
     for algorithm in ("gzip", "deflate"):
         result = client.infer("mlp", [inp], request_compression_algorithm=algorithm)
         np.testing.assert_allclose(result.as_numpy("y"), reference(model_dir, x), rtol=1e-6)
+
+
+async def test_a_body_in_one_chunk_is_not_copied() -> None:
+    from unittest import mock
+
+    from aiohttp import streams
+    from aiohttp.test_utils import make_mocked_request
+
+    from onnxship.serve.rest import _read_body
+
+    async def body_of(chunks: list[bytes], limit: int = 1 << 20) -> bytes:
+        protocol = mock.Mock(_reading_paused=False)
+        stream = streams.StreamReader(protocol, 2**16, loop=asyncio.get_running_loop())
+        for chunk in chunks:
+            stream.feed_data(chunk)
+        stream.feed_eof()
+        return await _read_body(make_mocked_request("POST", "/", payload=stream), limit)
+
+    tensor = np.arange(4096, dtype="<f4").tobytes()
+    assert await body_of([tensor]) is tensor  # the tensor bytes as the parser handed them
+    assert await body_of([tensor[:100], tensor[100:]]) == tensor
+    with pytest.raises(BodyTooLarge):
+        await body_of([tensor, tensor], limit=len(tensor) + 1)
