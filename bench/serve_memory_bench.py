@@ -2,8 +2,8 @@
 """The memory of one `onnxship serve` pod with 1, 4 and 8 worker processes.
 
 A script, not a test. For each model it starts the CLI as a pod does (``--workers N
---threads 1``), waits until the pod is ready, sends a few requests (so every worker that took
-one has its activations allocated), and sums the proportional set size (``Pss`` of
+--threads 1``), waits until the pod is ready, sends requests until every worker has answered
+one (so each has its activations allocated), and sums the proportional set size (``Pss`` of
 ``/proc/PID/smaps_rollup``: a page shared by k processes counts 1/k in each) over the
 supervisor and every worker. That sum is what the pod costs the node, shared weights once.
 
@@ -148,14 +148,18 @@ def measure_pod(model: Path, workers: int, requests: int, log: Path) -> dict[str
             time.sleep(0.2)
         ready_s = time.perf_counter() - start
         body = request_for(url)
-        served = set()
-        for _ in range(requests):  # a connection each: the kernel spreads them
+        served: set[str] = set()
+        sent = 0
+        # A connection each (the kernel spreads them), until every worker has answered one:
+        # a worker that has run nothing has not allocated its activations yet.
+        while sent < requests or (len(served) < workers and sent < 50 * workers):
             req = urllib.request.Request(f"{url}/v2/models/m/infer", data=body, method="POST")
             with urllib.request.urlopen(req, timeout=120) as r:
                 served.add(r.headers.get("onnxship-worker", "0"))
+            sent += 1
         time.sleep(0.5)
         mem = pod_memory(proc.pid)
-        return {"workers": workers, "ready_s": round(ready_s, 1),
+        return {"workers": workers, "ready_s": round(ready_s, 1), "requests": sent,
                 "workers_that_answered": len(served), **mem}  # fmt: skip
     finally:
         proc.send_signal(signal.SIGTERM)
