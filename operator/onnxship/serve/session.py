@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import onnxruntime as ort
 
@@ -77,12 +79,20 @@ def session_options(config: ServeConfig) -> ort.SessionOptions:
     return options
 
 
-def create_session(model_file: Path, config: ServeConfig) -> ort.InferenceSession:
+def create_session(
+    model_file: Path,
+    config: ServeConfig,
+    *,
+    graph: bytes | None = None,
+    files: Mapping[str, Any] | None = None,  # bytes-like
+) -> ort.InferenceSession:
     """A session on exactly the asked provider; a missing provider is a startup error.
 
     ONNX Runtime would otherwise fall back to CPU in silence, and a GPU pool would serve
     at CPU speed with nothing in the logs to say why. With ``config.shared_model`` (worker
     processes) the session loads that prepared copy instead: see ``prepare_shared_model``.
+    ``graph`` is an edited copy of the model file's graph, ``files`` its external data files
+    by name (serve/llm cuts the logits to the positions it reads).
     """
     provider = check_provider(config)
     options = session_options(config)
@@ -90,8 +100,15 @@ def create_session(model_file: Path, config: ServeConfig) -> ort.InferenceSessio
         [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
     )
     source = config.shared_model or model_file
+    if files:
+        names = list(files)
+        buffers = [files[n] for n in names]
+        sizes = [memoryview(b).nbytes for b in buffers]
+        options.add_external_initializers_from_files_in_memory(names, buffers, sizes)
     try:
-        session = ort.InferenceSession(str(source), options, providers=providers)
+        session = ort.InferenceSession(
+            graph if graph is not None else str(source), options, providers=providers
+        )
     except Exception as exc:  # ORT raises its own exception types for bad files
         raise StartupError(
             f"{model_file}: ONNX Runtime cannot load the model: {exc}",

@@ -18,11 +18,14 @@ Blocking: everything here runs on the engine's one thread; ORT releases the GIL 
 from __future__ import annotations
 
 import json
+import mmap
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
+from onnx import TensorProto, helper
 
 _ORT_FLOAT: dict[str, type[np.floating]] = {
     "tensor(float)": np.float32,
@@ -97,13 +100,84 @@ class DecoderLayout:
         )
 
 
+LAST_ROWS = "onnxship_last_rows"  # the input that ``last_rows_graph`` adds
+
+
+def last_rows_graph(model_file: Path, logits: str) -> tuple[bytes, dict[str, mmap.mmap]] | None:
+    """The model's graph with its logits cut to the rows it is asked for, or None when the
+    graph does not end the way GenAI's builder writes it (then the graph is used as it is).
+
+    The builder's lm_head runs on every position of a prompt: 49,152 x 576 per token for
+    SmolLM2, 15-20% of a prompt's compute and a [tokens, vocab] output, of which one row is
+    read. A Gather of the asked rows (input ``LAST_ROWS``, flat indices into batch x sequence)
+    before the lm_head's MatMul keeps each row's arithmetic as it was. The graph is small; its
+    external data files are handed to ONNX Runtime from memory maps (names checked: model files
+    are untrusted), which copies the weights at load (peak memory about twice the weights).
+    """
+    folder = model_file.parent.resolve()
+    model = onnx.load(str(model_file), load_external_data=False)
+    graph = model.graph
+    head = next((n for n in graph.node if logits in n.output), None)
+    weights = {t.name for t in graph.initializer}
+    if (
+        head is None
+        or head.op_type not in ("MatMul", "MatMulNBits")
+        or head.output[0] != logits
+        or not head.input
+        or head.input[0] in weights
+    ):
+        return None
+    files: dict[str, mmap.mmap] = {}
+    for tensor in graph.initializer:
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        name = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        path = (folder / name).resolve()
+        if name in files:
+            continue
+        if not name or Path(name).is_absolute() or path.parent != folder or not path.is_file():
+            return None  # ONNX Runtime names the problem when it loads the file itself
+        with path.open("rb") as fh:
+            if path.stat().st_size == 0:
+                return None
+            files[name] = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    hidden = head.input[0]
+    nodes = list(graph.node)
+    at = nodes.index(head)
+    nodes[at:at] = [
+        helper.make_node("Flatten", [hidden], ["onnxship/flat_hidden"], axis=2),
+        helper.make_node("Gather", ["onnxship/flat_hidden", LAST_ROWS], ["onnxship/rows"]),
+    ]
+    head.input[0] = "onnxship/rows"
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.input.append(helper.make_tensor_value_info(LAST_ROWS, TensorProto.INT64, ["rows"]))
+    out = next(o for o in graph.output if o.name == logits)
+    dims = out.type.tensor_type.shape.dim
+    vocab = dims[-1] if dims else None
+    shape = out.type.tensor_type.shape
+    shape.ClearField("dim")
+    shape.dim.add().dim_param = "rows"
+    if vocab is not None and vocab.HasField("dim_value"):
+        shape.dim.add().dim_value = vocab.dim_value
+    else:
+        shape.dim.add().dim_param = "vocab"
+    return model.SerializeToString(), files
+
+
 class DecoderRuntime:
     """One session and the slots' KV buffers; ``prefill`` and ``decode`` return logits."""
 
     def __init__(
-        self, session: ort.InferenceSession, layout: DecoderLayout, slots: int, max_len: int
+        self,
+        session: ort.InferenceSession,
+        layout: DecoderLayout,
+        slots: int,
+        max_len: int,
+        last_rows: bool = False,
     ) -> None:
         self.session = session
+        self.last_rows = last_rows  # the graph takes LAST_ROWS (``last_rows_graph``)
         self.layout = layout
         self.slots = slots
         self.max_len = max_len
@@ -115,9 +189,8 @@ class DecoderRuntime:
         self._row_bytes *= np.dtype(layout.kv_dtype).itemsize
         self._bindings: dict[tuple[int, int], ort.IOBinding] = {}
         kind = {o.name: o.type for o in session.get_outputs()}.get(layout.logits, "")
-        self._decode_logits = np.zeros(
-            (slots, 1, layout.vocab), _ORT_FLOAT.get(kind, np.float32)
-        )
+        rows: tuple[int, ...] = (slots, layout.vocab) if last_rows else (slots, 1, layout.vocab)
+        self._decode_logits = np.zeros(rows, _ORT_FLOAT.get(kind, np.float32))
 
     @property
     def kv_bytes(self) -> int:
@@ -125,12 +198,15 @@ class DecoderRuntime:
 
     def prefill(self, slot: int, ids: list[int], past: int = 0) -> np.ndarray:
         """Run prompt tokens on a slot that holds ``past`` tokens already (a long prompt goes
-        in chunks: the graph's logits cover every position, so one 4k-token run would
-        allocate 4k x vocab floats); the last position's logits [vocab]."""
+        in chunks: without ``last_rows`` the graph's logits cover every position, so one
+        4k-token run would allocate 4k x vocab floats); the last position's logits [vocab]."""
         tokens = np.asarray([ids], np.int64)
         mask = np.ones((1, past + len(ids)), np.int64)
-        logits = self._run(slot, 1, tokens, mask)
-        last: np.ndarray = logits[0, -1]
+        # The last row twice: one row alone takes another kernel path in the quantized
+        # products, and GenAI computes a prompt's logits with all its rows.
+        rows = np.full(min(2, len(ids)), len(ids) - 1, np.int64)
+        logits = self._run(slot, 1, tokens, mask, rows)
+        last: np.ndarray = logits[0] if self.last_rows else logits[0, -1]
         return last
 
     def copy_prefix(self, src: int, dst: int, n: int) -> None:
@@ -146,8 +222,9 @@ class DecoderRuntime:
         width = int(lengths.max()) + 1
         mask = (np.arange(width)[None, :] <= lengths[:, None]).astype(np.int64)
         out = self._decode_logits[:rows]
-        self._run(0, rows, tokens.reshape(rows, 1).astype(np.int64), mask, out)
-        return out[:, -1]
+        ids = tokens.reshape(rows, 1).astype(np.int64)
+        self._run(0, rows, ids, mask, np.arange(rows, dtype=np.int64), out)
+        return out if self.last_rows else out[:, -1]
 
     def _run(
         self,
@@ -155,13 +232,17 @@ class DecoderRuntime:
         rows: int,
         tokens: np.ndarray,
         mask: np.ndarray,
+        last: np.ndarray,
         out: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Logits in ``out`` when given (no ORT allocation, no output objects to wrap)."""
+        """Logits in ``out`` when given (no ORT allocation, no output objects to wrap); with
+        ``last_rows`` only the rows ``last`` (flat indices into rows x tokens)."""
         lay = self.layout
         io = self._binding(first, rows)
         io.bind_cpu_input(lay.input_ids, tokens)  # rebinding a name replaces it
         io.bind_cpu_input(lay.attention_mask, mask)
+        if self.last_rows:
+            io.bind_cpu_input(LAST_ROWS, last)
         if out is None:
             io.bind_output(lay.logits, "cpu")
         else:

@@ -7,6 +7,7 @@ against the context and the queue, and returns a ``Sequence`` whose events carry
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import onnxruntime_genai as og
 
 from ..config import ServeConfig
@@ -22,7 +24,7 @@ from ..metrics import LlmMetrics, ServeMetrics
 from ..session import create_session
 from . import GENAI_CONFIG
 from .engine import Engine, QueueFull, Sequence
-from .runtime import DecoderLayout, DecoderRuntime
+from .runtime import DecoderLayout, DecoderRuntime, last_rows_graph
 from .sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -73,7 +75,7 @@ class LlmService:
                 "the model folder",
                 kind="invalid_model",
             )
-        session = create_session(model_file, config)
+        session, last_rows = _session(model_file, config, genai)
         try:
             layout = DecoderLayout.read(folder, session)
             tokenizer = og.Tokenizer(str(folder))
@@ -82,7 +84,7 @@ class LlmService:
                 f"{folder}: not a usable ONNX Runtime GenAI folder: {exc}", kind="invalid_model"
             ) from exc
         max_len = min(layout.context, config.max_context or DEFAULT_MAX_CONTEXT)
-        runtime = DecoderRuntime(session, layout, config.max_sequences, max_len)
+        runtime = DecoderRuntime(session, layout, config.max_sequences, max_len, last_rows)
         search = genai.get("search", {})
         defaults = SamplingParams(
             temperature=float(search.get("temperature", 1.0)) if search.get("do_sample") else 0.0,
@@ -199,6 +201,33 @@ class LlmService:
             "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [1]}],
             "parameters": {"max_context": self.runtime.max_len, "slots": self.runtime.slots},
         }
+
+
+def _session(
+    model_file: Path, config: ServeConfig, genai: dict[str, Any]
+) -> tuple[ort.InferenceSession, bool]:
+    """The decoder's session, with the logits cut to the rows read when the graph allows
+    (``last_rows_graph``); whether it is."""
+    logits = genai["model"]["decoder"].get("outputs", {}).get("logits", "logits")
+    try:
+        cut = last_rows_graph(model_file, str(logits))
+    except Exception as exc:  # onnx's own errors for a file it cannot parse
+        log.warning("%s: logits of every position (the graph did not parse: %s)", model_file, exc)
+        cut = None
+    if cut is None:
+        return create_session(model_file, config), False
+    graph, files = cut
+    try:
+        return create_session(model_file, config, graph=graph, files=files), True
+    except StartupError as exc:
+        log.warning("%s: logits of every position (the cut graph did not load: %s)",
+                    model_file, exc)  # fmt: skip
+    finally:
+        for data in files.values():
+            # ONNX Runtime copied what it needs; if a view is still held, the collector closes
+            with contextlib.suppress(BufferError):
+                data.close()
+    return create_session(model_file, config), False
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
