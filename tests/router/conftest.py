@@ -46,7 +46,10 @@ class Backend:
 
     async def infer(self, request: web.Request) -> web.Response:
         self.hits += 1
-        doc = await request.json()
+        try:
+            doc = await request.json()
+        except ValueError:  # UnicodeDecodeError too: what a v2 server answers to a bad body
+            return web.json_response({"error": "not JSON"}, status=400)
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.fail:

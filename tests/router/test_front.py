@@ -10,12 +10,14 @@ from .conftest import table
 BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [5, 2, 3, 4]}]}
 
 
-async def exchange(url: str, raw: bytes, timeout: float = 5.0) -> bytes:
-    """Send raw bytes, read until the router closes the connection."""
+async def exchange(url: str, raw: bytes, timeout: float = 5.0, half_close: bool = False) -> bytes:
+    """Send raw bytes (then nothing more: ``half_close``), read until the router closes."""
     host, port = url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(raw)
     await writer.drain()
+    if half_close:
+        writer.write_eof()
     try:
         return await asyncio.wait_for(reader.read(), timeout)
     finally:
@@ -73,3 +75,47 @@ async def test_a_malformed_request_gets_400(router) -> None:
     r = await router()
     out = await exchange(r.url, b"NOT HTTP AT ALL\r\n\r\n")
     assert out.startswith(b"HTTP/1.1 400") and b"malformed" in out
+
+
+async def test_mangled_requests_get_4xx_and_the_router_keeps_answering(
+    backends, router, caplog
+) -> None:
+    import logging
+    import random
+
+    a = await backends("a")
+    r = await router(max_body_bytes=4096)
+    await r.put_routes(table(("r1", a, 100)))
+    good = post(json.dumps(BODY).encode(), close=True)
+    rng = random.Random(22)
+
+    def mangle() -> bytes:
+        raw = bytearray(good)
+        for _ in range(rng.randint(1, 6)):
+            i = rng.randrange(len(raw))
+            op = rng.random()
+            if op < 0.4:
+                raw[i] = rng.randrange(256)
+            elif op < 0.7:
+                del raw[i : i + rng.randint(1, 8)]
+            else:
+                raw[i:i] = rng.choice([b"\r\n", b":", b" ", b"\x00", b"99999999", b"\r\n\r\n"])
+        return bytes(raw)
+
+    with caplog.at_level(logging.ERROR, logger="onnxship.router"):
+        # half-closed: a request cut short (its Content-Length grew) ends, not waits
+        outs = await asyncio.gather(*(exchange(r.url, mangle(), 10, True) for _ in range(150)))
+    statuses = {o[9:12] for o in outs if o.startswith(b"HTTP/1.1 ")}
+    assert all(s < b"500" or s in (b"502", b"503", b"504") for s in statuses), statuses
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
+    code, who, _ = await r.infer()
+    assert (code, who) == (200, "a")
+
+
+async def test_a_client_that_half_closes_gets_all_its_answers(backends, router) -> None:
+    a = await backends("a", delay=0.05)
+    r = await router()
+    await r.put_routes(table(("r1", a, 100)))
+    body = json.dumps(BODY).encode()
+    out = await exchange(r.url, post(body) + post(body) + post(body), half_close=True)
+    assert out.count(b"HTTP/1.1 200") == 3

@@ -169,6 +169,7 @@ class _Connection(asyncio.Protocol):
         self.lost = False
         self.keep_alive = True  # of the request being answered
         self.closing = False  # the server is shutting down: close after this answer
+        self.peer_done = False  # the client half-closed: close once its requests are answered
         self.reading_paused = False
         self.drain: asyncio.Future[None] | None = None
         self.idle_since = self.loop.time()
@@ -191,6 +192,13 @@ class _Connection(asyncio.Protocol):
         if self.task is not None:
             self.task.cancel()  # the proxy closes the backend's request
         self._wake(ConnectionResetError("the client closed the connection"))
+
+    def eof_received(self) -> bool:
+        """The client sent all it will (half-closed): answer what it asked, then close."""
+        if self.task is None and not self.queue:
+            return False  # nothing to answer (a request cut short included): close now
+        self.peer_done = True
+        return True
 
     def pause_writing(self) -> None:
         if self.drain is None:
@@ -320,7 +328,9 @@ class _Connection(asyncio.Protocol):
             reply.end()
         if self.lost:
             return
-        if reply.broken or not self.keep_alive or self.closing:
+        if reply.broken or not self.keep_alive or self.closing or (
+            self.peer_done and not self.queue
+        ):
             self.close()
             return
         self.idle_since = self.loop.time()
