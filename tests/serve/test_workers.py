@@ -275,6 +275,8 @@ def test_by_default_a_causal_lm_gets_one_process_and_an_encoder_one_per_cpu(
     assert "onnxship-worker" not in one_connection("GET", f"{llm.url}/v2/health/ready").headers
     assert '"started workers"' not in llm.output()
     assert f'"workers": {cpu_limit()}' in encoder.output()
+    assert '"threads_each": 1' in encoder.output()  # the CPUs split between the workers
+    assert encoder.output().count('"threads": 1,') == cpu_limit()  # each session's own
 
 
 @pytest.mark.parametrize(
