@@ -260,6 +260,7 @@ class Supervisor:
         while True:
             if self.stopping and deadline is None:
                 deadline = time.monotonic() + config.grace_period_s + EXIT_MARGIN_S
+                self._forward(signal.SIGTERM)  # again: a signal during the forks missed some
             running = [w for w in workers if w.poll() is None]
             for w in workers:
                 rc = w.returncode
@@ -318,7 +319,11 @@ class Supervisor:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if os.getpid() != self.pid:
-            return  # a worker between fork and its own handlers: its loop is not up yet
+            # A worker between its fork and its own handlers: nothing in flight yet, so it
+            # stops as a process that had not started (the supervisor counts that as clean).
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         if not self.stopping:
             log.info(
                 "stopping: every worker drains its requests",
