@@ -329,9 +329,10 @@ async def test_a_revision_without_its_service_gets_it_back(cluster: Cluster, ope
         assert again["spec"]["selector"][L_REVISION] == v1
 
 
-class _SlowServiceReads(list[tuple[str, str, str]]):
-    """The operator's request log, recording (in its worker thread) and making each Service
-    read slow once armed: a reconcile pass is then surely in flight at a chosen moment."""
+class _SlowDeploymentWrites(list[tuple[str, str, str]]):
+    """The operator's request log, recording (in its worker thread) and making each
+    Deployment patch slow once armed: a reconcile pass is then surely in flight at a chosen
+    moment (reads come from the informers' cache and send no request)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -340,7 +341,7 @@ class _SlowServiceReads(list[tuple[str, str, str]]):
 
     def append(self, request: tuple[str, str, str]) -> None:
         super().append(request)
-        if self.armed and request[:2] == ("get", "Service"):
+        if self.armed and request[:2] == ("patch", "Deployment"):
             self.in_flight = True
             time.sleep(0.5)
 
@@ -350,7 +351,7 @@ async def test_deleting_during_a_pass_leaves_nothing_behind(
 ) -> None:
     """kopf runs the deletion handler while it stops the daemon: a pass that read the object
     before its deletion must not make children again after the clean-up removed them."""
-    log = _SlowServiceReads()
+    log = _SlowDeploymentWrites()
     cluster.requests = log
     with operator():
         await serve_first_revision(cluster, md())

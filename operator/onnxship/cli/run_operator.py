@@ -35,7 +35,7 @@ def operator_command(
     # A namespaced install may not list namespaces or CRDs: tell kopf not to try.
     settings.scanning.disabled = bool(namespaces) and not all_namespaces
     metrics = OperatorMetrics()
-    register(registry, production_wiring, metrics)
+    register(registry, production_wiring, metrics, namespaces=namespaces)
     if metrics_port:
         start_http_server(metrics_port, registry=metrics.registry)
     kopf.run(

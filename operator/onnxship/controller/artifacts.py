@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import Any
 
 from onnxship.api import Compression
 from onnxship.plan.revision import cache_key
 from onnxship.plan.workloads import StoreRef
 
+# Opened stores kept for reuse. Opening one builds a boto3 client (tens of milliseconds of
+# CPU and megabytes for its service model): once per lookup, it was half the operator's CPU
+# with 200 ModelDeployments created at once. A few stores serve a cluster; the bound only
+# keeps a churn of credentials from growing without end.
+MAX_OPEN_STORES = 32
+
 
 class StoreArtifactFinder:
+    def __init__(self) -> None:
+        self._stores: OrderedDict[tuple[str, ...], Any] = OrderedDict()
+        self._versions: dict[str, dict[str, str]] = {}
+        self._lock = threading.Lock()
+
     def find(
         self,
         store: StoreRef,
@@ -18,24 +31,46 @@ class StoreArtifactFinder:
         compression: Compression,
         execution_provider: str,
     ) -> dict[str, Any] | None:
-        from onnxship.compress import tool_versions
         from onnxship.compress.result import compact_result
-        from onnxship.store import S3Credentials, open_store
 
-        creds = (
-            S3Credentials(
-                access_key_id=credentials["AWS_ACCESS_KEY_ID"],
-                secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
-                session_token=credentials.get("AWS_SESSION_TOKEN", ""),
-            )
-            if credentials.get("AWS_ACCESS_KEY_ID")
-            else None
-        )
-        opened = open_store(
-            store.uri, endpoint=store.endpoint, region=store.region, credentials=creds
-        )
-        key = cache_key(source_sha256, compression, tool_versions(execution_provider))
+        opened = self._open(store, credentials)
+        key = cache_key(source_sha256, compression, self._tool_versions(execution_provider))
         manifest = opened.get_manifest(key)
         if manifest is None:
             return None
         return compact_result(manifest, opened.manifest_uri(key), cache_hit=True)
+
+    def _tool_versions(self, execution_provider: str) -> dict[str, str]:
+        versions = self._versions.get(execution_provider)
+        if versions is None:
+            from onnxship.compress import tool_versions
+
+            versions = self._versions[execution_provider] = tool_versions(execution_provider)
+        return versions
+
+    def _open(self, store: StoreRef, credentials: dict[str, str]) -> Any:
+        from onnxship.store import S3Credentials, open_store
+
+        access = credentials.get("AWS_ACCESS_KEY_ID", "")
+        secret = credentials.get("AWS_SECRET_ACCESS_KEY", "")
+        token = credentials.get("AWS_SESSION_TOKEN", "")
+        slot = (store.uri, store.endpoint, store.region, access, secret, token)
+        with self._lock:  # boto3 clients are thread-safe once made; making one is not
+            opened = self._stores.get(slot)
+            if opened is not None:
+                self._stores.move_to_end(slot)
+                return opened
+            creds = (
+                S3Credentials(
+                    access_key_id=access, secret_access_key=secret, session_token=token
+                )
+                if access
+                else None
+            )
+            opened = open_store(
+                store.uri, endpoint=store.endpoint, region=store.region, credentials=creds
+            )
+            self._stores[slot] = opened
+            if len(self._stores) > MAX_OPEN_STORES:
+                self._stores.popitem(last=False)
+            return opened

@@ -2,7 +2,8 @@
 
 One async daemon per ModelDeployment runs reconcile passes (in a worker thread: the
 Kubernetes client and the store are blocking) and sleeps until the plan's next deadline or
-until a change to the spec or a command annotation wakes it. Handlers never sleep on kopf's
+until a change to the spec, a command annotation or a child's status (through the
+informers, controller/informers.py) wakes it. Handlers never sleep on kopf's
 event loop and never return values into status.
 """
 
@@ -37,8 +38,11 @@ def register(
     make_wiring: Callable[[OperatorMetrics], Wiring],
     metrics: OperatorMetrics | None = None,
     login: bool = True,
+    namespaces: list[str] | None = None,
 ) -> dict[str, Any]:
     """Register the operator's handlers on ``registry``; returns its shared state (for tests).
+
+    ``namespaces``: those the operator watches (None or [] = all), for its informers.
 
     ``login``: authenticate the kopf way (in-cluster ServiceAccount or kubeconfig, through the
     kubernetes client). A registry of our own does not get kopf's default login handlers, so
@@ -58,7 +62,7 @@ def register(
         return shared["wiring"]  # type: ignore[no-any-return]
 
     @kopf.on.startup(registry=registry)
-    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         # Progress in annotations, not in status: status belongs to the CRD's schema.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
             prefix=ANNOTATION_PREFIX
@@ -68,7 +72,32 @@ def register(
         )
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 270
-        wiring()
+        loop = asyncio.get_running_loop()
+
+        def wake_owner(namespace: str, name: str) -> None:
+            event = shared["wakers"].get((namespace, name))
+            if event is not None:
+                event.set()
+
+        def child_changed(kind: str, type_: str, obj: dict[str, Any]) -> None:
+            """What the cluster's controllers do to our children (a Job finishing, pods
+            becoming ready) wakes the owner at once, so the operator never polls for it."""
+            meta = obj.get("metadata") or {}
+            labels = meta.get("labels") or {}
+            if labels.get(w.L_COMPONENT) in ("model", "compress"):
+                owner = (meta.get("namespace", ""), labels.get(w.L_DEPLOYMENT, ""))
+                loop.call_soon_threadsafe(wake_owner, *owner)
+
+        # Informers (a list and a watch per kind) made in a worker thread: the client's
+        # configuration reads files.
+        await asyncio.to_thread(
+            lambda: wiring().kube.start_informers(namespaces, on_change=child_changed)
+        )
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_informers(**_: Any) -> None:
+        if "wiring" in shared:
+            shared["wiring"].kube.stop_informers()
 
     def waker(namespace: str, name: str) -> asyncio.Event:
         return shared["wakers"].setdefault((namespace, name), asyncio.Event())  # type: ignore[no-any-return]
@@ -170,29 +199,6 @@ def register(
     async def nudge(namespace: str, name: str, **_: Any) -> None:
         """A spec change or a command: reconcile now rather than at the next deadline."""
         event = shared["wakers"].get((namespace, name))
-        if event is not None:
-            event.set()
-
-    # What the cluster's controllers do to our children (a Job finishing, pods becoming
-    # ready) wakes the owner at once, so the operator never has to poll for it.
-    @kopf.on.event(
-        "batch",
-        "v1",
-        "jobs",
-        registry=registry,
-        id="wake-on-job",
-        labels={w.L_COMPONENT: "compress"},
-    )
-    @kopf.on.event(
-        "apps",
-        "v1",
-        "deployments",
-        registry=registry,
-        id="wake-on-deployment",
-        labels={w.L_COMPONENT: "model"},
-    )
-    async def child_changed(namespace: str, labels: dict[str, str], **_: Any) -> None:
-        event = shared["wakers"].get((namespace, labels.get(w.L_DEPLOYMENT, "")))
         if event is not None:
             event.set()
 

@@ -2,8 +2,9 @@
 
 Built on the `kubernetes` package's ApiClient (kubeconfig or in-cluster credentials) with
 raw JSON, so that the builders' dicts go over the wire unchanged. ``apply`` is
-create-or-merge-patch guarded by a content hash annotation: a reconcile that changes nothing
-reads and writes nothing but one GET per object.
+create-or-merge-patch guarded by a content hash annotation. With informers started
+(``start_informers``), gets and lists of the kinds they follow read their cache and the
+operator's writes go into it: a reconcile that changes nothing sends no request for them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from kubernetes.client.exceptions import ApiException
 
 from onnxship.plan.workloads import A_CONFIG_HASH, config_hash
 
+from .informers import Informer, OnChange
+
 log = logging.getLogger(__name__)
 
 
@@ -33,6 +36,13 @@ class Kind:
     @property
     def api_version(self) -> str:
         return f"{self.group}/{self.version}" if self.group else self.version
+
+    def collection(self, namespace: str) -> str:
+        """The kind's objects in ``namespace``, or in every namespace when it is ""."""
+        if namespace:
+            return self.path(namespace)
+        root = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        return f"{root}/{self.plural}"
 
     def path(self, namespace: str, name: str = "", subresource: str = "") -> str:
         root = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
@@ -58,6 +68,9 @@ KINDS: dict[str, Kind] = {
 # Called after every API request with (verb, kind, subresource): the RBAC test and metrics.
 RequestHook = Callable[[str, str, str], None]
 
+# The kinds a reconcile pass reads on every pass, followed by informers: the children.
+CACHED_KINDS = ("Deployment", "Service", "ConfigMap", "Job")
+
 
 class KubeError(RuntimeError):
     def __init__(self, status: int, reason: str) -> None:
@@ -69,6 +82,50 @@ class Kube:
     def __init__(self, api: k8s.ApiClient, on_request: RequestHook | None = None) -> None:
         self._api = api
         self._on_request = on_request
+        self._informers: dict[str, Informer] = {}
+
+    # ---------------------------------------------------------------- informers
+
+    def start_informers(
+        self,
+        namespaces: list[str] | None = None,
+        on_change: OnChange | None = None,
+        kinds: tuple[str, ...] = CACHED_KINDS,
+    ) -> None:
+        """Follow ``kinds`` in ``namespaces`` (None or [] = all) from now on."""
+        # A client of their own: each watch holds a connection for minutes, which would
+        # otherwise leave the passes' pool short and make them open new ones.
+        api = k8s.ApiClient(self._api.configuration)
+        for kind in kinds:
+            informer = Informer(
+                api,
+                kind,
+                KINDS[kind].collection,
+                namespaces or [""],
+                on_change=on_change,
+                on_request=lambda verb, kind, _: self._hook(verb, kind, ""),
+            )
+            self._informers[kind] = informer
+            informer.start()
+
+    def stop_informers(self) -> None:
+        for informer in self._informers.values():
+            informer.stop()
+        self._informers = {}
+
+    def _cache(self, kind: str, namespace: str) -> Informer | None:
+        informer = self._informers.get(kind)
+        if informer is None or not informer.covers(namespace):
+            return None
+        return informer if informer.wait_synced() else None
+
+    def _hook(self, verb: str, kind: str, subresource: str) -> None:
+        if self._on_request:
+            self._on_request(verb, kind, subresource)
+
+    def _wrote(self, obj: Any) -> None:
+        if isinstance(obj, dict) and (informer := self._informers.get(obj.get("kind", ""))):
+            informer.wrote(obj)
 
     @classmethod
     def from_environment(cls) -> Kube:
@@ -102,8 +159,7 @@ class Kube:
         content_type: str = "application/json",
         subresource: str = "",
     ) -> Any:
-        if self._on_request:
-            self._on_request(verb, kind, subresource)
+        self._hook(verb, kind, subresource)
         method, url, headers, body, _ = self._api.param_serialize(
             method,
             path,
@@ -125,6 +181,13 @@ class Kube:
     # ---------------------------------------------------------------- typed
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        cache = self._cache(kind, namespace)
+        if cache is not None:
+            return cache.get(namespace, name)
+        return self.read(kind, namespace, name)
+
+    def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """GET from the API server, whatever the cache holds."""
         try:
             return self._call("get", "GET", kind, KINDS[kind].path(namespace, name))  # type: ignore[no-any-return]
         except KubeError as exc:
@@ -133,6 +196,9 @@ class Kube:
             raise
 
     def list(self, kind: str, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
+        cache = self._cache(kind, namespace)
+        if cache is not None:
+            return cache.list(namespace, selector)
         query = [("labelSelector", ",".join(f"{k}={v}" for k, v in selector.items()))]
         data = self._call("list", "GET", kind, KINDS[kind].path(namespace), query=query)
         items = (data or {}).get("items", [])
@@ -146,12 +212,14 @@ class Kube:
     def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
         path = KINDS[obj["kind"]].path(meta["namespace"])
-        return self._call("create", "POST", obj["kind"], path, body=dict(obj))  # type: ignore[no-any-return]
+        created = self._call("create", "POST", obj["kind"], path, body=dict(obj))
+        self._wrote(created)
+        return created  # type: ignore[no-any-return]
 
     def patch(
         self, kind: str, namespace: str, name: str, patch: Mapping[str, Any], subresource: str = ""
     ) -> dict[str, Any]:
-        return self._call(  # type: ignore[no-any-return]
+        patched = self._call(
             "patch",
             "PATCH",
             kind,
@@ -160,6 +228,8 @@ class Kube:
             content_type="application/merge-patch+json",
             subresource=subresource,
         )
+        self._wrote(patched)
+        return patched  # type: ignore[no-any-return]
 
     def delete(self, kind: str, namespace: str, name: str) -> bool:
         """Delete in the background (dependents go with it); False when already gone."""
@@ -173,8 +243,12 @@ class Kube:
             )
         except KubeError as exc:
             if exc.status == 404:
+                if informer := self._informers.get(kind):
+                    informer.deleted(namespace, name)
                 return False
             raise
+        if informer := self._informers.get(kind):
+            informer.deleted(namespace, name)
         return True
 
     def apply(self, obj: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -189,7 +263,7 @@ class Kube:
             except KubeError as exc:
                 if exc.status != 409:  # created meanwhile by a previous, interrupted pass
                     raise
-                live = self.get(obj["kind"], meta["namespace"], meta["name"]) or {}
+                live = self.read(obj["kind"], meta["namespace"], meta["name"]) or {}
         if live.get("metadata", {}).get("annotations", {}).get(A_CONFIG_HASH) == digest:
             return live, False
         patch = {k: v for k, v in desired.items() if k not in ("apiVersion", "kind")}

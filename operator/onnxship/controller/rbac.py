@@ -19,9 +19,9 @@ RULES: list[dict[str, Any]] = [
         "verbs": ["get", "list", "watch", "patch"],
     },
     {"apiGroups": ["onnxship.io"], "resources": ["modeldeployments/status"], "verbs": ["patch"]},
-    # What the operator creates, all owned by a ModelDeployment. Kube.apply reads, creates or
-    # merge-patches; revisions and clean-up list by label and delete; kopf watches the
-    # Deployments and Jobs (their status wakes the owner).
+    # What the operator creates, all owned by a ModelDeployment. Kube.apply creates or
+    # merge-patches; revisions and clean-up delete; informers list and watch each kind (by
+    # label), so reads come from memory and a Deployment's or a Job's status wakes the owner.
     {
         "apiGroups": ["apps"],
         "resources": ["deployments"],
@@ -35,7 +35,7 @@ RULES: list[dict[str, Any]] = [
     {
         "apiGroups": [""],
         "resources": ["services", "configmaps"],
-        "verbs": ["get", "list", "create", "patch", "delete"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
     },
     # With traffic.router: gatewayAPI; deleted with its owner by the garbage collector.
     {
