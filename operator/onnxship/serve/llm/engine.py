@@ -38,7 +38,7 @@ from .sampling import SamplingParams, pick
 
 log = logging.getLogger(__name__)
 
-PREFILL_CHUNK = 256  # tokens of one prompt per run: bounds the logits' memory
+PREFILL_CHUNK = 256  # prompt tokens per run: bounds its activations (and a whole graph's logits)
 PREFILL_BUDGET = 512  # prompt tokens per turn, across sequences, before a decode step
 # A prompt's run (after a reused prefix, or a chunk) covers at least this many tokens: the
 # graph's matrix products take another kernel path for a single row (int4 logits differed
