@@ -209,7 +209,9 @@ def _reserve(host: str, port: int) -> socket.socket:
 
 
 def _worker(settings: RouterSettings, pod: Pod) -> None:
-    from .server import ListenError, loop_factory, serve
+    from onnxship.eventloop import loop_factory
+
+    from .server import ListenError, serve
 
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
@@ -221,7 +223,7 @@ def _worker(settings: RouterSettings, pod: Pod) -> None:
 
 def supervise(settings: RouterSettings) -> int:
     """Run ``settings.workers`` routers on one port until SIGTERM/SIGINT; their exit status."""
-    from .server import loop_factory
+    from onnxship.eventloop import loop_factory
 
     try:
         holder = _reserve(settings.host, settings.port)

@@ -18,6 +18,7 @@ import signal
 
 from aiohttp import web
 
+from .. import eventloop
 from .config import ServeConfig
 from .dataplane import DataPlane
 from .errors import StartupError
@@ -135,7 +136,7 @@ def run(config: ServeConfig) -> int:
     """Blocking entry point for the CLI: the server, or with several workers their
     supervisor. Returns the exit status (non-zero: a worker died, see serve/workers.py)."""
     if config.workers == 1:
-        asyncio.run(serve(config))
+        eventloop.run(serve(config))
         return 0
     from .workers import run_pod  # the supervisor: only where workers may be more than one
 

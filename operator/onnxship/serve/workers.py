@@ -25,7 +25,6 @@ would hold its own weights and KV cache.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import gc
@@ -44,6 +43,7 @@ from types import FrameType
 
 from onnxship.logs import JsonFormatter, configure_logging
 
+from .. import eventloop
 from .config import ServeConfig
 from .errors import StartupError
 from .llm import causal_lm_folder
@@ -87,7 +87,7 @@ def run_pod(config: ServeConfig) -> int:
     )
     workers = worker_count(config, causal_lm)
     if workers == 1:
-        asyncio.run(serve(local.model_copy(update={"workers": 1})))
+        eventloop.run(serve(local.model_copy(update={"workers": 1})))
         return 0
     if causal_lm:
         log.warning(
@@ -445,7 +445,7 @@ def _worker(
         logging.getLogger("onnxship.serve.warmup").setLevel(logging.ERROR)
     member = PodMember(folder, index, workers)
     try:
-        asyncio.run(serve(config, pod=member))
+        eventloop.run(serve(config, pod=member))
     except StartupError as exc:
         # The supervisor reports it once for the pod, with the CLI's exit code for its kind.
         folder.record_failure(str(index), exc)
