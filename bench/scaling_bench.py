@@ -29,7 +29,16 @@ batch 1 per request.
 
 Core counts default from this machine: 1, 2 on 2 cores; 2, 4, 8 on 16. It needs the project
 installed (its pure-Python dependencies and onnxruntime) and nothing else; the peers are
-skipped, said so, when their virtualenvs are absent.
+skipped, said so, when their virtualenvs are absent. On a 16-core machine, from a copy of the
+tree (with ../shared/models/minilm beside it, or --minilm-dir; without it only the MLP runs):
+
+    python3.11 -m venv .venv && .venv/bin/pip install -e .
+    make .cache/bench/peers/fastapi/.installed .cache/bench/peers/kserve/.installed  # peers
+    .venv/bin/python bench/run_all.py --only scaling    # or bench/scaling_bench.py --rounds 3
+
+Besides req/s, every measurement records the CPU seconds the server's processes (or raw's)
+got in the window: on a shared machine the per-CPU-second ratios are the ones other tenants'
+load does not move.
 """
 
 from __future__ import annotations
