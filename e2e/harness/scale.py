@@ -38,6 +38,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import ssl
@@ -748,15 +749,20 @@ def _loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def apiserver_requests(admin: Api) -> float:
-    """The API server's apiserver_request_total, summed over every label (all clients)."""
+def apiserver_requests(admin: Api) -> Counter[str]:
+    """The API server's apiserver_request_total by "verb resource[/subresource]", all
+    clients (the metric has no user label)."""
     text = admin.must("GET", "/metrics", accept="text/plain")
     text = text if isinstance(text, str) else str(text)
-    total = 0.0
+    out: Counter[str] = Counter()
     for line in text.splitlines():
         if line.startswith("apiserver_request_total{"):
-            total += float(line.rsplit(" ", 1)[-1])
-    return total
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+            res = labels.get("resource", "") + (
+                "/" + labels["subresource"] if labels.get("subresource") else ""
+            )
+            out[f"{labels.get('verb', '').lower()} {res or '-'}"] += float(line.rsplit(" ", 1)[-1])
+    return out
 
 
 def per_object(counts: dict[str, int], objects: int) -> dict[str, float]:
@@ -845,16 +851,34 @@ class ScaleRun:
     def writes(self, case: Case, t0: float, t1: float | None = None) -> list[Request]:
         return [r for r in self.audit.of(case.user, t0, t1) if r.verb in WRITE_VERBS]
 
-    def wait_quiet(self, case: Case, since: float, limit: float = 300.0) -> float:
-        """Until the operator made no write for quiet_seconds (at most ``limit``)."""
+    def wait_quiet(
+        self, case: Case, since: float, quiet: float | None = None, limit: float = 600.0
+    ) -> float:
+        """Until the operator made no write for ``quiet`` seconds (quiet_seconds by default;
+        at most ``limit``) and every Deployment it made is ready and current: the
+        controller-manager may still be creating the routers' Pods after the ModelDeployments
+        are Ready, and its requests would count as the API server's rate at rest."""
+        quiet = self.o.quiet_seconds if quiet is None else quiet
         t_end = time.time() + limit
         while time.time() < t_end:
             time.sleep(1)
             self.audit.sync()
             last = max((r.at for r in self.writes(case, since)), default=since)
-            if time.time() - last >= self.o.quiet_seconds:
+            if time.time() - last >= quiet and self.settled(case):
                 return time.time()
         return time.time()
+
+    def settled(self, case: Case) -> bool:
+        for d in self.admin.items(CHILD_KINDS["deployments"].format(ns=case.namespace)):
+            spec, st = d.get("spec") or {}, d.get("status") or {}
+            want = int(spec.get("replicas", 1))
+            if (
+                int(st.get("readyReplicas", 0)) != want
+                or int(st.get("replicas", 0)) != want
+                or st.get("observedGeneration") != d["metadata"].get("generation")
+            ):
+                return False
+        return True
 
     def rest_window(self, case: Case, running: Running) -> dict[str, Any]:
         """Requests over one rest window: the operator's (audit), the API server's (all)."""
@@ -876,7 +900,12 @@ class ScaleRun:
                 r.name for r in reqs if r.verb == "get" and r.resource == "modeldeployments"
             },
             "operator_requests_by_verb": by_key(reqs),
-            "apiserver_requests_per_second_all_clients": round((a1 - a0) / seconds, 2),
+            "apiserver_requests_per_second_all_clients": round(
+                (sum(a1.values()) - sum(a0.values())) / seconds, 2
+            ),
+            "apiserver_requests_all_clients_by_verb": {
+                k: int(v) for k, v in (a1 - a0).most_common(8)
+            },
         }
         passes = c1.get("onnxship_operator_reconciles", 0) - c0.get(
             "onnxship_operator_reconciles", 0
@@ -1058,7 +1087,9 @@ class ScaleRun:
             self.say(f"[{case_name}] {len(canaries)} canaries done in {t_c1 - t_c0:.0f}s")
 
             # 4. Restart at rest.
-            t_q = self.wait_quiet(case, t_c1)
+            # At rest: a whole resync with no write, so that every object had a pass since
+            # the canaries ended (a write still due then is not the restart's).
+            t_q = self.wait_quiet(case, t_c1, quiet=max(o.quiet_seconds, o.resync_seconds + 5))
             rest_rate = result["rest"]["operator_requests_per_second"]
             before = self.versions(case)
             first = sampler.summary(t_start)
