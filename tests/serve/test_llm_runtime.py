@@ -4,30 +4,44 @@ when its tail or its data files are not what GenAI's builder writes."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
+from onnxship.serve.config import ServeConfig
 from onnxship.serve.llm.runtime import DecoderLayout, DecoderRuntime, last_rows_graph
+from onnxship.serve.session import create_session
 
 
 def runtime(folder: Path, cut: bool) -> DecoderRuntime:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    if cut:
-        found = last_rows_graph(folder / "model.onnx", "logits")
-        assert found is not None
-        graph, files = found
-        sizes = [len(f) for f in files.values()]
-        options.add_external_initializers_from_files_in_memory(list(files), list(files.values()),
-                                                               sizes)  # fmt: skip
-        session = ort.InferenceSession(graph, options)
-    else:
-        session = ort.InferenceSession(str(folder / "model.onnx"), options)
+    config = ServeConfig(model_path=folder, threads=1)
+    graph = last_rows_graph(folder / "model.onnx", "logits") if cut else None
+    assert graph is not None or not cut
+    session = create_session(folder / "model.onnx", config, graph=graph)
     return DecoderRuntime(session, DecoderLayout.read(folder, session), 2, 128, last_rows=cut)
+
+
+def mapped(path: Path) -> bool:
+    """Whether this process maps the file (ORT memory-maps external data it loads from disk)."""
+    with open("/proc/self/maps") as maps:
+        return any(line.rstrip().endswith(str(path.resolve())) for line in maps)
+
+
+def test_the_cut_graph_maps_the_models_weights_rather_than_copying_them(
+    tiny_llm: Path, tmp_path: Path
+) -> None:
+    # Its own copy of the folder, so that no other session in this process maps its data file.
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_llm, folder)
+    data = folder / "model.onnx.data"
+    assert not mapped(data)
+    cut = runtime(folder, True)
+    # Handed over from memory, ORT copied the weights (2x the RSS at load on SmolLM2 int8).
+    assert mapped(data)
+    assert cut.prefill(0, [1, 9690, 198, 2683]).shape == (49152,)
 
 
 def test_cut_logits_equal_the_whole_graphs_last_row(tiny_llm: Path) -> None:
@@ -73,4 +87,10 @@ def test_the_graph_stays_whole_when_its_tail_or_data_is_not_the_builders(
             if entry.key == "location":
                 entry.value = "../cast/model.onnx.data"
     onnx.save(model, str(folder / "model.onnx"))
+    assert last_rows_graph(folder / "model.onnx", "logits") is None
+    # a data file that is a link to a file outside the folder
+    folder = tmp_path / "link"
+    shutil.copytree(tiny_llm, folder)
+    (folder / "model.onnx.data").unlink()
+    os.symlink(tmp_path / "cast" / "model.onnx.data", folder / "model.onnx.data")
     assert last_rows_graph(folder / "model.onnx", "logits") is None

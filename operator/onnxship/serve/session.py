@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import onnxruntime as ort
 
@@ -84,15 +82,15 @@ def create_session(
     config: ServeConfig,
     *,
     graph: bytes | None = None,
-    files: Mapping[str, Any] | None = None,  # bytes-like
 ) -> ort.InferenceSession:
     """A session on exactly the asked provider; a missing provider is a startup error.
 
     ONNX Runtime would otherwise fall back to CPU in silence, and a GPU pool would serve
     at CPU speed with nothing in the logs to say why. With ``config.shared_model`` (worker
     processes) the session loads that prepared copy instead: see ``prepare_shared_model``.
-    ``graph`` is an edited copy of the model file's graph, ``files`` its external data files
-    by name (serve/llm cuts the logits to the positions it reads).
+    ``graph`` is an edited copy of the model file's graph (serve/llm cuts the logits to the
+    positions it reads) whose external data files are the model folder's: ORT memory-maps them
+    from there as for a file (handed over from memory it would copy the weights).
     """
     provider = check_provider(config)
     options = session_options(config)
@@ -100,11 +98,10 @@ def create_session(
         [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
     )
     source = config.shared_model or model_file
-    if files:
-        names = list(files)
-        buffers = [files[n] for n in names]
-        sizes = [memoryview(b).nbytes for b in buffers]
-        options.add_external_initializers_from_files_in_memory(names, buffers, sizes)
+    if graph is not None:
+        options.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", str(model_file.resolve().parent)
+        )
     try:
         session = ort.InferenceSession(
             graph if graph is not None else str(source), options, providers=providers

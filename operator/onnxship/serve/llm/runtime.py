@@ -18,7 +18,6 @@ Blocking: everything here runs on the engine's one thread; ORT releases the GIL 
 from __future__ import annotations
 
 import json
-import mmap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,16 +102,18 @@ class DecoderLayout:
 LAST_ROWS = "onnxship_last_rows"  # the input that ``last_rows_graph`` adds
 
 
-def last_rows_graph(model_file: Path, logits: str) -> tuple[bytes, dict[str, mmap.mmap]] | None:
+def last_rows_graph(model_file: Path, logits: str) -> bytes | None:
     """The model's graph with its logits cut to the rows it is asked for, or None when the
     graph does not end the way GenAI's builder writes it (then the graph is used as it is).
 
     The builder's lm_head runs on every position of a prompt: 49,152 x 576 per token for
     SmolLM2, 15-20% of a prompt's compute and a [tokens, vocab] output, of which one row is
     read. A Gather of the asked rows (input ``LAST_ROWS``, flat indices into batch x sequence)
-    before the lm_head's MatMul keeps each row's arithmetic as it was. The graph is small; its
-    external data files are handed to ONNX Runtime from memory maps (names checked: model files
-    are untrusted), which copies the weights at load (peak memory about twice the weights).
+    before the lm_head's MatMul keeps each row's arithmetic as it was. Only the graph is
+    returned (no weights): ``create_session(graph=)`` loads it with the model's folder as where
+    its external data lies, which ONNX Runtime memory-maps as it does for a model file. Handed
+    over from memory instead, the weights were copied: SmolLM2 int8 peaked at 2x the RSS at load.
+    Data file names are checked (model files are untrusted) before ORT checks them again.
     """
     folder = model_file.parent.resolve()
     model = onnx.load(str(model_file), load_external_data=False)
@@ -127,20 +128,13 @@ def last_rows_graph(model_file: Path, logits: str) -> tuple[bytes, dict[str, mma
         or head.input[0] in weights
     ):
         return None
-    files: dict[str, mmap.mmap] = {}
     for tensor in graph.initializer:
         if tensor.data_location != TensorProto.EXTERNAL:
             continue
         name = next((e.value for e in tensor.external_data if e.key == "location"), "")
         path = (folder / name).resolve()
-        if name in files:
-            continue
         if not name or Path(name).is_absolute() or path.parent != folder or not path.is_file():
             return None  # ONNX Runtime names the problem when it loads the file itself
-        with path.open("rb") as fh:
-            if path.stat().st_size == 0:
-                return None
-            files[name] = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     hidden = head.input[0]
     nodes = list(graph.node)
     at = nodes.index(head)
@@ -162,7 +156,7 @@ def last_rows_graph(model_file: Path, logits: str) -> tuple[bytes, dict[str, mma
         shape.dim.add().dim_value = vocab.dim_value
     else:
         shape.dim.add().dim_param = "vocab"
-    return model.SerializeToString(), files
+    return model.SerializeToString()
 
 
 class DecoderRuntime:

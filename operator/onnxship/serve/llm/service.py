@@ -7,7 +7,6 @@ against the context and the queue, and returns a ``Sequence`` whose events carry
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -216,17 +215,11 @@ def _session(
         cut = None
     if cut is None:
         return create_session(model_file, config), False
-    graph, files = cut
     try:
-        return create_session(model_file, config, graph=graph, files=files), True
+        return create_session(model_file, config, graph=cut), True
     except StartupError as exc:
         log.warning("%s: logits of every position (the cut graph did not load: %s)",
                     model_file, exc)  # fmt: skip
-    finally:
-        for data in files.values():
-            # ONNX Runtime copied what it needs; if a view is still held, the collector closes
-            with contextlib.suppress(BufferError):
-                data.close()
     return create_session(model_file, config), False
 
 
