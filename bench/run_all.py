@@ -1376,6 +1376,14 @@ def main() -> None:
         doc["plots"] = []
     (RESULTS / "latest.json").write_text(json.dumps(doc, indent=2) + "\n")
     (RESULTS / "REPORT.md").write_text(report_md(doc))
+    scale = RAW / "scale.json"  # make bench-scale's (tens of minutes, not run here): kept
+    if scale.exists():
+        try:
+            import scale_bench
+
+            scale_bench.write_report(json.loads(scale.read_text()), RESULTS / "REPORT.md")
+        except Exception as exc:  # its section must not lose the others
+            print(f"scale section failed: {exc!r}", flush=True)
     print((RESULTS / "REPORT.md").read_text())
     print(f"make bench: {time.monotonic() - started:.0f}s; wrote {RESULTS / 'REPORT.md'}")
     failed = [n for n, b in ran.items() if any(r["exit"] for r in b["runs"])]

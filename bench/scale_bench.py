@@ -326,6 +326,14 @@ def report_section(result: dict[str, Any]) -> list[str]:
         row("delete all: time until children gone", ("delete", "seconds_to_children_gone"), " s"),
         "",
     ]
+    lines += [
+        "Read with care: onnxship's Ready waits for its Pods (the controller-manager's "
+        "ReplicaSets and KWOK, on the same 2 cores), the anchor's for its own status write; "
+        "children gone after a delete is the garbage collector's and KWOK's time; the API "
+        "server's rate at rest counts every client (KWOK's leases, the harness's "
+        "/metrics reads), the operator's is from the audit log.",
+        "",
+    ]
     if b:
         seqs = g(b, "canary", "canary_weight_sequences") or {}
         lines += [
