@@ -94,3 +94,6 @@ def getaddrinfo(
 
 if _FILE or _POD:
     socket.getaddrinfo = getaddrinfo  # type: ignore[assignment]
+    # uvloop resolves names in libuv, past this wrapper (a real cluster's DNS answers it, this
+    # stand-in cannot): the Pods' servers run on asyncio's loop here.
+    os.environ.setdefault("ONNXSHIP_EVENT_LOOP", "asyncio")
