@@ -276,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
         load = None
 
         say("onnxship status")
-        print(cli("status", *state_args), end="")
+        print(cli("status", NAME, *state_args), end="")
         Console(width=None if sys.stdout.isatty() else 140).print(summary(state, users, v3_users))
         runtime = state.read_runtime() or {}
         if runtime.get("cacheHits"):

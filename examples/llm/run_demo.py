@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         load = None
 
         say("onnxship status")
-        print(cli("status", *state_args), end="")
+        print(cli("status", NAME, *state_args), end="")
         Console(width=None if sys.stdout.isatty() else 200).print(
             summary(state, users, v3_users, time.monotonic() - started)
         )
