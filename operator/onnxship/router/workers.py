@@ -44,6 +44,7 @@ import aiohttp
 from aiohttp import web
 
 from onnxship.api.routes import RouteTable
+from onnxship.cpus import cpu_quota
 
 from .metrics import merged_exposition
 
@@ -60,19 +61,7 @@ def workers_for_quota(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
     """``--workers 0``: one worker per CPU of the container's quota (rounded up, within the
     CPUs it may run on); 1 without a quota, where the node's core count says nothing about
     what the pod may use."""
-    quota: float | None = None
-    try:  # cgroup v2: "max 100000" or "200000 100000"
-        q, period = (cgroup_root / "cpu.max").read_text().split()
-        if q != "max":
-            quota = int(q) / int(period)
-    except (OSError, ValueError):
-        try:  # cgroup v1
-            q1 = int((cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text())
-            p1 = int((cgroup_root / "cpu" / "cpu.cfs_period_us").read_text())
-            if q1 > 0 and p1 > 0:
-                quota = q1 / p1
-        except (OSError, ValueError):
-            pass
+    quota = cpu_quota(cgroup_root)
     if quota is None:
         return 1
     return max(1, min(len(os.sched_getaffinity(0)), math.ceil(quota)))

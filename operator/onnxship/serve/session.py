@@ -8,6 +8,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from ..cpus import cpu_quota
 from .config import ServeConfig
 from .errors import StartupError
 
@@ -26,19 +27,7 @@ def cpu_limit(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
     a 64-core node means 64 threads fighting over 2 CPUs of quota.
     """
     available = len(os.sched_getaffinity(0))
-    quota: float | None = None
-    try:  # cgroup v2: "max 100000" or "200000 100000"
-        q, period = (cgroup_root / "cpu.max").read_text().split()
-        if q != "max":
-            quota = int(q) / int(period)
-    except (OSError, ValueError):
-        try:  # cgroup v1
-            q1 = int((cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text())
-            p1 = int((cgroup_root / "cpu" / "cpu.cfs_period_us").read_text())
-            if q1 > 0 and p1 > 0:
-                quota = q1 / p1
-        except (OSError, ValueError):
-            pass
+    quota = cpu_quota(cgroup_root)
     if quota is None:
         return available
     return max(1, min(available, math.ceil(quota)))
