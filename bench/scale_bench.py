@@ -34,7 +34,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # e2e.harness, tests.helpers; onnxship from the venv
 
-from e2e.harness.api import wait_for  # noqa: E402
 from e2e.harness.control_plane import (  # noqa: E402
     BIN,
     CONTROLLERS,
@@ -42,15 +41,14 @@ from e2e.harness.control_plane import (  # noqa: E402
     kwok_available,
     missing_binaries,
     start_control_plane,
-    start_kwok,
 )
-from e2e.harness.install import install_crd  # noqa: E402
-from e2e.harness.kubelet import KWOK_ANNOTATION, NODE, FakeKubelet  # noqa: E402
+from e2e.harness.kubelet import NODE, FakeKubelet  # noqa: E402
 from e2e.harness.scale import (  # noqa: E402
     AuditTail,
     Options,
     ScaleRun,
     apiserver_args,
+    kwok_node,
     prepare_store,
     ratios,
 )
@@ -161,21 +159,7 @@ def main() -> int:
         store = prepare_store(f"http://{host}:{port}", scratch / "models")
         print(f"store ready in {time.time() - t:.0f}s: v1 {store.v1.cache_key[:12]}, "
               f"v2 {store.v2.cache_key[:12]}")
-        crd = install_crd(cp.admin)
-        assert crd.ok, crd.message
-        start_kwok(cp, KWOK_ANNOTATION)
-        kubelet = FakeKubelet(cp.admin, kwok=True)  # the Node; Pods are bound by the run
-        kubelet.start()
-        wait_for(
-            lambda: any(
-                c["type"] == "Ready" and c["status"] == "True"
-                for c in (cp.admin.get(f"/api/v1/nodes/{NODE}") or {})
-                .get("status", {})
-                .get("conditions", [])
-            ),
-            timeout=60,
-            what="KWOK to make the node Ready",
-        )
+        kubelet = kwok_node(cp)
         run = ScaleRun(cp, audit, store, NODE, options, say=lambda m: print(m, flush=True))
         cases = run.results  # what was measured stays, should a case fail
         try:

@@ -18,23 +18,21 @@ from typing import Any
 
 import pytest
 
-from e2e.harness.api import wait_for
 from e2e.harness.control_plane import (
     BIN,
     CONTROLLERS,
     kwok_available,
     missing_binaries,
     start_control_plane,
-    start_kwok,
 )
-from e2e.harness.install import install_crd
-from e2e.harness.kubelet import KWOK_ANNOTATION, NODE, FakeKubelet
+from e2e.harness.kubelet import NODE, FakeKubelet
 from e2e.harness.scale import (
     STEPS,
     AuditTail,
     Options,
     ScaleRun,
     apiserver_args,
+    kwok_node,
     prepare_store,
 )
 
@@ -65,21 +63,7 @@ def scale(s3: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     kubelet: FakeKubelet | None = None
     try:
         store = prepare_store(s3, scratch / "models", bucket="onnxship-scale-e2e")
-        crd = install_crd(cp.admin)
-        assert crd.ok, crd.message
-        start_kwok(cp, KWOK_ANNOTATION)
-        kubelet = FakeKubelet(cp.admin, kwok=True)  # the Node; the run binds its Pods
-        kubelet.start()
-        wait_for(
-            lambda: any(
-                c["type"] == "Ready" and c["status"] == "True"
-                for c in (cp.admin.get(f"/api/v1/nodes/{NODE}") or {})
-                .get("status", {})
-                .get("conditions", [])
-            ),
-            timeout=60,
-            what="KWOK to make the node Ready",
-        )
+        kubelet = kwok_node(cp)
         run = ScaleRun(cp, audit, store, NODE, OPTIONS, say=print)
         # A failure is recorded in the result's "error"; each test says what it lacks.
         with contextlib.suppress(AssertionError):

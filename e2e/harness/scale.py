@@ -59,11 +59,33 @@ from pathlib import Path
 from typing import Any
 
 from .api import Api, wait_for
-from .control_plane import ControlPlane, free_port, start, write_kubeconfig
-from .install import install_operator_rbac, service_account_token
+from .control_plane import ControlPlane, free_port, start, start_kwok, write_kubeconfig
+from .install import install_crd, install_operator_rbac, service_account_token
+from .kubelet import KWOK_ANNOTATION, NODE, FakeKubelet
 from .operator import Operator, start_operator
 
 log = logging.getLogger(__name__)
+
+
+def kwok_node(cp: ControlPlane) -> FakeKubelet:
+    """The CRD installed, KWOK started and the Node it plays Ready; the run binds the Pods.
+    The caller stops the returned kubelet."""
+    crd = install_crd(cp.admin)
+    assert crd.ok, crd.message
+    start_kwok(cp, KWOK_ANNOTATION)
+    kubelet = FakeKubelet(cp.admin, kwok=True)
+    kubelet.start()
+    wait_for(
+        lambda: any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in (cp.admin.get(f"/api/v1/nodes/{NODE}") or {})
+            .get("status", {})
+            .get("conditions", [])
+        ),
+        timeout=60,
+        what="KWOK to make the node Ready",
+    )
+    return kubelet
 
 MDS = "/apis/onnxship.io/v1alpha1/namespaces/{ns}/modeldeployments"
 OURS_LABEL = "onnxship.io/deployment"
