@@ -152,32 +152,13 @@ def minilm_int8(src_dir: Path) -> tuple[Path, dict[str, np.ndarray]]:
 
 def mlp(dim: int = 384, hidden: int = 384, classes: int = 8) -> tuple[Path, dict[str, np.ndarray]]:
     """x[batch, 384] -> MatMul+Add -> Relu -> MatMul+Add -> y[batch, 8], seeded weights."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
     path = CACHE / f"mlp-{dim}-{hidden}-{classes}.onnx"
-    CACHE.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(22)
     if not path.exists():
-        inits = [
-            numpy_helper.from_array((rng.standard_normal((dim, hidden)) / np.sqrt(dim)).astype(np.float32), "w1"),
-            numpy_helper.from_array(rng.standard_normal(hidden).astype(np.float32) * 0.1, "b1"),
-            numpy_helper.from_array((rng.standard_normal((hidden, classes)) / np.sqrt(hidden)).astype(np.float32), "w2"),
-            numpy_helper.from_array(rng.standard_normal(classes).astype(np.float32) * 0.1, "b2"),
-        ]
-        nodes = [
-            helper.make_node("MatMul", ["x", "w1"], ["h0"]),
-            helper.make_node("Add", ["h0", "b1"], ["h1"]),
-            helper.make_node("Relu", ["h1"], ["h"]),
-            helper.make_node("MatMul", ["h", "w2"], ["y0"]),
-            helper.make_node("Add", ["y0", "b2"], ["y"]),
-        ]
-        graph = helper.make_graph(
-            nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", dim])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", classes])], inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        model.ir_version = 8
-        onnx.save(model, str(path.with_suffix(".tmp")))
+        sys.path.insert(0, str(ROOT))
+        from tests.helpers.models import mlp as mlp_model
+        from tests.helpers.models import save
+
+        save(mlp_model(hidden=hidden, inputs=dim, outputs=classes, seed=22), path.with_suffix(".tmp"))
         path.with_suffix(".tmp").rename(path)
     # values with 4 decimals: short in JSON, and exactly the float32 the server will parse
     x = np.round(np.random.default_rng(7).standard_normal((ROWS, dim)), 4).astype(np.float32)

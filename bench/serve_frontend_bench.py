@@ -59,34 +59,10 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 def build_mlp(path: Path) -> None:
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    sys.path.insert(0, str(ROOT))
+    from tests.helpers.models import mlp, save
 
-    rng = np.random.default_rng(0)
-    inits = [
-        numpy_helper.from_array((rng.standard_normal((IN, HIDDEN)) * 0.05).astype(np.float32), "w1"),
-        numpy_helper.from_array(np.zeros(HIDDEN, np.float32), "b1"),
-        numpy_helper.from_array((rng.standard_normal((HIDDEN, OUT)) * 0.05).astype(np.float32), "w2"),
-        numpy_helper.from_array(np.zeros(OUT, np.float32), "b2"),
-    ]
-    nodes = [
-        helper.make_node("MatMul", ["x", "w1"], ["h0"]),
-        helper.make_node("Add", ["h0", "b1"], ["h1"]),
-        helper.make_node("Relu", ["h1"], ["h2"]),
-        helper.make_node("MatMul", ["h2", "w2"], ["y0"]),
-        helper.make_node("Add", ["y0", "b2"], ["y"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", IN])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", OUT])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    save(mlp(hidden=HIDDEN, inputs=IN, outputs=OUT), path)
 
 
 def sample() -> np.ndarray:
