@@ -14,8 +14,10 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import numpy as np
@@ -25,6 +27,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from onnx import TensorProto, helper, numpy_helper
+from tritonclient.utils import InferenceServerException
 
 from onnxship.serve.config import ServeConfig
 from onnxship.serve.session import cpu_limit
@@ -37,6 +40,7 @@ from .server import CLI, Server, free_port, start
 X = np.linspace(-1, 1, 32, dtype=np.float32).reshape(1, 32)
 BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 32], "data": X.ravel().tolist()}]}
 WORKERS = ["--workers", "2", "--threads", "1"]
+T = TypeVar("T")
 
 
 def reference(model: Path) -> np.ndarray:
@@ -124,10 +128,10 @@ def test_metrics_count_each_request_once_for_the_pod(pod: Server) -> None:
         assert "pid=" not in text  # one pod, not a series per process
 
 
-def slow_warmup(iterations: int = 120, size: int = 512) -> onnx.ModelProto:
+def slow_warmup(iterations: int = 1200, size: int = 512) -> onnx.ModelProto:
     """``y = x + mean(tanh(... tanh(I @ W) ... @ W))``: a Loop of ``iterations`` 512x512
-    MatMuls on every run (0.6 s on a quiet core, seconds on a loaded one): a worker warms up
-    that long."""
+    MatMuls on every run (3 s on a quiet core, more on a loaded one): a worker warms up
+    that long, which leaves the test ample time to stop one mid-warm-up."""
     w = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32) / size**0.5
     square = [size, size]
     body = helper.make_graph(
@@ -155,25 +159,52 @@ def slow_warmup(iterations: int = 120, size: int = 512) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
 
 
+def ready_workers(server: Server) -> set[int]:
+    """The workers whose "model ready" line is in the pod's log."""
+    lines = (json.loads(x) for x in server.output().splitlines() if '"model ready"' in x)
+    return {line["worker"] for line in lines if line.get("message") == "model ready"}
+
+
+def answers_from_running_workers(probe: Callable[[], T], want: int = 3) -> list[T]:
+    """``want`` answers of ``probe`` (a new connection each), skipping the connections that
+    hung on a stopped worker: a stopped process in the port's SO_REUSEPORT group holds the
+    connections the kernel gives it."""
+    answers: list[T] = []
+    for _ in range(12 * want):
+        try:
+            answers.append(probe())
+        except (httpx.TimeoutException, InferenceServerException):
+            continue
+        if len(answers) == want:
+            return answers
+    raise AssertionError(f"only {len(answers)} of {12 * want} connections were answered")
+
+
+def grpc_ready(server: Server) -> bool:
+    client = grpcclient.InferenceServerClient(server.grpc_addr)
+    try:
+        return bool(client.is_server_ready(client_timeout=1))
+    finally:
+        client.close()
+
+
 def test_not_ready_until_every_worker_is(start_server: StartServer, tmp_path: Path) -> None:
     model = helper_models.save(slow_warmup(), tmp_path / "slow.onnx")
     server = start_server("--model", str(model), *WORKERS, wait_ready=False)
     _, second = worker_pids(server)
     os.kill(second, signal.SIGSTOP)  # within its warm-up: not ready yet
     try:
-        assert '"worker": 1' not in server.output().split('"model ready"', 1)[-1]
+        assert ready_workers(server) == set()
         deadline = time.monotonic() + 60
-        while '"model ready"' not in server.output() and time.monotonic() < deadline:
+        while not ready_workers(server) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert '"worker": 0' in server.output()  # worker 0 loaded and warmed up
-        for _ in range(5):  # only worker 0 answers: its answer is the pod's, not its own
-            ready = one_connection("GET", f"{server.url}/v2/health/ready")
-            assert ready.status_code == 503 and ready.headers["onnxship-worker"] == "0"
-            model_ready = one_connection("GET", f"{server.url}/v2/models/model/ready")
-            assert model_ready.status_code == 503
-            gclient = grpcclient.InferenceServerClient(server.grpc_addr)
-            assert not gclient.is_server_ready()
-            gclient.close()
+        assert ready_workers(server) == {0}  # worker 0 loaded and warmed up; 1 is stopped
+        # Every answer comes from worker 0 and speaks for the pod, not for itself.
+        for route in ("/v2/health/ready", "/v2/models/model/ready"):
+            url = f"{server.url}{route}"
+            for r in answers_from_running_workers(lambda: httpx.get(url, timeout=1)):  # noqa: B023
+                assert r.status_code == 503 and r.headers["onnxship-worker"] == "0"
+        assert answers_from_running_workers(lambda: grpc_ready(server)) == [False] * 3
     finally:
         os.kill(second, signal.SIGCONT)
     deadline = time.monotonic() + 60
