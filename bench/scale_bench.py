@@ -44,6 +44,7 @@ from e2e.harness.control_plane import (  # noqa: E402
 )
 from e2e.harness.kubelet import NODE, FakeKubelet  # noqa: E402
 from e2e.harness.scale import (  # noqa: E402
+    CONTROLLER_MANAGER_ARGS,
     AuditTail,
     Options,
     ScaleRun,
@@ -149,7 +150,7 @@ def main() -> int:
     s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     s3.start()
     host, port = s3.get_host_and_port()
-    cp = start_control_plane(CONTROLLERS, apiserver_args(scratch))
+    cp = start_control_plane(CONTROLLERS, apiserver_args(scratch), CONTROLLER_MANAGER_ARGS)
     audit = AuditTail(scratch / "audit.log")
     kubelet: FakeKubelet | None = None
     failure = ""
@@ -187,6 +188,7 @@ def main() -> int:
             "steps": "setWeight 25, 50, 75 (no pauses)",
             "rest_seconds": options.rest_seconds,
             "resync_seconds": options.resync_seconds,
+            "controller_manager_args": list(CONTROLLER_MANAGER_ARGS),
             "replicas": 1,
         },
         "versions": {
@@ -258,7 +260,10 @@ def report_section(result: dict[str, Any]) -> list[str]:
         f"at the start, {(g(b, 'loadavg_end') or g(a, 'loadavg_end') or ['?'])[0]} at the end). "
         "kube-apiserver, etcd and "
         "kube-controller-manager "
-        f"{result['versions']['kube-apiserver']} (e2e/), KWOK {result['versions']['kwok']} "
+        f"{result['versions']['kube-apiserver']} (e2e/; the controller-manager with "
+        f"{' '.join(o.get('controller_manager_args') or ['its default client rate limit'])}: "
+        "at its default, 20 requests/s per controller, it makes Pods at 5 a second whatever "
+        f"the operator does), KWOK {result['versions']['kwok']} "
         "plays the node (Pods Ready without running), moto S3 holds both models' artifacts "
         f"(pinned digests: no Job). {o['count']:,} ModelDeployments applied, then the operator "
         f"started (the clock starts with it); {o['canaries']} model changes ({o['steps']}); "

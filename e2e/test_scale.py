@@ -27,6 +27,7 @@ from e2e.harness.control_plane import (
 )
 from e2e.harness.kubelet import NODE, FakeKubelet
 from e2e.harness.scale import (
+    CONTROLLER_MANAGER_ARGS,
     STEPS,
     AuditTail,
     Options,
@@ -58,7 +59,7 @@ def scale(s3: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
             f"in {BIN}, or E2E_NODES=harness): run e2e/build.sh or make e2e"
         )
     scratch: Path = tmp_path_factory.mktemp("scale")
-    cp = start_control_plane(CONTROLLERS, apiserver_args(scratch))
+    cp = start_control_plane(CONTROLLERS, apiserver_args(scratch), CONTROLLER_MANAGER_ARGS)
     audit = AuditTail(scratch / "audit.log")
     kubelet: FakeKubelet | None = None
     try:

@@ -180,23 +180,31 @@ CONTROLLERS = "*,-node-lifecycle-controller"
 
 
 def start_control_plane(
-    controllers: str = CONTROLLERS, apiserver_args: Sequence[str] = ()
+    controllers: str = CONTROLLERS,
+    apiserver_args: Sequence[str] = (),
+    controller_manager_args: Sequence[str] = (),
 ) -> ControlPlane:
     """Start etcd, kube-apiserver and kube-controller-manager; return once all three work.
 
-    ``apiserver_args``: more kube-apiserver flags (the scale bench's audit log)."""
+    ``apiserver_args``, ``controller_manager_args``: more flags (the scale bench's audit log,
+    its controller-manager without client-side rate limits)."""
     folder = _new_run_folder()
     pki = make_pki(folder / "pki")
     cp = ControlPlane(folder=folder, pki=pki)
     try:
-        _start(cp, controllers, apiserver_args)
+        _start(cp, controllers, apiserver_args, controller_manager_args)
     except BaseException:
         cp.stop()
         raise
     return cp
 
 
-def _start(cp: ControlPlane, controllers: str, apiserver_args: Sequence[str] = ()) -> None:
+def _start(
+    cp: ControlPlane,
+    controllers: str,
+    apiserver_args: Sequence[str] = (),
+    controller_manager_args: Sequence[str] = (),
+) -> None:
     folder, pki = cp.folder, cp.pki
     t0 = time.monotonic()
     client, peer = free_port(), free_port()
@@ -284,6 +292,7 @@ def _start(cp: ControlPlane, controllers: str, apiserver_args: Sequence[str] = (
             f"--root-ca-file={pki.ca_cert}",
             "--concurrent-gc-syncs=5",
             "--v=1",
+            *controller_manager_args,
         ],
         folder,
     )
