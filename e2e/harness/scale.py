@@ -647,6 +647,79 @@ ANCHOR = textwrap.dedent(
 )
 
 
+# The second anchor: what a kopf user would write to make the same critical path as onnxship's
+# first revision (one Deployment and one Service per object, Ready once its Pod is), with
+# nothing else: no store, no plan, no router. Its Ready waits for the same controller-manager
+# and KWOK as onnxship's; the status-only anchor's does not.
+ANCHOR_CHILDREN = textwrap.dedent(
+    """
+    import logging
+    import kopf
+    import kubernetes
+
+    LABEL = 'onnxship.io/deployment'
+    GROUP, VERSION, PLURAL = 'onnxship.io', 'v1alpha1', 'modeldeployments'
+
+    @kopf.on.startup()
+    def configure(settings, **_):
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix='bench.io')
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix='bench.io')
+        settings.posting.level = logging.WARNING
+        settings.scanning.disabled = True
+        kubernetes.config.load_kube_config()
+
+    @kopf.index(GROUP, VERSION, PLURAL)
+    def phases(name, status, meta, **_):
+        return {name: (status.get('phase'), meta.get('generation', 0))}
+
+    @kopf.on.create(GROUP, VERSION, PLURAL)
+    def create(name, namespace, body, **_):
+        labels = {LABEL: name}
+        service = {
+            'apiVersion': 'v1', 'kind': 'Service', 'metadata': {'name': name, 'labels': labels},
+            'spec': {'selector': labels, 'ports': [{'port': 80, 'targetPort': 8000}]},
+        }
+        container = {'name': 'model', 'image': 'onnxship/runtime:bench',
+                     'ports': [{'containerPort': 8000}]}
+        deployment = {
+            'apiVersion': 'apps/v1', 'kind': 'Deployment',
+            'metadata': {'name': name, 'labels': labels},
+            'spec': {'replicas': 1, 'selector': {'matchLabels': labels},
+                     'template': {'metadata': {'labels': labels},
+                                  'spec': {'containers': [container]}}},
+        }
+        kopf.adopt([service, deployment], owner=body)
+        for make, obj in (
+            (kubernetes.client.CoreV1Api().create_namespaced_service, service),
+            (kubernetes.client.AppsV1Api().create_namespaced_deployment, deployment),
+        ):
+            try:
+                make(namespace, obj)
+            except kubernetes.client.ApiException as exc:
+                if exc.status != 409:
+                    raise
+
+    @kopf.on.update(GROUP, VERSION, PLURAL, field='spec')
+    def changed(meta, patch, **_):
+        patch.status['phase'] = 'Ready'
+        patch.status['observedGeneration'] = meta.get('generation', 0)
+
+    @kopf.on.event('apps', 'v1', 'deployments', labels={LABEL: kopf.PRESENT})
+    def deployment(body, namespace, phases, **_):
+        name = body['metadata']['labels'][LABEL]
+        if (body.get('status') or {}).get('readyReplicas', 0) < 1:
+            return
+        for phase, generation in phases.get(name, []):
+            if phase != 'Ready':
+                kubernetes.client.CustomObjectsApi().patch_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, PLURAL, name,
+                    {'status': {'phase': 'Ready', 'observedGeneration': generation}},
+                )
+    """
+)
+ANCHORS = {"anchor": ANCHOR, "anchor-children": ANCHOR_CHILDREN}
+
+
 @dataclass
 class Running:
     """An operator process under test."""
@@ -695,7 +768,7 @@ class Running:
 class Case:
     """One operator under test: how to start it, and when an object is done."""
 
-    name: str  # "anchor" or "onnxship"
+    name: str  # "onnxship" or one of ANCHORS
     namespace: str
     user: str = ""
     token: str = ""
@@ -703,7 +776,7 @@ class Case:
 
     @property
     def is_anchor(self) -> bool:
-        return self.name == "anchor"
+        return self.name in ANCHORS
 
     def start(self, cp: ControlPlane, run: int) -> Running:
         if self.is_anchor:
@@ -720,8 +793,8 @@ class Case:
         return Running(op.process.popen, op.process.log, op.metrics_port)
 
     def _start_anchor(self, cp: ControlPlane, run: int) -> Running:
-        script = cp.folder / "scale_anchor.py"
-        script.write_text(ANCHOR)
+        script = cp.folder / f"scale_{self.name}.py"
+        script.write_text(ANCHORS[self.name])
         kubeconfig = write_kubeconfig(
             cp.folder / f"scale-anchor-{self.namespace}.kubeconfig",
             cp.server,
