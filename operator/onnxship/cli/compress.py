@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -39,20 +39,16 @@ from onnxship.api import (
     parse_model_deployment,
 )
 from onnxship.api.resource import describe
-from onnxship.compress import (
-    AccuracyGateError,
-    CompressionOutcome,
-    InvalidModelError,
-    InvalidSettingsError,
-    SourceAccess,
-    SourceError,
-    compress,
-)
-from onnxship.compress.accuracy import CLI_NAMES
 from onnxship.compress.result import RESULT_LIMIT, compact_result
-from onnxship.store import S3Credentials, StoreError, open_store
 
 from .app import ExitCode, app, console, load_yaml_file, out
+
+if TYPE_CHECKING:
+    from onnxship.compress import CompressionOutcome, SourceAccess
+
+# The pipeline (onnx, onnxruntime, numpy) and the store (boto3) are imported by the command
+# itself: `onnxship` imports every command module, and the operator's process must not carry
+# them (issue 21: ~40 MB an operator pod).
 
 
 class BarProgress:
@@ -205,6 +201,9 @@ class _Reporter:
 def _source_access(endpoint: str) -> SourceAccess:
     """Source credentials from the environment the operator's Job sets (ONNXSHIP_SOURCE_*);
     without them, boto3's usual chain and no token."""
+    from onnxship.compress import SourceAccess
+    from onnxship.store import S3Credentials
+
     key = os.environ.get("ONNXSHIP_SOURCE_AWS_ACCESS_KEY_ID", "")
     secret = os.environ.get("ONNXSHIP_SOURCE_AWS_SECRET_ACCESS_KEY", "")
     return SourceAccess(
@@ -293,6 +292,16 @@ def compress_command(
     ),
 ) -> None:
     """Compress a model, check it against the original, and publish it to an artifact store."""
+    from onnxship.compress import (
+        AccuracyGateError,
+        InvalidModelError,
+        InvalidSettingsError,
+        SourceError,
+        compress,
+    )
+    from onnxship.compress.accuracy import CLI_NAMES
+    from onnxship.store import StoreError, open_store
+
     if output not in ("text", "json"):
         raise typer.BadParameter("--output is text or json")
     reporter = _Reporter(output, result_file)

@@ -44,6 +44,7 @@ from .prune import prune
 from .samples import SYNTHETIC_DIM, Samples, load_samples, synthesize, warmup_feed
 from .source import SourceAccess, digest_of_files, fetch_model, fetch_samples
 from .validate import ModelInfo, validate_model
+from .versions import tool_versions
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,18 +60,6 @@ class CompressionOutcome:
     cache_hit: bool
     artifact_uri: str = ""
     notes: list[str] = field(default_factory=list)
-
-
-def tool_versions(execution_provider: str) -> dict[str, str]:
-    """What produces the compressed bytes, for the cache key.
-
-    The execution provider is here because the optimizer fuses for the provider it targets.
-    """
-    return {
-        "onnx": onnx.__version__,
-        "onnxruntime": ort.__version__,
-        "optimizedFor": execution_provider,
-    }
 
 
 class _Steps:

@@ -43,7 +43,9 @@ class StoreArtifactFinder:
     def _tool_versions(self, execution_provider: str) -> dict[str, str]:
         versions = self._versions.get(execution_provider)
         if versions is None:
-            from onnxship.compress import tool_versions
+            # compress.versions, not the compress package's pipeline: the operator process
+            # must not load onnx, onnxruntime and numpy for a version string (issue 21).
+            from onnxship.compress.versions import tool_versions
 
             versions = self._versions[execution_provider] = tool_versions(execution_provider)
         return versions

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import urllib.request
 
-from .server import ROUTES_PATH
+# The admin endpoint's path, here rather than in server.py: `import onnxship.router` (this
+# client, the operator's metrics_source) must not load the server, its proxy and numpy.
+ROUTES_PATH = "/onnxship/routes"
 
 
 def admin_push(admin_url: str, routes_json: str, token: str = "", timeout: float = 2.0) -> bool:

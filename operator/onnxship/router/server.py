@@ -28,13 +28,13 @@ from pydantic import ValidationError
 from onnxship.api.routes import RouteTable
 from onnxship.eventloop import loop_factory
 
+from .admin import ROUTES_PATH
 from .front import FrontServer, Handler, Reply, Request
 from .proxy import ProxySettings, Router
 from .workers import Pod, WorkerUnavailable, supervise
 
 log = logging.getLogger("onnxship.router")
 
-ROUTES_PATH = "/onnxship/routes"
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

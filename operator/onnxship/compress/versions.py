@@ -1,0 +1,36 @@
+"""The tool versions that go into a cache key, read without importing the tools.
+
+The operator computes cache keys for its store lookups; importing onnx and onnxruntime only to
+read ``__version__`` cost its process about 40 MB (issue 21). The installed distributions'
+metadata gives the same strings.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+from importlib import metadata
+
+
+def tool_versions(execution_provider: str) -> dict[str, str]:
+    """What produces the compressed bytes, for the cache key.
+
+    The execution provider is here because the optimizer fuses for the provider it targets.
+    """
+    return {
+        "onnx": installed_version("onnx"),
+        "onnxruntime": installed_version("onnxruntime"),
+        "optimizedFor": execution_provider,
+    }
+
+
+@cache
+def installed_version(package: str) -> str:
+    """``package.__version__`` as its distribution records it (onnxruntime may come from
+    onnxruntime-gpu, -directml...); imports the package only when no distribution names it."""
+    for dist in metadata.packages_distributions().get(package, []):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return str(importlib.import_module(package).__version__)
