@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 import boto3
+import botocore.session
 import zstandard
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
@@ -87,7 +89,29 @@ def s3_client(
         kwargs["aws_secret_access_key"] = credentials.secret_access_key
         if credentials.session_token:
             kwargs["aws_session_token"] = credentials.session_token
-    return boto3.session.Session().client("s3", **kwargs)
+    return _session().client("s3", **kwargs)
+
+
+# botocore's Loader, one for the process: its cache holds the parsed S3 service model.
+_loader: Any = None
+_loader_lock = threading.Lock()
+
+
+def _session() -> boto3.session.Session:
+    """A new boto3 Session (credentials still resolve per session) on the process's one
+    botocore loader. A Session of its own parses the S3 service model again: ~12 MB a client,
+    and the operator keeps a client per store and credentials (issue 21)."""
+    global _loader
+    with _loader_lock:
+        core = botocore.session.get_session()
+        if _loader is None:
+            _loader = core.get_component("data_loader")
+        else:
+            core.register_component("data_loader", _loader)
+        session = boto3.session.Session(botocore_session=core)
+        # boto3 appends its data folder to the loader's search paths on every Session.
+        _loader.search_paths[:] = list(dict.fromkeys(_loader.search_paths))
+        return session
 
 
 def explain(exc: Exception, where: str) -> StoreError:
