@@ -245,7 +245,7 @@ def operator(cluster: Cluster) -> Callable[[], Any]:
     """Start the operator (a context manager); call again to restart it."""
 
     @contextmanager
-    def run() -> Iterator[dict[str, Any]]:
+    def run(timing: Timing | None = None) -> Iterator[dict[str, Any]]:
         registry = kopf.OperatorRegistry()
 
         @kopf.on.login(registry=registry)
@@ -261,7 +261,7 @@ def operator(cluster: Cluster) -> Callable[[], Any]:
                 settings=OperatorSettings(
                     store=StoreDefaults(uri="s3://artifacts/team/", credentials_secret="s3-creds"),
                     # A long resync: progress must come from events and the plan's deadlines.
-                    timing=Timing(resync_seconds=30, min_requeue_seconds=0.05),
+                    timing=timing or Timing(resync_seconds=30, min_requeue_seconds=0.05),
                 ),
                 kube=Kube(Kube.for_url(str(cluster.server.url))._api, on_request=record),
                 metrics=cluster.metrics,

@@ -78,6 +78,9 @@ NOT_IN_A_RUN: dict[tuple[str, str, str], str] = {
             ("batch", "jobs"),
         )
     },
+    ("onnxship.io", "modeldeployments", "get"): "passes read the ModelDeployment from the "
+    "informers' cache (fed kopf's copy too); a GET goes to the API server for one not in it yet "
+    "and after a conflict on a status write; kubectl onnxship reads it",
     ("", "namespaces", "list"): "kopf with -A lists namespaces (scanning is off under KopfRunner)",
     ("", "namespaces", "watch"): "kopf with -A watches namespaces (scanning is off here)",
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"): "kopf with -A lists CRDs "

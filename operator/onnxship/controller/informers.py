@@ -12,10 +12,19 @@ own writes go into the cache at once (write-through, guarded by resourceVersion 
 older watch event does not undo them), a create that the cache did not know about answers
 409 and becomes a patch, and what the cluster's controllers change arrives as an event that
 also wakes the owner. Until a kind has been listed once, reads go to the API server.
+
+The ModelDeployments themselves are followed the same way (all of them, no label): a pass at
+rest then sends no request at all. kopf watches them too and may see a change first; what it
+saw goes into the cache when it is newer (``observe``), so a pass never acts on an object
+older than what kopf or the operator's own last write saw.
+
+Lists by owner read an index on the owner label: a pass's list costs its own children, not a
+scan of every cached object (5 children each at 1,000 ModelDeployments).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
@@ -36,6 +45,16 @@ WATCH_SECONDS = (240, 360)
 TOMBSTONE_SECONDS = 120.0
 # A read waits this long for the first listing before it goes to the API server instead.
 SYNC_WAIT_SECONDS = 30.0
+# Where resourceVersions do not order changes (a mock server's: one version for all, or
+# none), events about an object the operator just wrote are taken again once the write's own
+# event came through (the watch delivers in order), at the latest after this long.
+PENDING_WRITE_SECONDS = 5.0
+# ...and the last few such events per object are remembered, for a write whose own event
+# arrived before the write's answer was handled.
+RECENT_EVENTS = 3
+# What the passes never read of these kinds: the pod template is most of their bytes
+# (Kube.apply compares the content hash annotation, not the spec).
+UNREAD_SPEC = {"Deployment": ("template",), "Job": ("template",)}
 
 Key = tuple[str, str]  # (namespace, name)
 OnChange = Callable[[str, str, dict[str, Any]], None]  # (kind, event type, object)
@@ -50,12 +69,34 @@ def _newer(incoming: str, cached: str) -> bool:
     return True
 
 
-def _slim(obj: dict[str, Any]) -> dict[str, Any]:
-    """What the operator reads of an object, without managedFields (most of its bytes)."""
+def _rv(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion", ""))
+
+
+def _later(incoming: str, known: str) -> bool:
+    """Strictly newer, by etcd's increasing integers; False when either is not one."""
+    return incoming.isdigit() and known.isdigit() and int(incoming) > int(known)
+
+
+def _unordered(incoming: str, cached: str | None) -> bool:
+    """Whether these versions cannot tell which change came first: not etcd's increasing
+    integers, or the same one for a changed object (a mock server's)."""
+    if cached is None:
+        return not incoming.isdigit()
+    return not (incoming.isdigit() and cached.isdigit() and incoming != cached)
+
+
+def _slim(obj: Mapping[str, Any], unread: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What the operator reads of an object: without managedFields (most of its bytes) and
+    the ``unread`` keys of its spec."""
+    out = dict(obj)
     meta = obj.get("metadata") or {}
     if "managedFields" in meta:
-        obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
-    return obj
+        out["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
+    spec = obj.get("spec")
+    if unread and isinstance(spec, dict) and any(k in spec for k in unread):
+        out["spec"] = {k: v for k, v in spec.items() if k not in unread}
+    return out
 
 
 class Informer:
@@ -69,8 +110,12 @@ class Informer:
         namespaces: Iterable[str],
         on_change: OnChange | None = None,
         on_request: OnRequest | None = None,
+        selector: str | None = SELECTOR,
     ) -> None:
+        """``selector``: a label the objects followed carry (None: every object of the kind)."""
         self.kind = kind
+        self._selector = selector
+        self._unread = UNREAD_SPEC.get(kind, ())
         self._api = api
         self._path = path  # namespace ("" = all) -> collection path
         self._namespaces = list(namespaces) or [""]
@@ -78,6 +123,10 @@ class Informer:
         self._on_request = on_request
         self._objects: dict[Key, dict[str, Any]] = {}
         self._tombstones: dict[Key, float] = {}
+        self._gone: set[Key] = set()  # deleted (a DELETED event) and not made again since
+        self._pending: dict[Key, tuple[dict[str, Any], float]] = {}  # our last write, until
+        self._recent: dict[Key, list[dict[str, Any]]] = {}  # unordered versions only
+        self._by_owner: dict[Key, set[str]] = {}  # (namespace, owner label) -> names
         self._lock = threading.Lock()
         self._listed: set[str] = set()
         self._synced = threading.Event()
@@ -101,9 +150,20 @@ class Informer:
         with self._lock:
             return self._objects.get((namespace, name))
 
+    def gone(self, namespace: str, name: str) -> bool:
+        """Deleted, as far as this cache knows (by the operator or by a watch event)."""
+        key = (namespace, name)
+        with self._lock:
+            return key in self._gone or key in self._tombstones
+
     def list(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
         with self._lock:
-            objects = [o for (ns, _), o in self._objects.items() if ns == namespace]
+            owner = selector.get(SELECTOR)
+            if owner is not None and self._selector == SELECTOR:
+                names = self._by_owner.get((namespace, owner), ())
+                objects = [self._objects[(namespace, n)] for n in names]
+            else:
+                objects = [o for (ns, _), o in self._objects.items() if ns == namespace]
         return [
             o
             for o in objects
@@ -116,25 +176,95 @@ class Informer:
         """The operator created or patched ``obj``: the API server's answer is the newest."""
         meta = obj.get("metadata") or {}
         key = (meta.get("namespace", ""), meta.get("name", ""))
+        slim = _slim(obj, self._unread)
         with self._lock:
             self._tombstones.pop(key, None)
-            self._put(key, dict(obj))
+            self._gone.discard(key)
+            cached = self._objects.get(key)
+            if not _unordered(_rv(slim), _rv(cached) if cached is not None else None):
+                self._put(key, slim)  # resourceVersions decide
+            elif slim not in self._recent.get(key, ()):
+                self._set(key, slim)
+                self._pending[key] = (slim, time.monotonic() + PENDING_WRITE_SECONDS)
+            # else its own event came first: the cache holds it, or what came after it
+
+    def observe(self, obj: Mapping[str, Any]) -> bool:
+        """``obj`` as another watcher (kopf) saw it: kept when the cache has nothing of it yet
+        or an older version by resourceVersion; never when versions do not tell (a mock's),
+        since that copy may be older than the operator's last write. True when kept."""
+        meta = obj.get("metadata") or {}
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        with self._lock:
+            if key in self._tombstones or key in self._gone:
+                return False
+            cached = self._objects.get(key)
+            if cached is not None and not _later(_rv(obj), _rv(cached)):
+                return False
+            self._set(key, _slim(copy.deepcopy(dict(obj)), self._unread))
+            return True
+
+    def replace(self, obj: Mapping[str, Any]) -> None:
+        """``obj`` as just read from the API server, whatever the cache held (after a
+        conflict: what the cache held may be a write the server refused)."""
+        meta = obj.get("metadata") or {}
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        with self._lock:
+            self._pending.pop(key, None)
+            self._recent.pop(key, None)
+            self._set(key, _slim(obj, self._unread))
 
     def deleted(self, namespace: str, name: str) -> None:
         with self._lock:
-            self._objects.pop((namespace, name), None)
+            self._drop((namespace, name))
             self._tombstones[(namespace, name)] = time.monotonic() + TOMBSTONE_SECONDS
 
     def _put(self, key: Key, obj: dict[str, Any]) -> bool:
-        """Keep ``obj`` unless the cache holds a newer version; True when it was kept."""
+        """Keep ``obj`` (slimmed) unless the cache holds a newer version; True when kept."""
         cached = self._objects.get(key)
-        rv = str(obj.get("metadata", {}).get("resourceVersion", ""))
         if cached is not None:
-            old = str(cached.get("metadata", {}).get("resourceVersion", ""))
-            if (rv and rv == old) or not _newer(rv, old):
-                return False  # this version, or an older one (a mock server has none)
-        self._objects[key] = _slim(obj)
+            rv, old = _rv(obj), _rv(cached)
+            if rv == old and cached == obj:
+                return False  # this version (a mock server keeps one version for all)
+            if not _newer(rv, old):
+                return False  # an older one
+        self._set(key, obj)
         return True
+
+    def _set(self, key: Key, obj: dict[str, Any]) -> None:
+        self._unindex(key)
+        self._objects[key] = obj
+        self._gone.discard(key)
+        owner = (obj.get("metadata", {}).get("labels") or {}).get(SELECTOR)
+        if owner is not None:
+            self._by_owner.setdefault((key[0], owner), set()).add(key[1])
+
+    def _drop(self, key: Key) -> dict[str, Any] | None:
+        self._recent.pop(key, None)
+        self._unindex(key)
+        return self._objects.pop(key, None)
+
+    def _unindex(self, key: Key) -> None:
+        obj = self._objects.get(key)
+        if obj is None:
+            return
+        owner = (obj.get("metadata", {}).get("labels") or {}).get(SELECTOR) or ""
+        names = self._by_owner.get((key[0], owner))
+        if names is not None:
+            names.discard(key[1])
+            if not names:
+                del self._by_owner[(key[0], owner)]
+
+    def _after_write(self, key: Key, obj: dict[str, Any], now: float) -> bool:
+        """Whether an event about ``key`` comes after the operator's last write of it (the
+        write's own event, a newer version, or the wait is over); events come in order."""
+        pending = self._pending.get(key)
+        if pending is None:
+            return True
+        written, until = pending
+        if obj == written or _later(_rv(obj), _rv(written)) or now > until:
+            del self._pending[key]
+            return True
+        return False
 
     # ------------------------------------------------------------------ the watch
 
@@ -172,15 +302,23 @@ class Informer:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
 
+    def _query(self) -> list[tuple[str, str]]:
+        return [("labelSelector", self._selector)] if self._selector else []
+
+    def _selected(self, obj: Mapping[str, Any]) -> bool:
+        """Some servers (mocks) ignore labelSelector: filter again."""
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        return self._selector is None or self._selector in labels
+
     def _relist(self, namespace: str) -> str:
-        resp = self._request_ns(namespace, "list", [("labelSelector", SELECTOR)], 60)
+        resp = self._request_ns(namespace, "list", self._query(), 60)
         resp.read()
         data = json.loads(resp.data)
         version = str((data.get("metadata") or {}).get("resourceVersion", ""))
         fresh = {
-            (o["metadata"].get("namespace", ""), o["metadata"]["name"]): o
+            (o["metadata"].get("namespace", ""), o["metadata"]["name"]): _slim(o, self._unread)
             for o in data.get("items") or []
-            if _selected(o)
+            if self._selected(o)
         }
         with self._lock:
             mine = {k: o for k, o in self._objects.items() if not namespace or k[0] == namespace}
@@ -189,9 +327,11 @@ class Informer:
                     # Gone since, unless written after this listing (by the operator).
                     old_rv = str(old["metadata"].get("resourceVersion", ""))
                     if not (old_rv.isdigit() and version.isdigit() and int(old_rv) > int(version)):
-                        del self._objects[key]
+                        self._drop(key)
+            now = time.monotonic()
             for key, obj in fresh.items():
-                self._put(key, obj)
+                if self._after_write(key, obj, now):
+                    self._put(key, obj)
             self._listed.add(namespace)
             if all(ns in self._listed for ns in self._namespaces):
                 self._synced.set()
@@ -220,7 +360,7 @@ class Informer:
         """Follow changes from ``version``; the version to go on from, "" to relist."""
         seconds = random.randint(*WATCH_SECONDS)
         query = [
-            ("labelSelector", SELECTOR),
+            *self._query(),
             ("watch", "true"),
             ("resourceVersion", version),
             ("allowWatchBookmarks", "true"),
@@ -229,6 +369,9 @@ class Informer:
         resp = self._request_ns(namespace, "watch", query, (10, seconds + 30))
         with self._lock:
             self._streams.add(resp.response)
+        if self._stop.is_set():  # stopped while this watch was being opened
+            resp.response.close()
+            return ""
         try:
             for line in _lines(resp.response):
                 if self._stop.is_set():
@@ -261,21 +404,22 @@ class Informer:
                 self._tombstones = {k: t for k, t in self._tombstones.items() if t > now}
             if kind == "DELETED":
                 self._tombstones.pop(key, None)
-                changed = self._objects.pop(key, None) is not None
-            elif key in self._tombstones or not _selected(obj):
+                self._pending.pop(key, None)
+                changed = self._drop(key) is not None
+                self._gone.add(key)
+            elif key in self._tombstones or not self._selected(obj):
                 changed = False  # an event from before the operator deleted it
             else:
-                changed = self._put(key, obj)
+                slim = _slim(obj, self._unread)
+                cached = self._objects.get(key)
+                changed = self._after_write(key, slim, now) and self._put(key, slim)
+                if _unordered(_rv(slim), _rv(cached) if cached is not None else None):
+                    self._recent[key] = [*self._recent.get(key, [])[-RECENT_EVENTS + 1 :], slim]
         if changed and self._on_change is not None:
             try:
                 self._on_change(self.kind, kind, obj)
             except Exception:  # a waker must not end the watch
                 log.exception("%s informer: on_change failed", self.kind)
-
-
-def _selected(obj: Mapping[str, Any]) -> bool:
-    """Some servers (mocks) ignore labelSelector: filter again."""
-    return SELECTOR in ((obj.get("metadata") or {}).get("labels") or {})
 
 
 def _lines(response: Any) -> Iterator[bytes]:

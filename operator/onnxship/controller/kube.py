@@ -4,7 +4,7 @@ Built on the `kubernetes` package's ApiClient (kubeconfig or in-cluster credenti
 raw JSON, so that the builders' dicts go over the wire unchanged. ``apply`` is
 create-or-merge-patch guarded by a content hash annotation. With informers started
 (``start_informers``), gets and lists of the kinds they follow read their cache and the
-operator's writes go into it: a reconcile that changes nothing sends no request for them.
+operator's writes go into it: a reconcile that changes nothing sends no request.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from kubernetes.client.exceptions import ApiException
 
 from onnxship.plan.workloads import A_CONFIG_HASH, config_hash
 
-from .informers import Informer, OnChange
+from .informers import SELECTOR, Informer, OnChange
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,10 @@ KINDS: dict[str, Kind] = {
 # Called after every API request with (verb, kind, subresource): the RBAC test and metrics.
 RequestHook = Callable[[str, str, str], None]
 
-# The kinds a reconcile pass reads on every pass, followed by informers: the children.
-CACHED_KINDS = ("Deployment", "Service", "ConfigMap", "Job")
+# The kinds a reconcile pass reads on every pass, followed by informers: the children (those
+# carrying the owner label), and the ModelDeployments themselves (all of them).
+CACHED_KINDS = ("Deployment", "Service", "ConfigMap", "Job", "ModelDeployment")
+SELECTORS: dict[str, str | None] = {"ModelDeployment": None}
 
 
 class KubeError(RuntimeError):
@@ -104,6 +106,7 @@ class Kube:
                 namespaces or [""],
                 on_change=on_change,
                 on_request=lambda verb, kind, _: self._hook(verb, kind, ""),
+                selector=SELECTORS.get(kind, SELECTOR),
             )
             self._informers[kind] = informer
             informer.start()
@@ -186,6 +189,26 @@ class Kube:
             return cache.get(namespace, name)
         return self.read(kind, namespace, name)
 
+    def current(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """``get``, and on a miss in a followed kind (an object so new that its event has not
+        arrived) a GET whose answer the cache keeps; None when the cache saw it deleted."""
+        cache = self._cache(kind, namespace)
+        if cache is None:
+            return self.read(kind, namespace, name)
+        obj = cache.get(namespace, name)
+        if obj is not None or cache.gone(namespace, name):
+            return obj
+        obj = self.read(kind, namespace, name)
+        if obj is not None:
+            cache.observe(obj)
+        return obj
+
+    def seen(self, kind: str, obj: Mapping[str, Any]) -> bool:
+        """``obj`` as kopf saw it: into the cache when newer than what it holds (see
+        Informer.observe). True when kept."""
+        informer = self._informers.get(kind)
+        return informer is not None and informer.observe(obj)
+
     def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """GET from the API server, whatever the cache holds."""
         try:
@@ -219,15 +242,26 @@ class Kube:
     def patch(
         self, kind: str, namespace: str, name: str, patch: Mapping[str, Any], subresource: str = ""
     ) -> dict[str, Any]:
-        patched = self._call(
-            "patch",
-            "PATCH",
-            kind,
-            KINDS[kind].path(namespace, name, subresource),
-            body=dict(patch),
-            content_type="application/merge-patch+json",
-            subresource=subresource,
-        )
+        try:
+            patched = self._call(
+                "patch",
+                "PATCH",
+                kind,
+                KINDS[kind].path(namespace, name, subresource),
+                body=dict(patch),
+                content_type="application/merge-patch+json",
+                subresource=subresource,
+            )
+        except KubeError as exc:
+            if exc.status == 409 and (informer := self._informers.get(kind)) is not None:
+                # Someone else's write won: the next pass must start from the object as it
+                # is now, not from what the cache (or a watch event) last said.
+                fresh = self.read(kind, namespace, name)
+                if fresh is None:
+                    informer.deleted(namespace, name)
+                else:
+                    informer.replace(fresh)
+            raise
         self._wrote(patched)
         return patched  # type: ignore[no-any-return]
 

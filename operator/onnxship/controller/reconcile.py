@@ -70,10 +70,12 @@ class Outcome:
 def reconcile(wiring: Wiring, namespace: str, name: str, emit: Emit) -> Outcome | None:
     """Bring one ModelDeployment one step closer to what its spec asks for.
 
-    The object is read afresh each pass (not taken from the watch), so a pass never acts on
-    a status older than the one the previous pass wrote. None when the object is gone.
+    The object comes from the informers' cache, which holds the answer to the previous
+    pass's status patch (written through) and whatever newer version the watches (ours and
+    kopf's, fed in by the handlers) saw since: a pass never acts on a status older than the
+    one the previous pass wrote, and at rest it sends no request. None when the object is gone.
     """
-    body = wiring.kube.get("ModelDeployment", namespace, name)
+    body = wiring.kube.current("ModelDeployment", namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
     meta = body["metadata"]
@@ -109,6 +111,10 @@ def reconcile(wiring: Wiring, namespace: str, name: str, emit: Emit) -> Outcome 
     )
     decision = step(spec, status, observed, now)
     _execute(wiring, owner, spec, decision, store, runtime, emit)
+    if any(isinstance(a, _RESIZING) for a in decision.actions):
+        # Status shows the replicas this pass asked for (a read of the cache), not those seen
+        # before: else the next pass writes status again only to say so.
+        _, counts = _observe_pods(wiring, owner)
     _measure_if_due(wiring, owner, spec, decision, now)
     new_status = with_readiness(decision.status, counts).model_copy(
         update={"endpoint": _endpoint(owner, spec)}
@@ -122,6 +128,10 @@ def reconcile(wiring: Wiring, namespace: str, name: str, emit: Emit) -> Outcome 
         decision=decision,
         status_patched=patched,
     )
+
+
+# Actions after which a revision's replicas differ from those observed before the pass.
+_RESIZING = (EnsureRevision, ScaleRevision, DeleteRevision)
 
 
 # ---------------------------------------------------------------------- observe

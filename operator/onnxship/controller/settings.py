@@ -48,6 +48,13 @@ class Timing(BaseModel):
         "its Jobs and Deployments wake it sooner, and so do the rollout's own deadlines",
     )
     min_requeue_seconds: float = Field(0.2, description="Shortest wait between two reconciles")
+    workers: int = Field(
+        16,
+        ge=1,
+        description="Reconcile passes run at once, in one pool of threads (ONNXSHIP_WORKERS; "
+        "a pass waits on the API server and the store, not on CPU; the pool bounds the threads "
+        "at any object count)",
+    )
 
 
 class OperatorSettings(BaseModel):
@@ -81,6 +88,8 @@ class OperatorSettings(BaseModel):
                     job_ttl_seconds="ONNXSHIP_JOB_TTL_SECONDS",
                     router_replicas="ONNXSHIP_ROUTER_REPLICAS",
                 ),
-                "timing": pick(resync_seconds="ONNXSHIP_RESYNC_SECONDS"),
+                "timing": pick(
+                    resync_seconds="ONNXSHIP_RESYNC_SECONDS", workers="ONNXSHIP_WORKERS"
+                ),
             }
         )
