@@ -225,10 +225,11 @@ async def overload(server: Server, session: aiohttp.ClientSession, seconds: floa
     p99 = q(lat, 0.99)
     # Little's law: at most QUEUE requests are in the server, served at `goodput` per second,
     # so an accepted request waits about `full` seconds. The p99 gets 4x for the machine's
-    # noisy neighbours (a slow second stretches every wait in the queue), the median 1.5x:
-    # a queue twice as long as configured fails the one, an unbounded one fails both.
+    # noisy neighbours (a slow second stretches every wait in the queue), the median 1.75x
+    # (1.5x failed once in CI-like runs at 1.57x): a queue twice as long as configured fails
+    # the median's, an unbounded one fails both.
     full = (QUEUE + 1) / goodput
-    bound, median_bound = 4 * full + 0.25, 1.5 * full + 0.1
+    bound, median_bound = 4 * full + 0.25, 1.75 * full + 0.1
     window = min(10.0, seconds / 3)
     late = [a.seconds for a in accepted if a.sent >= seconds - window]
     first_rss = statistics.median(rss.between(0, window))
