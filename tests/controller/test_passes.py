@@ -119,11 +119,13 @@ async def test_the_first_status_shows_the_replicas_the_pass_asked_for(
         and r.subresource == "status"
         and str(r.method.value).upper() == "PATCH"
     ]
-    first = next(s for s in written if s.get("revisions"))
-    env = first["revisions"][0]["environments"][0]
-    assert (env["readyReplicas"], env["replicas"]) == (0, 1)
-    assert first["phase"] == "Progressing"
-    assert len(written) == 2, [s.get("phase") for s in written]  # Progressing, then Ready
+    # No status ever shows the revision asking for 0 replicas (the old first write did, and
+    # the next pass rewrote it). Which pass writes first depends on the machine's load: the
+    # creating one (1 asked, 0 ready), or a later one once KMock made the Pod ready.
+    shown = [s["revisions"][0]["environments"][0] for s in written if s.get("revisions")]
+    assert shown and all(env["replicas"] == 1 for env in shown), shown
+    assert shown[0]["readyReplicas"] in (0, 1)
+    assert any(s.get("phase") == "Ready" for s in written), [s.get("phase") for s in written]
 
 
 async def test_slow_store_lookups_of_many_objects_run_at_once(
