@@ -624,19 +624,28 @@ def s3_secret() -> dict[str, Any]:
 # ---------------------------------------------------------------------- operators
 
 
-ANCHOR = textwrap.dedent(
+# Both anchors' kopf settings: progress in annotations, kopf's own Events off (as the onnxship
+# operator's), no cluster scanning.
+ANCHOR_SETTINGS = textwrap.dedent(
     """
-    # The anchor: a minimal kopf operator that only writes status (bench/operator_bench.py's,
-    # with the spec change handled too and kopf's own Events off, as the onnxship operator's).
     import logging
     import kopf
 
-    @kopf.on.startup()
-    def configure(settings, **_):
+    def configure_kopf(settings):
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix='bench.io')
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix='bench.io')
         settings.posting.level = logging.WARNING
         settings.scanning.disabled = True
+    """
+)
+
+ANCHOR = ANCHOR_SETTINGS + textwrap.dedent(
+    """
+    # The anchor: a minimal kopf operator that only writes status (bench/operator_bench.py's,
+    # with the spec change handled too).
+    @kopf.on.startup()
+    def configure(settings, **_):
+        configure_kopf(settings)
 
     @kopf.on.create('onnxship.io', 'v1alpha1', 'modeldeployments')
     @kopf.on.update('onnxship.io', 'v1alpha1', 'modeldeployments', field='spec')
@@ -651,10 +660,8 @@ ANCHOR = textwrap.dedent(
 # first revision (one Deployment and one Service per object, Ready once its Pod is), with
 # nothing else: no store, no plan, no router. Its Ready waits for the same controller-manager
 # and KWOK as onnxship's; the status-only anchor's does not.
-ANCHOR_CHILDREN = textwrap.dedent(
+ANCHOR_CHILDREN = ANCHOR_SETTINGS + textwrap.dedent(
     """
-    import logging
-    import kopf
     import kubernetes
 
     LABEL = 'onnxship.io/deployment'
@@ -662,10 +669,7 @@ ANCHOR_CHILDREN = textwrap.dedent(
 
     @kopf.on.startup()
     def configure(settings, **_):
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix='bench.io')
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix='bench.io')
-        settings.posting.level = logging.WARNING
-        settings.scanning.disabled = True
+        configure_kopf(settings)
         kubernetes.config.load_kube_config()
 
     @kopf.index(GROUP, VERSION, PLURAL)
