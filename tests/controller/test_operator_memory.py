@@ -21,11 +21,11 @@ from onnxship.api import Compression
 from onnxship.compress import compress
 from onnxship.store import sha256_file
 from tests.helpers import models
-from tests.store.conftest import REGION, S3Server
+from tests.store.conftest import S3Server
 
 from .conftest import Cluster
 from .test_kubectl_plugin import kubeconfig
-from .test_shared_store import secret, status
+from .test_shared_store import pinned, secret, status
 
 JOBS, DEPLOYS = "batch/v1/jobs", "apps/v1/deployments"
 # Modules an operator pass has no use for, and what they weigh on a pod.
@@ -78,20 +78,7 @@ async def test_operator_process_does_not_load_compression_tools(
     compress(
         model.as_uri(), Compression(), s3_server.store(store_uri), expected_sha256=sha
     )
-    doc = {
-        "apiVersion": "onnxship.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": "enc", "resourceVersion": "1"},
-        "spec": {
-            "model": {"uri": model.as_uri(), "sha256": sha, "version": "v1"},
-            "artifacts": {
-                "uri": store_uri,
-                "endpoint": s3_server.endpoint,
-                "region": REGION,
-                "credentialsSecret": "s3-creds",
-            },
-        },
-    }
+    doc = pinned(model, sha, store_uri, s3_server.endpoint)
     report = tmp_path / "modules.json"
     liveness = free_port()
     args = ["--log-format", "json", "operator", "-A"]

@@ -40,6 +40,34 @@ def secret(namespace: str) -> dict[str, Any]:
     }
 
 
+def pinned(
+    model: Path,
+    sha: str,
+    store_uri: str,
+    endpoint: str,
+    compression: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A ModelDeployment "enc" of ``model`` pinned by digest, its artifacts in an S3 store
+    reached with the "s3-creds" Secret."""
+    spec: dict[str, Any] = {
+        "model": {"uri": model.as_uri(), "sha256": sha, "version": "v1"},
+        "artifacts": {
+            "uri": store_uri,
+            "endpoint": endpoint,
+            "region": REGION,
+            "credentialsSecret": "s3-creds",
+        },
+    }
+    if compression is not None:
+        spec["compression"] = compression
+    return {
+        "apiVersion": "onnxship.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "enc", "resourceVersion": "1"},
+        "spec": spec,
+    }
+
+
 def status(cluster: Cluster, ns: str) -> dict[str, Any]:
     obj = cluster.get("onnxship.io/v1alpha1/modeldeployments", "enc", ns) or {}
     return obj.get("status") or {}
@@ -55,21 +83,7 @@ async def test_second_cluster_reuses_the_first_ones_artifact(
     store_uri = f"s3://{bucket}/shared/"
     model = models.save(models.mlp(), tmp_path / "model.onnx")
     sha, _ = sha256_file(model)
-    doc = {
-        "apiVersion": "onnxship.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": "enc", "resourceVersion": "1"},
-        "spec": {
-            "model": {"uri": model.as_uri(), "sha256": sha, "version": "v1"},
-            "compression": {"accuracyGate": {"min": 0.9}},
-            "artifacts": {
-                "uri": store_uri,
-                "endpoint": s3_server.endpoint,
-                "region": REGION,
-                "credentialsSecret": "s3-creds",
-            },
-        },
-    }
+    doc = pinned(model, sha, store_uri, s3_server.endpoint, {"accuracyGate": {"min": 0.9}})
     cluster.finder = StoreArtifactFinder()
     with operator():
         for ns in ("team-a", "team-b"):
