@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 
 from onnxship.api.routes import Backend, RouteTable
 
+from ..http1.server import Reply, Request
 from .balance import ENVIRONMENT_HEADER, REVISION_HEADER, Routing
 from .compare import HEADER_LENGTH, compare_answers, compare_tokens
-from .front import Reply, Request
 from .metrics import RouterMetrics
 from .streams import EVENT_STREAM, Piece, StreamMeter, answer_tokens, greedy_copy, is_generation
 from .upstream import Stream, UpstreamError, UpstreamPool, UpstreamTimeout

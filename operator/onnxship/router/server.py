@@ -28,8 +28,8 @@ from pydantic import ValidationError
 from onnxship.api.routes import RouteTable
 from onnxship.eventloop import loop_factory
 
+from ..http1.server import FrontServer, Handler, Reply, Request
 from .admin import ROUTES_PATH
-from .front import FrontServer, Handler, Reply, Request
 from .proxy import ProxySettings, Router
 from .workers import Pod, WorkerUnavailable, supervise
 
