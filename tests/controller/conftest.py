@@ -72,6 +72,8 @@ class StoreIndex:
         source_sha256: str,
         compression: Compression,
         execution_provider: str,
+        kind: str = "",
+        own_prompts: bool = False,
     ) -> dict[str, Any] | None:
         self.lookups += 1
         return self.known.get(source_sha256)

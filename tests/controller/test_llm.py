@@ -15,18 +15,21 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 import typer
 
 from onnxship.api import Compression, ModelDeploymentSpec
 from onnxship.cli.main import app
 from onnxship.compress import compress
 from onnxship.compress.result import compact_result
+from onnxship.controller.artifacts import StoreArtifactFinder
 from onnxship.plan import workloads as w
 from onnxship.plan.analysis import AnalysisRequest, Measurements
 from tests.store.conftest import S3Server
 
-from .conftest import Cluster
+from .conftest import NS, Cluster
 from .test_lifecycle import condition, routes, start_canary, status
+from .test_shared_store import pinned, secret
 
 JOBS, DEPLOYS = "batch/v1/jobs", "apps/v1/deployments"
 
@@ -98,6 +101,50 @@ async def test_a_causal_lm_gets_generation_pods_sized_from_its_artifact(
     assert summary["kind"] == "causal-lm" and summary["variant"] == "int8-rtn-b32-emb8"
     assert st["variant"] == "int8-rtn-b32-emb8"  # what `kubectl get mdep` shows
     assert st["agreement"] == summary["accuracy"] == outcome.manifest.report.accuracy.mean
+
+
+@pytest.mark.parametrize("kind", [None, "causal-lm"])
+async def test_a_pinned_causal_lm_already_in_the_store_gets_no_job(
+    cluster: Cluster,
+    operator: Any,
+    s3_server: S3Server,
+    tiny_llm: Path,
+    tmp_path: Path,
+    kind: str | None,
+) -> None:
+    """Another cluster (or CI) compressed this folder with these settings: the operator finds
+    the artifact by the LLM pipeline's own cache key, as it does for an encoder, and starts no
+    compression Job (it used to look under the encoder's key, miss, and run a Job)."""
+    bucket = s3_server.new_bucket()
+    store_uri = f"s3://{bucket}/llm/"
+    compression = {
+        "quantize": {"mode": "weightOnly", "bits": 8},
+        "accuracyGate": {"metric": "kl", "max": 0.3},  # a random tiny decoder: top-1 is low
+    }
+    outcome = compress(
+        tiny_llm.as_uri(), Compression.model_validate(compression), s3_server.store(store_uri)
+    )
+    assert outcome.manifest.kind == "causal-lm" and not outcome.cache_hit
+    doc = pinned(
+        tiny_llm, outcome.manifest.source.sha256, store_uri, s3_server.endpoint, compression
+    )
+    if kind:
+        doc["spec"]["model"]["kind"] = kind
+    cluster.finder = StoreArtifactFinder()
+    with operator():
+        await cluster.create(f"/api/v1/namespaces/{NS}/secrets", secret(NS))
+        await cluster.apply(doc)
+        name = await cluster.wait_for(
+            lambda: next(iter(cluster.objects(DEPLOYS)), None), what="Deployment"
+        )
+        assert cluster.objects(JOBS) == {}, "a Job compressed what the store already holds"
+        await cluster.make_ready(name)
+        await cluster.wait_for(
+            lambda: status(cluster, "enc").get("phase") == "Ready", what="phase Ready"
+        )
+    env = status(cluster, "enc")["revisions"][0]["environments"][0]
+    assert env["cacheKey"] == outcome.manifest.cache_key
+    assert env["compression"]["cacheHit"] is True and env["compression"]["kind"] == "causal-lm"
 
 
 @dataclass

@@ -139,7 +139,7 @@ async def test_slow_store_lookups_of_many_objects_run_at_once(
     threads: set[str] = set()
 
     class SlowStore:
-        def find(self, *_: Any) -> dict[str, Any]:
+        def find(self, *_: Any, **__: Any) -> dict[str, Any]:
             threads.add(threading.current_thread().name)
             barrier.wait()  # BrokenBarrierError unless all ten lookups are in flight at once
             return found

@@ -6,7 +6,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from onnxship.api import Compression
+from onnxship.api import Compression, ModelKind, QuantizeMode
 from onnxship.plan.revision import cache_key
 from onnxship.plan.workloads import StoreRef
 
@@ -30,15 +30,45 @@ class StoreArtifactFinder:
         source_sha256: str,
         compression: Compression,
         execution_provider: str,
+        kind: str = "",
+        own_prompts: bool = False,
     ) -> dict[str, Any] | None:
         from onnxship.compress.result import compact_result
 
         opened = self._open(store, credentials)
-        key = cache_key(source_sha256, compression, self._tool_versions(execution_provider))
-        manifest = opened.get_manifest(key)
-        if manifest is None:
-            return None
-        return compact_result(manifest, opened.manifest_uri(key), cache_hit=True)
+        for key in self._keys(source_sha256, compression, execution_provider, kind, own_prompts):
+            manifest = opened.get_manifest(key)
+            if manifest is not None:
+                return compact_result(manifest, opened.manifest_uri(key), cache_hit=True)
+        return None
+
+    def _keys(
+        self,
+        source_sha256: str,
+        compression: Compression,
+        execution_provider: str,
+        kind: str,
+        own_prompts: bool,
+    ) -> list[str]:
+        """The keys the Job's compress would use, by the model's kind (both when the spec
+        leaves it to the files, which the operator does not read)."""
+        keys = []
+        if kind != ModelKind.causal_lm.value:
+            tools = self._tool_versions(execution_provider)
+            keys.append(cache_key(source_sha256, compression, tools))
+        if kind != ModelKind.onnx.value:
+            from onnxship.compress.errors import InvalidSettingsError
+            from onnxship.compress.llm.keys import llm_cache_key, llm_settings
+
+            try:
+                effective, _ = llm_settings(compression)
+            except InvalidSettingsError:  # not settings a causal LM takes: the Job says so
+                return keys
+            q = effective.quantize
+            if own_prompts and (q.mode == QuantizeMode.auto or q.algorithm == "gptq"):
+                return keys  # the key holds the prompts file's digest, which the Job reads
+            keys.append(llm_cache_key(source_sha256, effective, execution_provider))
+        return keys
 
     def _tool_versions(self, execution_provider: str) -> dict[str, str]:
         versions = self._versions.get(execution_provider)

@@ -30,7 +30,10 @@ class RouterTables(Protocol):
 
 
 class ArtifactFinder(Protocol):
-    """Looks an artifact up by pinned source digest; a result-shaped dict when found."""
+    """Looks an artifact up by pinned source digest; a result-shaped dict when found.
+
+    ``kind``: the spec's model kind (empty: either); ``own_prompts``: the spec names its
+    own prompts (sample inputs), whose digest some LLM keys hold."""
 
     def find(
         self,
@@ -39,6 +42,8 @@ class ArtifactFinder(Protocol):
         source_sha256: str,
         compression: Compression,
         execution_provider: str,
+        kind: str = "",
+        own_prompts: bool = False,
     ) -> dict[str, Any] | None: ...
 
 

@@ -215,6 +215,8 @@ def _observe_artifacts(
                     spec.model.sha256,
                     spec.compression_for(env),
                     str(env.execution_provider),
+                    kind=str(spec.model.kind or ""),
+                    own_prompts=bool(spec.model.sample_inputs),
                 )
             except Exception as exc:  # the Job reports store problems precisely; go on
                 log.info("store lookup for %s/%s failed: %s", name, env.name, exc)

@@ -34,32 +34,25 @@ from onnxship.api import (
     Compression,
     CompressionReport,
     ModelKind,
-    Prune,
     Quantize,
     QuantizeMode,
     SourceInfo,
     ToolVersions,
 )
-from onnxship.plan.revision import cache_key
 from onnxship.store import ArtifactStore, Progress, describe, sha256_file
 
 from ..errors import AccuracyGateError, InvalidSettingsError
-from ..pipeline import CompressionOutcome, tool_versions
+from ..pipeline import CompressionOutcome
 from ..source import FetchedModel, SourceAccess, fetch_samples
 from ..validate import validate_model
 from . import gate as generation
 from . import prompts as prompt_sets
 from . import weights
 from .folder import GENAI_CONFIG, LlmFolder, check_folder, list_files
+from .keys import KL_MAX, llm_cache_key, llm_settings
 
 T = TypeVar("T")
 
-# The gate of a causal LM when the spec kept the encoder's (cosine means nothing for logits
-# over a vocabulary): the compressed model's next token agrees with the original's on at
-# least 90% of the positions of the original's own answers.
-LLM_GATE = AccuracyGate(metric="top1", min=0.90)
-KL_MAX = 0.10  # metric kl without a max
-MODES = (QuantizeMode.weight_only, QuantizeMode.auto, QuantizeMode.none)
 OUT_GRAPH = "model.onnx"
 
 
@@ -68,54 +61,6 @@ class Steps(Protocol):
 
     @property
     def seconds(self) -> dict[str, float]: ...
-
-
-def llm_settings(compression: Compression) -> tuple[Compression, list[str]]:
-    """The settings a causal LM is compressed with, and notes on what was changed and why.
-
-    Raises InvalidSettingsError naming the field when a setting cannot apply to a causal LM.
-    """
-    notes: list[str] = []
-    q = compression.quantize
-    if q.mode == QuantizeMode.auto:
-        notes.append(
-            "quantize auto: for a causal LM, weight-only candidates cheapest first; the first "
-            "that passes the gate is published"
-        )
-    elif q.mode not in MODES:
-        raise InvalidSettingsError(
-            f"spec.compression.quantize.mode (--quantize) {q.mode} does not apply to a causal "
-            f"LM; use {', '.join(m.value for m in MODES)}"
-        )
-    if compression.prune.sparsity > 0:
-        raise InvalidSettingsError(
-            "spec.compression.prune.sparsity (--sparsity): pruning does not apply to a causal "
-            "LM; set it to 0 and use quantize.mode weightOnly or auto"
-        )
-    if compression.optimize != "none":
-        notes.append(
-            f"optimize: {compression.optimize} not applied; ONNX Runtime (GenAI) optimizes the "
-            "graph when it loads it"
-        )
-    g = compression.accuracy_gate
-    if g.metric == "cosine":
-        if g.model_copy(update={"outputs": []}) != AccuracyGate():
-            raise InvalidSettingsError(
-                "spec.compression.accuracyGate.metric (--gate-metric) cosine does not apply to "
-                "a causal LM; use top1 (min), kl (max) or tokens (min)"
-            )
-        g = LLM_GATE
-        notes.append(
-            f"accuracy gate: cosine (the encoder default) means nothing for a causal LM; used "
-            f"teacher-forced top-1 >= {LLM_GATE.min}"
-        )
-    elif g.metric == "kl" and g.max is None:
-        g = g.model_copy(update={"max": KL_MAX})
-        notes.append(f"accuracy gate: kl without a max; used mean KL <= {KL_MAX}")
-    return (
-        Compression(optimize="none", prune=Prune(), quantize=q, accuracy_gate=g),
-        notes,
-    )
 
 
 def variant_name(q: Quantize) -> str:
@@ -208,15 +153,6 @@ def candidates(q: Quantize) -> list[tuple[str, Quantize]]:
     return [(variant_name(q), q)]
 
 
-def _key(digest: str, compression: Compression, execution_provider: str, prompts: str) -> str:
-    """cache_key over the effective settings (auto: the gate too). The prompts count only where
-    they change the bytes: auto (the gate picks) and gptq (calibration)."""
-    tools = {**tool_versions(execution_provider), "kind": ModelKind.causal_lm.value}
-    q = compression.quantize
-    relevant = q.mode == QuantizeMode.auto or q.algorithm == "gptq"
-    return cache_key(digest, compression, tools, samples_sha256=prompts if relevant else "")
-
-
 def compress_llm(
     fetched: FetchedModel,
     compression: Compression,
@@ -238,7 +174,7 @@ def compress_llm(
     effective, notes = llm_settings(compression)
     prompts_file = fetch_samples(sample_inputs, work, source_access) if sample_inputs else None
     prompts_digest = sha256_file(prompts_file)[0] if prompts_file else ""
-    key = _key(fetched.sha256, effective, execution_provider, prompts_digest)
+    key = llm_cache_key(fetched.sha256, effective, execution_provider, prompts_digest)
     existing = store.get_manifest(key)
     if existing is not None:
         return _cache_hit(existing, effective, store)
@@ -300,9 +236,7 @@ def compress_llm(
                 shutil.rmtree(out, ignore_errors=True)
         if chosen is None:
             best = _best(tried, gate)
-            detail = (
-                f" (best of {len(tried)} candidates: {best.name})" if len(tried) > 1 else ""
-            )
+            detail = f" (best of {len(tried)} candidates: {best.name})" if len(tried) > 1 else ""
             assert best.accuracy is not None
             summary = CompressionReport(
                 original_bytes=folder.total_bytes,
