@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from pathlib import Path
 
 import httpx
@@ -271,3 +272,59 @@ async def test_a_body_in_one_chunk_is_not_copied() -> None:
     assert await body_of([tensor[:100], tensor[100:]]) == tensor
     with pytest.raises(BodyTooLarge):
         await body_of([tensor, tensor], limit=len(tensor) + 1)
+
+
+def test_one_connection_mixing_inference_and_other_routes(
+    mlp_server: Server, model_dir: Path
+) -> None:
+    # The inference route and the others are served by two servers on one port (rest.py):
+    # pipelined on one keep-alive connection, every request is answered, in order, whichever
+    # of them reads it, also after the connection has gone over to the second.
+    x = sample_inputs(n=2)["x"]
+    tensor = {"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}
+    body = json.dumps({"inputs": [tensor]}).encode()
+
+    def post(path: str, chunked: bool = False) -> bytes:
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        if not chunked:
+            return f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+        half = len(body) // 2
+        parts = b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in (body[:half], body[half:]))
+        return f"{head}Transfer-Encoding: chunked\r\n\r\n".encode() + parts + b"0\r\n\r\n"
+
+    requests = [
+        post("/v2/models/mlp/infer"),
+        post("/v2/models/mlp/infer", chunked=True),
+        b"GET /v2/models/mlp HTTP/1.1\r\nHost: x\r\n\r\n",
+        post("/v2/models/mlp/versions/v3/infer", chunked=True),
+        post("/v2/models/nope/infer"),
+        post("/v2/models/mlp/infer"),
+    ]
+    with socket.create_connection(("127.0.0.1", mlp_server.http_port), timeout=10) as sock:
+        sock.sendall(b"".join(requests))
+        answers = _read_answers(sock, len(requests))
+    assert [status for status, _ in answers] == [200, 200, 200, 200, 404, 200]
+    want = reference(model_dir, x)
+    for i in (0, 1, 3, 5):
+        got = np.asarray(json.loads(answers[i][1])["outputs"][0]["data"], np.float32)
+        np.testing.assert_allclose(got, want.ravel(), rtol=1e-6)
+    assert json.loads(answers[2][1])["name"] == "mlp"
+    assert "unknown model 'nope'" in json.loads(answers[4][1])["error"]
+
+
+def _read_answers(sock: socket.socket, n: int) -> list[tuple[int, bytes]]:
+    buf, answers = b"", []
+    while len(answers) < n:
+        end = buf.find(b"\r\n\r\n")
+        if end >= 0:
+            head = buf[:end].decode("latin-1").split("\r\n")
+            fields = dict(line.lower().split(": ", 1) for line in head[1:])
+            length = int(fields["content-length"])
+            if len(buf) >= end + 4 + length:
+                answers.append((int(head[0].split()[1]), buf[end + 4 : end + 4 + length]))
+                buf = buf[end + 4 + length :]
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed after {len(answers)} answers"
+        buf += chunk
+    return answers

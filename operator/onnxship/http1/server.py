@@ -16,7 +16,11 @@ a reverse proxy needs and no more:
   ``end``; chunked for HTTP/1.1 clients), with the transport's flow control;
 - a client that leaves cancels its handler (the proxy then closes the backend's request);
 - ``shutdown`` stops accepting, lets requests in flight finish within a grace period,
-  and closes idle connections; idle keep-alive connections close after ``keepalive``.
+  and closes idle connections; idle keep-alive connections close after ``keepalive``;
+- a ``Fallback`` takes over the connections whose requests the handler does not serve
+  (`onnxship serve`: its aiohttp app, for all but the inference route). From the first such
+  request on, the connection's requests go to the fallback's protocol as HTTP/1.1 bytes
+  (the head as it came, the body as llhttp read it) and it answers on the transport itself.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import httptools
@@ -41,6 +46,19 @@ _MAX_QUEUED = 16
 
 Headers = list[tuple[str, str]]
 Handler = Callable[["Request", "Reply"], Awaitable[None]]
+TOO_LARGE = "the request body is over {limit} bytes (the router's limit)"
+
+
+class Fallback(Protocol):
+    """Who answers what the handler does not: ``serves`` looks at a request's head."""
+
+    def serves(self, method: str, url: str, headers: dict[str, str]) -> bool:
+        """True: the handler answers it; False: the fallback takes the connection."""
+        ...
+
+    def protocol(self) -> asyncio.Protocol:
+        """A fresh HTTP/1.1 server protocol for one connection."""
+        ...
 
 
 class _TooLarge(Exception):
@@ -50,7 +68,16 @@ class _TooLarge(Exception):
 class Request:
     """One request, read whole: method, target, headers in order, body."""
 
-    __slots__ = ("_lookup", "body", "headers", "keep_alive", "method", "url", "version")
+    __slots__ = (
+        "_lookup",
+        "body",
+        "hand_over",
+        "headers",
+        "keep_alive",
+        "method",
+        "url",
+        "version",
+    )
 
     def __init__(
         self,
@@ -64,6 +91,7 @@ class Request:
     ) -> None:
         self.method, self.url, self.headers, self.body = method, url, headers, body
         self.keep_alive, self.version, self._lookup = keep_alive, version, lookup
+        self.hand_over = False  # for the fallback: see _Connection.on_headers_complete
 
     def header(self, name: str) -> str:
         """A header's value by its lower-case name ("" when absent; the last one if repeated)."""
@@ -178,6 +206,12 @@ class _Connection(asyncio.Protocol):
         self._lookup: dict[str, str] = {}
         self._body: list[bytes] = []
         self._size = 0
+        # The fallback's protocol once it has this connection; _streaming: the request being
+        # read goes to it as it arrives (_rechunk: in chunked framing, as it came).
+        self.forward: asyncio.Protocol | None = None
+        self._streaming = False
+        self._rechunk = False
+        self._hand_over = False  # the request being read goes to the fallback once complete
 
     # ---------------------------------------------------------------- transport
 
@@ -188,6 +222,8 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.server.connections.discard(self)
+        if self.forward is not None:
+            self.forward.connection_lost(exc)
         self.queue.clear()
         if self.task is not None:
             self.task.cancel()  # the proxy closes the backend's request
@@ -195,16 +231,22 @@ class _Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         """The client sent all it will (half-closed): answer what it asked, then close."""
+        if self.forward is not None:
+            return bool(self.forward.eof_received())
         if self.task is None and not self.queue:
             return False  # nothing to answer (a request cut short included): close now
         self.peer_done = True
         return True
 
     def pause_writing(self) -> None:
-        if self.drain is None:
+        if self.forward is not None:
+            self.forward.pause_writing()
+        elif self.drain is None:
             self.drain = self.loop.create_future()
 
     def resume_writing(self) -> None:
+        if self.forward is not None:
+            self.forward.resume_writing()
         self._wake(None)
 
     def _wake(self, exc: Exception | None) -> None:
@@ -229,8 +271,7 @@ class _Connection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _TooLarge):
-                limit = self.server.max_body
-                self._refuse(413, f"the request body is over {limit} bytes (the router's limit)")
+                self._refuse(413, self.server.too_large.format(limit=self.server.max_body))
             else:  # a bug of ours: say so, do not hang the client
                 log.error("parsing a request failed: %r", exc.__context__)
                 self._refuse(500, "internal error reading the request")
@@ -242,7 +283,9 @@ class _Connection(asyncio.Protocol):
     def _refuse(self, status: int, message: str) -> None:
         """Answer an unreadable request and close: what follows it cannot be trusted."""
         self.queue.clear()
-        if self.task is None:
+        if self.forward is not None:  # its protocol may be answering: only close
+            self.close()
+        elif self.task is None:
             body = json.dumps({"error": message}).encode()
             head = _head(status, [("Content-Type", "application/json")])
             head.append(f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
@@ -267,6 +310,25 @@ class _Connection(asyncio.Protocol):
         self._lookup[n.lower()] = v
 
     def on_headers_complete(self) -> None:
+        fallback = self.server.fallback
+        if fallback is not None and (
+            self.forward is not None
+            or not fallback.serves(
+                self.parser.get_method().decode("latin-1"),
+                self._url.decode("latin-1"),
+                self._lookup,
+            )
+        ):
+            if self.forward is None and self.task is None and not self.queue:
+                self._take_over()
+            if self.forward is not None:
+                # Its head as it came (the fallback checks sizes and answers 100-continue
+                # itself), then its body as it arrives.
+                self._streaming = True
+                self._rechunk = "chunked" in self._lookup.get("transfer-encoding", "").lower()
+                self.forward.data_received(self._head(self._headers))
+                return
+            self._hand_over = True  # after the answers in progress: see _next
         length = self._lookup.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.server.max_body:
             raise _TooLarge()
@@ -274,12 +336,22 @@ class _Connection(asyncio.Protocol):
             self.send(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
+        if self._streaming:
+            assert self.forward is not None
+            framed = b"%x\r\n%b\r\n" % (len(body), body) if self._rechunk else body
+            self.forward.data_received(framed)
+            return
         self._size += len(body)
         if self._size > self.server.max_body:
             raise _TooLarge()
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if self._streaming:
+            self._streaming = False
+            if self._rechunk:
+                self.forward.data_received(b"0\r\n\r\n")  # type: ignore[union-attr]
+            return
         p = self.parser
         parts = self._body
         body = parts[0] if len(parts) == 1 else b"".join(parts)
@@ -292,6 +364,10 @@ class _Connection(asyncio.Protocol):
             p.should_keep_alive(),
             p.get_http_version(),
         )
+        request.hand_over, self._hand_over = self._hand_over, False
+        if self.forward is not None:  # taken over while this one was read
+            self.forward.data_received(self._whole(request))
+            return
         self.queue.append(request)
         if self.task is None:
             self._next()
@@ -301,7 +377,46 @@ class _Connection(asyncio.Protocol):
 
     # ---------------------------------------------------------------- requests
 
+    def _take_over(self) -> None:
+        """The fallback's protocol gets this connection: the transport, and from now on
+        every request read on it."""
+        assert self.server.fallback is not None and self.transport is not None
+        self.forward = self.server.fallback.protocol()
+        self.forward.connection_made(self.transport)
+        if self.drain is not None:  # the socket's buffer is full: tell the new writer
+            self.forward.pause_writing()
+
+    def _head(self, headers: Headers) -> bytes:
+        p = self.parser
+        head = [f"{p.get_method().decode('latin-1')} {self._url.decode('latin-1')} "]
+        head.append(f"HTTP/{p.get_http_version()}\r\n")
+        head += [f"{name}: {value}\r\n" for name, value in headers]
+        head.append("\r\n")
+        return "".join(head).encode("latin-1")
+
+    @staticmethod
+    def _whole(request: Request) -> bytes:
+        """A request read whole, as HTTP/1.1 bytes: its body with its length (100-continue
+        was answered when its head came)."""
+        head = [f"{request.method} {request.url} HTTP/{request.version}\r\n"]
+        head += [
+            f"{name}: {value}\r\n"
+            for name, value in request.headers
+            if name.lower() not in ("content-length", "transfer-encoding", "expect")
+        ]
+        head.append(f"Content-Length: {len(request.body)}\r\n\r\n")
+        return "".join(head).encode("latin-1") + request.body
+
     def _next(self) -> None:
+        if self.queue[0].hand_over:
+            self._take_over()
+            assert self.forward is not None
+            while self.queue:
+                self.forward.data_received(self._whole(self.queue.popleft()))
+            if self.reading_paused:
+                self.reading_paused = False
+                self.transport.resume_reading()  # type: ignore[union-attr]
+            return
         request = self.queue.popleft()
         self.keep_alive = request.keep_alive and not self.closing
         self.task = self.loop.create_task(self._run(request))
@@ -345,11 +460,19 @@ class FrontServer:
     """Serves ``handler`` on one listening socket (``reuse_port``: several processes may)."""
 
     def __init__(
-        self, handler: Handler, max_body: int, keepalive: float = 75.0
+        self,
+        handler: Handler,
+        max_body: int,
+        keepalive: float = 75.0,
+        *,
+        fallback: Fallback | None = None,
+        too_large: str = TOO_LARGE,
     ) -> None:
         self.handler = handler
         self.max_body = max_body
         self.keepalive = keepalive
+        self.fallback = fallback
+        self.too_large = too_large  # the 413's message, with {limit}
         self.connections: set[_Connection] = set()
         self.loop = asyncio.get_running_loop()
         self.server: asyncio.Server | None = None
@@ -367,6 +490,8 @@ class FrontServer:
         """Close keep-alive connections idle for longer than ``keepalive``."""
         cutoff = self.loop.time() - self.keepalive
         for conn in list(self.connections):
+            if conn.forward is not None:
+                continue  # the fallback times its own connections out
             if conn.task is None and not conn.queue and conn.idle_since < cutoff:
                 conn.close()
         self._sweeper = self.loop.call_later(self.keepalive / 4, self._sweep)
@@ -377,14 +502,18 @@ class FrontServer:
             self._sweeper.cancel()
         if self.server is not None:
             self.server.close()
-        for conn in list(self.connections):
+        # The fallback's connections are its own to close (after this returns).
+        ours = [conn for conn in self.connections if conn.forward is None]
+        for conn in ours:
             conn.closing = True
             if conn.task is None and not conn.queue:
                 conn.close()
         deadline = self.loop.time() + grace
-        while self.connections and self.loop.time() < deadline:
+        while any(c.forward is None for c in self.connections) and self.loop.time() < deadline:
             await asyncio.sleep(0.02)
         for conn in list(self.connections):
+            if conn.forward is not None:
+                continue
             if conn.task is not None:
                 conn.task.cancel()
             if conn.transport is not None:

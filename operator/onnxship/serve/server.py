@@ -19,13 +19,14 @@ import signal
 from aiohttp import web
 
 from .. import eventloop
+from ..http1.server import FrontServer
 from .config import ServeConfig
 from .dataplane import DataPlane
 from .errors import StartupError
 from .grpc_service import create_server
 from .metrics import ServeMetrics
 from .pod import WORKER_HEADER, PodMember
-from .rest import RestFrontEnd
+from .rest import TOO_LARGE, RestFrontEnd
 
 log = logging.getLogger(__name__)
 
@@ -57,24 +58,33 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
 
     dataplane = DataPlane(config) if pod is None else PodDataPlane(config, pod)
-    app = RestFrontEnd(dataplane, config.max_body_bytes).app()
-    if pod is not None:
+    worker = None if pod is None else str(pod.index)
+    rest = RestFrontEnd(dataplane, config.max_body_bytes, worker)
+    app = rest.app()
+    if worker is not None:
         # Which worker answered: how a user (and the tests) can see the pod spread
         # connections over its workers. One header, set after the handler has run.
-        worker = str(pod.index)
+        index = worker
 
         async def _name_worker(request: web.Request, response: web.StreamResponse) -> None:
-            response.headers[WORKER_HEADER] = worker
+            response.headers[WORKER_HEADER] = index
 
         app.on_response_prepare.append(_name_worker)
+    # The httptools server listens; aiohttp's serves, on the same connections, what it
+    # hands over (rest.py).
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
+    front = FrontServer(
+        rest.handle,
+        config.max_body_bytes,
+        fallback=rest.fallback(runner.server),
+        too_large=TOO_LARGE,
+    )
     grpc_server = None
     reuse_port = pod is not None  # one process alone keeps "port in use" an error
     try:
-        site = web.TCPSite(runner, config.host, config.http_port, reuse_port=reuse_port)
         try:
-            await site.start()
+            await front.start(config.host, config.http_port, reuse_port=reuse_port)
         except OSError as exc:
             raise StartupError(
                 f"cannot listen on {config.host}:{config.http_port}: {exc.strerror}", kind="failure"
@@ -121,6 +131,7 @@ async def serve(
     finally:
         if grpc_server is not None:
             await grpc_server.stop(grace=1.0)
+        await front.shutdown(grace=1.0)
         await runner.cleanup()
         await dataplane.close()
     log.info("stopped")
