@@ -8,6 +8,7 @@ the informer directly, since no server can be made to deliver events late on pur
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from onnxship.controller.informers import Informer
@@ -110,3 +111,114 @@ def test_a_deleted_object_is_not_brought_back_by_a_late_event() -> None:
     inf._apply_event("DELETED", versioned("122", ready=1))
     inf._apply_event("ADDED", versioned("130", ready=0))  # made again, by name
     assert inf.get("default", "enc-r1-default") is not None
+
+
+def as_served(obj: dict[str, Any], rv: str) -> dict[str, Any]:
+    """``obj`` as the API server answers it: with the fields its controllers and clients add."""
+    served = {**obj, "metadata": dict(obj["metadata"])}
+    meta = served["metadata"]
+    meta.update(
+        resourceVersion=rv,
+        uid="6a1c-" + meta["name"],
+        generation=1,
+        creationTimestamp="2026-12-04T22:00:00Z",
+        managedFields=[{"manager": "onnxship", "fieldsV1": {"f:spec": {}}}] * 3,
+        ownerReferences=[{"apiVersion": "onnxship.io/v1alpha1", "kind": "ModelDeployment"}],
+    )
+    meta["annotations"] = {
+        **meta.get("annotations", {}),
+        "deployment.kubernetes.io/revision": "1",
+        "kubectl.kubernetes.io/last-applied-configuration": "{...}" * 200,
+    }
+    return served
+
+
+def test_the_cache_keeps_what_a_pass_reads_and_not_the_rest() -> None:
+    """At 1,000 ModelDeployments the informers hold 5,000 children: each is kept as the few
+    fields a pass reads (replicas, readiness, the content hash, labels), not as served."""
+    inf = informer()
+    served = as_served(deployment("enc-r1-default", ready=1), "120")
+    served["metadata"]["annotations"]["onnxship.io/config-hash"] = "abc123"
+    served["spec"] = {
+        "replicas": 1,
+        "selector": {"matchLabels": {"app": "enc"}},
+        "template": {"spec": {"containers": [{"name": "serve", "args": ["--x"] * 50}]}},
+    }
+    served["status"] = {
+        "readyReplicas": 1,
+        "updatedReplicas": 1,
+        "conditions": [{"type": "Available", "message": "has minimum availability" * 5}] * 2,
+    }
+    inf._apply_event("ADDED", served)
+    cached = inf.get("default", "enc-r1-default")
+    assert cached["spec"] == {"replicas": 1}
+    assert cached["status"] == {"readyReplicas": 1, "updatedReplicas": 1}
+    assert cached["metadata"]["annotations"] == {"onnxship.io/config-hash": "abc123"}
+    assert cached["metadata"]["labels"] == served["metadata"]["labels"]
+    assert cached["metadata"]["resourceVersion"] == "120"
+    # What Kube.apply decides from it: unchanged content is not patched again.
+    assert inf.list("default", {"onnxship.io/deployment": "enc"}) == [cached]
+
+
+def test_a_model_deployment_is_cached_without_kopfs_and_kubectls_copies_of_its_spec() -> None:
+    inf = Informer(None, "ModelDeployment", lambda ns: "", ["default"], selector=None)  # type: ignore[arg-type]
+    served = as_served(
+        {
+            "apiVersion": "onnxship.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {
+                "name": "enc",
+                "namespace": "default",
+                "annotations": {
+                    "onnxship.io/command": '{"action": "promote"}',
+                    "kopf.onnxship.io/last-handled-configuration": '{"spec": {}}' * 100,
+                },
+            },
+            "spec": {"model": {"uri": "s3://models/enc.onnx"}},
+            "status": {"phase": "Ready", "observedGeneration": 1},
+        },
+        "7",
+    )
+    inf.wrote(served)
+    cached = inf.get("default", "enc")
+    assert cached["metadata"]["annotations"] == {"onnxship.io/command": '{"action": "promote"}'}
+    assert cached["spec"] == served["spec"] and cached["status"] == served["status"]
+    assert cached["metadata"]["generation"] == 1 and cached["metadata"]["uid"] == "6a1c-enc"
+
+
+class Pages:
+    """An API server's paged list (limit / continue), as kube-apiserver serves one."""
+
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self.items = items
+        self.pages: list[int] = []  # objects served per request
+
+    def __call__(self, namespace: str, verb: str, query: list[tuple[str, str]], _: Any) -> Any:
+        q = dict(query)
+        start = int(q.get("continue") or 0)
+        end = min(start + int(q["limit"]) if "limit" in q else len(self.items), len(self.items))
+        meta = {"resourceVersion": "500"}
+        if end < len(self.items):
+            meta["continue"] = str(end)
+        body = {"metadata": meta, "items": self.items[start:end]}
+        self.pages.append(end - start)
+
+        class Response:
+            data = json.dumps(body).encode()
+
+            def read(self) -> None:
+                pass
+
+        return Response()
+
+
+def test_a_listing_is_read_in_pages() -> None:
+    """1,200 objects are never parsed at once (the start-up peak of the operator's memory),
+    and every page's objects are in the cache."""
+    inf = informer()
+    server = Pages([as_served(deployment(f"enc{i}-r1-default"), str(i + 1)) for i in range(1200)])
+    inf._request_ns = server  # type: ignore[method-assign]
+    assert inf._relist("default") == "500"
+    assert len(inf.list("default", {"onnxship.io/component": "model"})) == 1200
+    assert server.pages == [500, 500, 200]
+    assert inf.synced
