@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -303,9 +304,15 @@ def test_one_connection_mixing_inference_and_other_routes(
     with socket.create_connection(("127.0.0.1", mlp_server.http_port), timeout=10) as sock:
         sock.sendall(b"".join(requests))
         answers = _read_answers(sock, len(requests))
-    assert [status for status, _ in answers] == [200, 200, 200, 200, 404, 200]
+        # Now the second server's: a chunked body that arrives in pieces, passed on as read.
+        chunked = post("/v2/models/mlp/infer", chunked=True)
+        for i in range(0, len(chunked), 700):
+            sock.sendall(chunked[i : i + 700])
+            time.sleep(0.01)
+        answers += _read_answers(sock, 1)
+    assert [status for status, _ in answers] == [200, 200, 200, 200, 404, 200, 200]
     want = reference(model_dir, x)
-    for i in (0, 1, 3, 5):
+    for i in (0, 1, 3, 5, 6):
         got = np.asarray(json.loads(answers[i][1])["outputs"][0]["data"], np.float32)
         np.testing.assert_allclose(got, want.ravel(), rtol=1e-6)
     assert json.loads(answers[2][1])["name"] == "mlp"
