@@ -82,3 +82,21 @@ def test_small_json_answers_compare_as_numpy_does(datatype: str) -> None:
         assert small.top1 == full.top1, shape
         assert small.cosine == pytest.approx(full.cosine, abs=1e-12)
         assert small.max_abs_diff == pytest.approx(full.max_abs_diff, abs=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")  # NaN's cosine, as before
+def test_json_that_only_python_reads_is_still_compared() -> None:
+    """NaN, Infinity and integers past 64 bits are not JSON, but Python's encoder writes
+    them and a server may: such answers are compared as before (NaN shows), not dropped."""
+
+    def answer(data: str) -> bytes:
+        return b'{"outputs":[{"name":"y","datatype":"FP64","shape":[3],"data":[%b]}]}' % (
+            data.encode()
+        )
+
+    c = compare_answers(answer("1.0, NaN, 2.0"), None, answer("1.0, 2.0, 3.0"), None)
+    assert c is not None and np.isnan(c.cosine) and np.isnan(c.max_abs_diff)
+    c = compare_answers(answer("3.0, 2.0, 1.0"), None, answer("1.0, 2.0, Infinity"), None)
+    assert c is not None and c.max_abs_diff == float("inf") and c.top1 == 0.0
+    big = compare_answers(answer("1, 2, 36893488147419103232"), None, answer("1, 2, 3"), None)
+    assert big is not None and big.top1 == 1.0

@@ -156,3 +156,48 @@ async def test_a_long_chunked_answer_arrives_whole(serve_app: Serve) -> None:
     status, _, body = await pool.request(url, "GET", "/big", [], b"", 30)
     assert status == 200 and len(body) == 1024 * len(part) and body[: len(part)] == part
     pool.close()
+
+
+async def test_a_copy_sent_without_a_task_survives_a_dropped_keepalive() -> None:
+    """``request_soon`` (the mirror's copies) on a kept-alive connection the backend drops
+    without answering: the copy goes again on a fresh connection, as ``request`` does."""
+    connections: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(0)
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                break
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            body = await reader.readexactly(length)
+            connections[-1] += 1
+            if connections[-1] == 2:  # the second request on a connection: dropped unanswered
+                break
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    pool = UpstreamPool()
+    try:
+        assert (await pool.request_soon(url, "POST", "/", [], b"one", 5))[::2] == (200, b"one")
+        assert (await pool.request_soon(url, "POST", "/", [], b"two", 5))[::2] == (200, b"two")
+        assert connections == [2, 1]  # "two" went to the first connection, then to a new one
+        with pytest.raises(UpstreamError):  # nothing listens there: refused, not a hang
+            await pool.request_soon(f"http://127.0.0.1:{free_port()}", "GET", "/", [], b"", 1)
+    finally:
+        pool.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_copy_on_a_kept_alive_connection_times_out(serve_app: Serve) -> None:
+    url = await serve_app(app_with(echo=echo, slow=slow), 75.0)
+    pool = UpstreamPool()
+    await pool.request(url, "POST", "/echo", [("x-in", "1")], b"warm", 5)  # one idle connection
+    with pytest.raises(UpstreamTimeout):
+        await pool.request_soon(url, "GET", "/slow", [], b"", 0.1)
+    assert sum(len(v) for v in pool.idle.values()) == 0  # a timed-out connection is not reused
+    pool.close()

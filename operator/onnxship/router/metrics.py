@@ -13,6 +13,8 @@ buffered answer would have been: the user got a 200 head, but not the answer.
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -56,6 +58,29 @@ ITL_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2,
     0.3, 0.5, 0.75, 1.0, 2.5, 5.0,
 )  # fmt: skip
+
+
+def fast_observe(child: Any) -> Callable[[float], None]:
+    """``child.observe`` for a labelled histogram on the data path: a binary search for the
+    bucket instead of prometheus_client's walk over every bound in Python (a cosine near 1
+    walked all 11 per mirrored request). Same values: the sum, and the first bucket whose
+    bound is at least the amount (NaN in none). ``observe`` itself where the client's
+    internals differ from what this expects."""
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    add = getattr(getattr(child, "_sum", None), "inc", None)
+    if not (isinstance(bounds, list) and isinstance(buckets, list) and callable(add)):
+        return child.observe  # type: ignore[no-any-return]
+    if len(bounds) != len(buckets) or not bounds or bounds[-1] != float("inf"):
+        return child.observe  # type: ignore[no-any-return]
+    counts = [b.inc for b in buckets]
+
+    def observe(amount: float) -> None:
+        add(amount)
+        if amount == amount:  # NaN is in no bucket (every <= is false)
+            counts[bisect_left(bounds, amount)](1)
+
+    return observe
 
 
 class RouterMetrics:
@@ -202,7 +227,7 @@ class RouterMetrics:
             registry=r,
         )
         self._token_sums: dict[tuple[str, str], tuple[float, int]] = {}
-        self._children: dict[tuple[str, str, int, str], tuple[Any, Any]] = {}
+        self._children: dict[tuple[str, str, int, str], tuple[Any, Callable[[float], None]]] = {}
         self._agreement_sums: dict[tuple[str, str], tuple[float, int]] = {}
         self._compared: dict[tuple[str, str], tuple[Any, ...]] = {}
 
@@ -215,11 +240,11 @@ class RouterMetrics:
         if pair is None:
             pair = (
                 self.requests.labels(revision, environment, str(code), role),
-                self.duration.labels(revision, role),
+                fast_observe(self.duration.labels(revision, role)),
             )
             self._children[key] = pair
         pair[0].inc()
-        pair[1].observe(seconds)
+        pair[1](seconds)
 
     def streamed(self, revision: str, environment: str, meter: StreamMeter, outcome: str) -> None:
         """One streamed answer, at its end."""
@@ -247,16 +272,16 @@ class RouterMetrics:
         if c is None:  # once per pair: labels() hashes and locks (see observe)
             c = self._compared[key] = (
                 self.comparisons.labels(revision, baseline),
-                self.cosine.labels(revision, baseline),
+                fast_observe(self.cosine.labels(revision, baseline)),
                 self.top1.labels(revision, baseline),
-                self.max_abs_diff.labels(revision, baseline),
+                fast_observe(self.max_abs_diff.labels(revision, baseline)),
                 self.agreement.labels(revision, baseline),
             )
         c[0].inc()
-        c[1].observe(cosine)
+        c[1](cosine)
         if top1 >= 1.0:
             c[2].inc()
-        c[3].observe(diff)
+        c[3](diff)
         total, n = self._agreement_sums.get(key, (0.0, 0))
         total, n = total + cosine, n + 1
         self._agreement_sums[key] = (total, n)

@@ -21,12 +21,14 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 from onnxship.api.routes import Backend, RouteTable
 
 from ..http1.server import Reply, Request
 from .balance import ENVIRONMENT_HEADER, REVISION_HEADER, Routing
-from .compare import HEADER_LENGTH, compare_answers, compare_tokens
+from .compare import HEADER_LENGTH, Comparison, compare_answers, compare_tokens
 from .metrics import RouterMetrics
 from .streams import EVENT_STREAM, Piece, StreamMeter, answer_tokens, greedy_copy, is_generation
 from .upstream import Stream, UpstreamError, UpstreamPool, UpstreamTimeout
@@ -39,6 +41,7 @@ _SKIP_REQUEST = {
     "transfer-encoding", "upgrade", "content-length", "expect",
 }  # fmt: skip
 _SKIP_RESPONSE = _SKIP_REQUEST
+_HEADER_LENGTH = HEADER_LENGTH.lower()
 
 
 @dataclass
@@ -90,7 +93,7 @@ class Router:
         self.routing = Routing(RouteTable())
         self.health = Health()
         self.upstream = UpstreamPool()
-        self.mirrors: set[asyncio.Task[None]] = set()
+        self.mirrors: set[asyncio.Future[Any]] = set()  # copies and comparisons in flight
 
     # ------------------------------------------------------------ routes
 
@@ -266,15 +269,24 @@ class Router:
                 backend.url, call.method, call.path_qs, call.headers, call.body,
                 timeout or self.settings.timeout,
             )  # fmt: skip
-            headers = [(k, v) for k, v in raw if k.lower() not in _SKIP_RESPONSE]
-            answer = _Answer(status, headers, body)
-            self.health.ok(backend)
-        except UpstreamTimeout:
+        except UpstreamError as exc:
+            return self._outcome(backend, role, started, exc)
+        headers = [(k, v) for k, v in raw if k.lower() not in _SKIP_RESPONSE]
+        return self._outcome(backend, role, started, _Answer(status, headers, body))
+
+    def _outcome(
+        self, backend: Backend, role: str, started: float, got: _Answer | UpstreamError
+    ) -> _Answer:
+        """A round trip's answer (a transport failure as 502/504), counted; health noted."""
+        if isinstance(got, UpstreamTimeout):
             answer = _error(504, f"revision {backend.revision} timed out")
             self._failed(backend)
-        except UpstreamError as exc:
-            answer = _error(502, f"revision {backend.revision} unreachable: {exc}")
+        elif isinstance(got, UpstreamError):
+            answer = _error(502, f"revision {backend.revision} unreachable: {got}")
             self._failed(backend)
+        else:
+            answer = got
+            self.health.ok(backend)
         seconds = time.perf_counter() - started
         self.metrics.observe(backend.revision, backend.environment, answer.status, role, seconds)
         return answer
@@ -309,35 +321,68 @@ class Router:
             shadow = self._shadow_generation(
                 canary, stable, _Call("POST", path, call.headers, body), greedy, answer
             )
-        elif isinstance(answer, _Answer):
-            shadow = self._shadow(canary, stable, call, answer)
-        else:
-            shadow = self._shadow(canary, stable, call, None)
-        task = asyncio.create_task(shadow)
-        self.mirrors.add(task)
-        task.add_done_callback(self.mirrors.discard)
+            task = asyncio.create_task(shadow)
+            self.mirrors.add(task)
+            task.add_done_callback(self.mirrors.discard)
+            return
+        # In callbacks, not a task: a task per copy cost as much as comparing the answers.
+        started = time.perf_counter()
+        sent = self.upstream.request_soon(
+            canary.url, call.method, call.path_qs, call.headers, call.body, self.settings.timeout
+        )
+        self.mirrors.add(sent)
+        baseline = answer if isinstance(answer, _Answer) else None
+        sent.add_done_callback(partial(self._shadow, canary, stable, call, baseline, started))
 
-    async def _shadow(
-        self, canary: Backend, stable: Backend, call: _Call, answer: _Answer | None
+    def _shadow(
+        self,
+        canary: Backend,
+        stable: Backend,
+        call: _Call,
+        answer: _Answer | None,
+        started: float,
+        sent: asyncio.Future[tuple[int, list[tuple[str, str]], bytes]],
     ) -> None:
-        """Send the copy, count it, compare the answers; the user has been answered."""
+        """The copy is answered: count it, compare the answers; the user has been answered."""
+        self.mirrors.discard(sent)
+        if sent.cancelled():  # the router is stopping
+            return
         try:
-            copy = await self._send(canary, call, "mirror")
+            exc = sent.exception()
+            if exc is not None and not isinstance(exc, UpstreamError):
+                raise exc
+            if exc is None:
+                status, raw, body = sent.result()
+                got: _Answer | UpstreamError = _Answer(status, raw, body)  # only compared
+            else:
+                got = exc
+            copy = self._outcome(canary, "mirror", started, got)
+            if answer is None or copy.status != 200 or answer.status != 200:
+                return
+            if call.method != "POST":
+                return
+            args = (answer.body, answer.header_length, copy.body, copy.header_length)
+            if len(copy.body) > 1 << 20:  # big tensors: decode off the event loop
+                compare = self._compare_apart(canary, stable, args)
+                task = asyncio.get_running_loop().create_task(compare)
+                self.mirrors.add(task)
+                task.add_done_callback(self.mirrors.discard)
+                return
+            self._compared(canary, stable, compare_answers(*args))
         except Exception:  # a mirror must never take the router down
             log.exception("mirror to %s failed", canary.url)
-            return
-        if answer is None or copy.status != 200 or answer.status != 200 or call.method != "POST":
-            return
-        args = (answer.body, answer.header_length, copy.body, copy.header_length)
-        if len(copy.body) > 1 << 20:  # big tensors: decode off the event loop
-            result = await asyncio.get_running_loop().run_in_executor(None, compare_answers, *args)
-        else:
-            result = compare_answers(*args)
+
+    async def _compare_apart(
+        self, canary: Backend, stable: Backend, args: tuple[bytes, int | None, bytes, int | None]
+    ) -> None:
+        result = await asyncio.get_running_loop().run_in_executor(None, compare_answers, *args)
+        self._compared(canary, stable, result)
+
+    def _compared(self, canary: Backend, stable: Backend, result: Comparison | None) -> None:
         if result is not None:
             self.metrics.compared(
                 canary.revision, stable.revision, result.cosine, result.top1, result.max_abs_diff
             )
-
 
     async def _shadow_generation(
         self,
@@ -382,7 +427,9 @@ class Router:
         self.metrics.compared_tokens(canary.revision, stable.revision, result, unit)
 
 
-@dataclass(frozen=True)
+# Plain slotted classes, not frozen ones: a frozen dataclass' __init__ sets each field through
+# object.__setattr__, and two or three of these are made per request.
+@dataclass(slots=True)
 class _Call:
     method: str
     path_qs: str
@@ -390,7 +437,7 @@ class _Call:
     body: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Answer:
     status: int
     headers: list[tuple[str, str]]
@@ -398,7 +445,7 @@ class _Answer:
 
     @property
     def header_length(self) -> int | None:
-        value = _header(self.headers, HEADER_LENGTH.lower())
+        value = _header(self.headers, _HEADER_LENGTH)
         try:
             return int(value) if value else None
         except ValueError:
@@ -407,8 +454,9 @@ class _Answer:
 
 def _header(headers: list[tuple[str, str]], name: str) -> str:
     """The value of header ``name`` (lower case) in a list of pairs; "" when absent."""
+    size = len(name)
     for key, value in headers:
-        if key.lower() == name:
+        if len(key) == size and key.lower() == name:  # lower() only where it may match
             return value
     return ""
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict, deque
+from functools import partial
+from typing import Any
 from urllib.parse import urlsplit
 
 
@@ -347,6 +349,33 @@ def _dechunk(buf: bytearray, out: bytearray) -> bool:
         del buf[: start + size + 2]
 
 
+def _encode(
+    method: str, host: str, port: int, prefix: str, path_qs: str, headers: Headers, body: bytes
+) -> bytes:
+    """A request's bytes: head and body, in one write."""
+    head = [f"{method} {prefix}{path_qs} HTTP/1.1\r\nHost: {host}:{port}\r\n"]
+    for name, value in headers:
+        head.append(f"{name}: {value}\r\n")
+    if body or method in ("POST", "PUT", "PATCH"):
+        head.append(f"Content-Length: {len(body)}\r\n")
+    head.append("\r\n")
+    return "".join(head).encode("latin-1") + body
+
+
+def _relay(out: asyncio.Future[tuple[int, Headers, bytes]], task: asyncio.Task[Any]) -> None:
+    """A retry's outcome, passed on to the future ``request_soon`` gave out."""
+    if out.done():
+        if not task.cancelled():
+            task.exception()  # retrieved: nobody else will
+        return
+    if task.cancelled():
+        out.cancel()
+    elif (exc := task.exception()) is not None:
+        out.set_exception(exc)
+    else:
+        out.set_result(task.result())
+
+
 def _expire(future: asyncio.Future[Reply], url: str, timeout: float) -> None:
     if not future.done():
         future.set_exception(UpstreamTimeout(f"{url} did not answer within {timeout:g}s"))
@@ -432,6 +461,76 @@ class UpstreamPool:
         wait for more of the body)."""
         return await self._exchange(url, method, path_qs, headers, body, timeout, True)
 
+    def request_soon(
+        self,
+        url: str,
+        method: str,
+        path_qs: str,
+        headers: Headers,
+        body: bytes,
+        timeout: float,
+    ) -> asyncio.Future[tuple[int, Headers, bytes]]:
+        """``request`` as a future that no coroutine needs to await (a mirror's copy): with a
+        kept-alive connection idle, the request goes out now and the connection's callbacks
+        settle the future, without the task, coroutine and two task steps ``request`` costs.
+        Connecting, and the retry of a connection the backend had closed, run ``request``'s
+        code in a task."""
+        loop = asyncio.get_running_loop()
+        host, port, prefix = self._address(url)
+        key = (host, port)
+        conn = self._idle(key)
+        if conn is None:
+            return loop.create_task(self.request(url, method, path_qs, headers, body, timeout))
+        data = _encode(method, host, port, prefix, path_qs, headers, body)
+        out: asyncio.Future[tuple[int, Headers, bytes]] = loop.create_future()
+        deadline = loop.time() + timeout
+        waiter = conn.send(data, method == "HEAD")
+        timer = loop.call_at(deadline, _expire, waiter, url, timeout)
+        retry = (url, method, path_qs, headers, body, deadline)
+        waiter.add_done_callback(partial(self._settle, out, key, conn, timer, retry))
+        return out
+
+    def _settle(
+        self,
+        out: asyncio.Future[tuple[int, Headers, bytes]],
+        key: tuple[str, int],
+        conn: _Connection,
+        timer: asyncio.TimerHandle,
+        retry: tuple[str, str, str, Headers, bytes, float],
+        waiter: asyncio.Future[Reply],
+    ) -> None:
+        """``request_soon``'s answer is in (or its failure): what ``_exchange`` does after its
+        await, in a callback."""
+        timer.cancel()
+        exc = None if waiter.cancelled() else waiter.exception()
+        if waiter.cancelled() or exc is not None:
+            conn.close()
+            if out.done():
+                return
+            if isinstance(exc, UpstreamError) and not isinstance(exc, UpstreamTimeout) and (
+                not conn.received
+            ):
+                # A kept-alive connection the backend closed meanwhile: once more, fresh.
+                url, method, path_qs, headers, body, deadline = retry
+                loop = conn.loop
+                again = loop.create_task(self._exchange(
+                    url, method, path_qs, headers, body, deadline - loop.time(), False, True
+                ))  # fmt: skip
+                again.add_done_callback(partial(_relay, out))
+            elif exc is None:
+                out.cancel()
+            else:
+                out.set_exception(exc)
+            return
+        status, got_headers, got_body, keep = waiter.result()
+        assert got_body is not None  # not a stream: request_soon does not ask for one
+        if keep and not conn.closed:
+            self.release(key, conn)
+        else:
+            conn.close()
+        if not out.done():
+            out.set_result((status, got_headers, got_body))
+
     async def _exchange(
         self,
         url: str,
@@ -441,19 +540,14 @@ class UpstreamPool:
         body: bytes,
         timeout: float,
         stream_ok: bool,
+        retried: bool = False,
     ) -> tuple[int, Headers, bytes | Stream]:
         host, port, prefix = self._address(url)
-        head = [f"{method} {prefix}{path_qs} HTTP/1.1\r\nHost: {host}:{port}\r\n"]
-        for name, value in headers:
-            head.append(f"{name}: {value}\r\n")
-        if body or method in ("POST", "PUT", "PATCH"):
-            head.append(f"Content-Length: {len(body)}\r\n")
-        head.append("\r\n")
-        data = "".join(head).encode("latin-1") + body
+        data = _encode(method, host, port, prefix, path_qs, headers, body)
         key = (host, port)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout  # one budget for connecting and answering
-        for attempt in (0, 1):
+        for attempt in (1,) if retried else (0, 1):
             conn = self._idle(key)
             reused = conn is not None
             if conn is None:
