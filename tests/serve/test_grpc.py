@@ -134,3 +134,39 @@ def test_a_message_that_is_not_a_request_is_invalid_argument(server: Server) -> 
             assert "not a ModelInferRequest" in err.value.details()
     client = grpcclient.InferenceServerClient(server.grpc_addr)
     assert client.is_server_ready()
+
+
+def test_sigterm_lets_in_flight_calls_finish_and_refuses_new_ones(
+    start_server: StartServer, model_dir: Path
+) -> None:
+    """Calls wait on grpc's threads for the event loop's answer: three held together by a
+    1.5 s batch delay are all answered after SIGTERM, a later one is UNAVAILABLE, exit 0."""
+    import signal
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    from onnxship.serve.proto import oip_pb2 as pb
+    from onnxship.serve.proto import oip_pb2_grpc as pb_grpc
+
+    server = start_server(
+        "--model", str(model_dir / "mlp.onnx"), "--name", "mlp",
+        "--max-batch-size", "64", "--max-batch-delay-ms", "1500",
+    )  # fmt: skip
+    request = pb.ModelInferRequest(model_name="mlp")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 32])
+    request.raw_input_contents.append(sample_inputs(n=1)["x"].tobytes())
+    with grpc.insecure_channel(server.grpc_addr) as channel, ThreadPoolExecutor(4) as pool:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        in_flight = [pool.submit(stub.ModelInfer, request, timeout=20) for _ in range(3)]
+        time.sleep(0.5)
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        with pytest.raises(grpc.RpcError) as late:
+            stub.ModelInfer(request, timeout=10)
+        answers = [f.result() for f in in_flight]
+    assert [list(a.outputs[0].shape) for a in answers] == [[1, 16]] * 3
+    assert late.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "shutting down" in late.value.details()
+    assert server.proc.wait(20) == 0
