@@ -97,6 +97,10 @@ class Request:
         """A header's value by its lower-case name ("" when absent; the last one if repeated)."""
         return self._lookup.get(name, "")
 
+    def get(self, name: str) -> str | None:
+        """A header's value by its lower-case name, None when absent."""
+        return self._lookup.get(name)
+
     @property
     def path_qs(self) -> str:
         url = self.url
