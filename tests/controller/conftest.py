@@ -88,6 +88,10 @@ class Cluster:
     index: StoreIndex
     requests: list[tuple[str, str, str]] = field(default_factory=list)
     finder: Any = None  # an ArtifactFinder to use instead of ``index`` (e.g. a real store)
+    # (verb, kind, subresource) -> the error the API server would answer, or None. Raised in
+    # the operator's client before the request: KMock stores every create, even one a
+    # reaction answers 403, and its watch then reports an object a real server never made.
+    refuse: Callable[[str, str, str], Exception | None] | None = None
 
     def objects(self, resource: str, namespace: str = NS) -> dict[str, dict[str, Any]]:
         out = {}
@@ -258,6 +262,8 @@ def operator(cluster: Cluster) -> Callable[[], Any]:
             def record(verb: str, kind: str, sub: str) -> None:
                 metrics.on_request(verb, kind, sub)
                 cluster.requests.append((verb, kind, sub))
+                if cluster.refuse is not None and (error := cluster.refuse(verb, kind, sub)):
+                    raise error
 
             return Wiring(
                 settings=OperatorSettings(

@@ -46,6 +46,7 @@ class Reason(StrEnum):
     progress_deadline_exceeded = "ProgressDeadlineExceeded"
     invalid_spec = "InvalidSpec"
     store_unavailable = "StoreUnavailable"
+    kubernetes_refused = "KubernetesRefused"  # the API server refused a write (quota, policy)
     # Available
     stable_serving = "StableServing"
     no_stable_revision = "NoStableRevision"

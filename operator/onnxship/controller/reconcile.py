@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from onnxship.api import (
@@ -110,7 +111,18 @@ def reconcile(wiring: Wiring, namespace: str, name: str, emit: Emit) -> Outcome 
         command=command_of(meta.get("annotations") or {}),
     )
     decision = step(spec, status, observed, now)
-    _execute(wiring, owner, spec, decision, store, runtime, emit)
+    slot = ("refused", _key(owner))
+    try:
+        _execute(wiring, owner, spec, decision, store, runtime, emit)
+    except Refused as refused:
+        # The decision's status would claim what the refused write did not do: keep the last
+        # status and say what was refused. Retried after 1, 2, 4... seconds up to the resync,
+        # as a controller's work queue backs off: a raised quota or a fixed policy is picked
+        # up soon, a thousand refused objects do not hammer the API server.
+        tries = wiring.memory[slot] = wiring.memory.get(slot, 0) + 1
+        _patch_status(wiring, owner, body, _refused(status, refused, generation, now, emit), emit)
+        return Outcome(requeue_after=min(float(2 ** (tries - 1)), timing.resync_seconds))
+    wiring.memory.pop(slot, None)
     if any(isinstance(a, _RESIZING) for a in decision.actions):
         # Status shows the replicas this pass asked for (a read of the cache), not those seen
         # before: else the next pass writes status again only to say so.
@@ -400,6 +412,15 @@ def _record_of(
     return next((r for r in status.revisions if r.name == revision), None)
 
 
+class Refused(Exception):
+    """The API server refused a write of this pass: a quota, an admission policy, a field it
+    rejects, no ClusterIP left. Not a conflict (409), which the next pass resolves alone."""
+
+    def __init__(self, what: str, error: KubeError) -> None:
+        super().__init__(f"{what}: {error}")
+        self.what, self.error = what, error
+
+
 def _execute(
     wiring: Wiring,
     owner: w.Owner,
@@ -409,63 +430,102 @@ def _execute(
     runtime: w.Runtime,
     emit: Emit,
 ) -> None:
+    """Carry out the decision's actions in order; raises Refused naming the step whose write
+    the API server refused."""
     kube = wiring.kube
     envs = {e.name: e for e in spec.serving.effective_environments()}
+
+    def doing(what: str, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except KubeError as exc:
+            if exc.status == 409:
+                raise
+            raise Refused(what, exc) from None
+
     for action in decision.actions:
-        if isinstance(action, EnsureRevision):
-            rec = _record_of(decision.status, action.record, action.revision)
-            keys = {e.name: e.cache_key for e in rec.environments} if rec else {}
-            artifacts = {e.name: e.compression for e in rec.environments} if rec else {}
-            for env_name, replicas in action.replicas.items():
-                env = envs.get(env_name)
-                key = keys.get(env_name)
-                if env is None or not key:
-                    log.warning(
-                        "revision %s has no artifact for environment %s", action.revision, env_name
-                    )
-                    continue
-                # The Service first: the Deployment's existence is what tells later passes
-                # that the revision is there, so a crash between the two must not leave a
-                # Deployment without its Service.
-                kube.apply(w.revision_service(owner, action.revision, env))
-                kube.apply(
-                    w.revision_deployment(
-                        owner,
-                        spec,
-                        action.revision,
-                        env,
-                        key,
-                        replicas,
-                        store,
-                        runtime,
-                        model_version=rec.model_version if rec else "",
-                        image=rec.image if rec else "",
-                        artifact=artifacts.get(env_name),
-                    )
-                )
-        elif isinstance(action, ScaleRevision):
-            for env_name, replicas in action.replicas.items():
-                name = w.workload_name(action.revision, env_name)
-                if kube.get("Deployment", owner.namespace, name) is not None:
-                    kube.patch(
-                        "Deployment", owner.namespace, name, {"spec": {"replicas": replicas}}
-                    )
-        elif isinstance(action, DeleteRevision):
-            _delete_revision(wiring, owner, action.revision)
-        elif isinstance(action, SetTraffic):
-            _set_traffic(wiring, owner, spec, action.split, runtime)
-        elif isinstance(action, EmitEvent):
+        if isinstance(action, EmitEvent):
             emit(action.type, action.reason, action.message)
+        else:
+            act = partial(_act, wiring, owner, spec, decision, action, envs, store, runtime)
+            doing(_describe(action), act)
     # The Services of the revisions traffic can reach, re-applied every pass (a GET when
     # unchanged): one lost (an operator killed before the Service-first order, or deleted by
     # hand) would make the router send to a name that does not resolve.
     for revision in {decision.status.stable_revision, decision.status.canary_revision} - {""}:
         for env in envs.values():
-            kube.apply(w.revision_service(owner, revision, env))
+            service = w.revision_service(owner, revision, env)
+            doing(f"applying Service {service['metadata']['name']}", partial(kube.apply, service))
     if decision.status.stable_revision:
         # The router exists once there is something to route to; re-applied every pass
         # (a GET when unchanged) so that a deleted router comes back.
-        _ensure_router(wiring, owner, spec, runtime)
+        router = partial(_ensure_router, wiring, owner, spec, runtime)
+        doing(f"applying the router {w.router_name(owner)}", router)
+
+
+def _describe(action: object) -> str:
+    if isinstance(action, EnsureRevision):
+        return f"creating revision {action.revision} (its Service and Deployment)"
+    if isinstance(action, ScaleRevision):
+        return f"scaling revision {action.revision}"
+    if isinstance(action, DeleteRevision):
+        return f"deleting revision {action.revision}"
+    if isinstance(action, SetTraffic):
+        return "writing the traffic split"
+    return type(action).__name__
+
+
+def _act(
+    wiring: Wiring,
+    owner: w.Owner,
+    spec: ModelDeploymentSpec,
+    decision: Decision,
+    action: object,
+    envs: Mapping[str, Any],
+    store: w.StoreRef,
+    runtime: w.Runtime,
+) -> None:
+    kube = wiring.kube
+    if isinstance(action, EnsureRevision):
+        rec = _record_of(decision.status, action.record, action.revision)
+        keys = {e.name: e.cache_key for e in rec.environments} if rec else {}
+        artifacts = {e.name: e.compression for e in rec.environments} if rec else {}
+        for env_name, replicas in action.replicas.items():
+            env = envs.get(env_name)
+            key = keys.get(env_name)
+            if env is None or not key:
+                log.warning(
+                    "revision %s has no artifact for environment %s", action.revision, env_name
+                )
+                continue
+            # The Service first: the Deployment's existence is what tells later passes
+            # that the revision is there, so a crash between the two must not leave a
+            # Deployment without its Service.
+            kube.apply(w.revision_service(owner, action.revision, env))
+            kube.apply(
+                w.revision_deployment(
+                    owner,
+                    spec,
+                    action.revision,
+                    env,
+                    key,
+                    replicas,
+                    store,
+                    runtime,
+                    model_version=rec.model_version if rec else "",
+                    image=rec.image if rec else "",
+                    artifact=artifacts.get(env_name),
+                )
+            )
+    elif isinstance(action, ScaleRevision):
+        for env_name, replicas in action.replicas.items():
+            name = w.workload_name(action.revision, env_name)
+            if kube.get("Deployment", owner.namespace, name) is not None:
+                kube.patch("Deployment", owner.namespace, name, {"spec": {"replicas": replicas}})
+    elif isinstance(action, DeleteRevision):
+        _delete_revision(wiring, owner, action.revision)
+    elif isinstance(action, SetTraffic):
+        _set_traffic(wiring, owner, spec, action.split, runtime)
 
 
 def _delete_revision(wiring: Wiring, owner: w.Owner, revision: str) -> None:
@@ -531,6 +591,26 @@ def _invalid(
             "conditions": conditions,
             "observed_generation": generation,
         }
+    )
+
+
+def _refused(
+    status: ModelDeploymentStatus, refused: Refused, generation: int, now: datetime, emit: Emit
+) -> ModelDeploymentStatus:
+    message = f"{refused.what}: the API server refused it ({refused.error}); retrying"
+    conditions, _ = set_condition(
+        status.conditions,
+        ConditionType.degraded,
+        "True",
+        Reason.kubernetes_refused,
+        message,
+        now,
+        generation,
+    )
+    if conditions != status.conditions:  # once per refusal, not once per retry
+        emit("Warning", Reason.kubernetes_refused, message)
+    return status.model_copy(
+        update={"phase": Phase.degraded, "message": message, "conditions": conditions}
     )
 
 
