@@ -61,7 +61,7 @@ def test_small_json_answers_compare_as_numpy_does(datatype: str) -> None:
     """Small JSON outputs are compared without numpy: the same figures as the binary path."""
     rng = np.random.default_rng(7)
     dtype = {"FP32": "<f4", "FP64": "<f8", "INT64": "<i8"}[datatype]
-    for shape in ((4,), (3, 5), (2, 2, 6), ()):
+    for shape in ((4,), (3, 5), (2, 2, 6), (), (1, 7), (1, 1, 3)):
         a = rng.normal(scale=4, size=shape).astype(dtype)
         b = (a + rng.normal(scale=2, size=shape)).astype(dtype)
 

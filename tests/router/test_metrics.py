@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import math
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from onnxship.router.metrics import COSINE_BUCKETS, LATENCY_BUCKETS, fast_observe
+from onnxship.router.metrics import COSINE_BUCKETS, LATENCY_BUCKETS, fast_inc, fast_observe
+
+
+def scrape(registry: CollectorRegistry) -> list[bytes]:
+    return [line for line in generate_latest(registry).splitlines() if b"_created" not in line]
 
 
 def test_the_data_paths_histograms_expose_what_observe_would() -> None:
@@ -23,7 +27,19 @@ def test_the_data_paths_histograms_expose_what_observe_would() -> None:
             assert (observe == child.observe) is not fast  # the fast path is the one tested
             for v in values:
                 observe(v)
-            texts.append(
-                [line for line in generate_latest(registry).splitlines() if b"_created" not in line]
-            )
+            texts.append(scrape(registry))
         assert texts[0] == texts[1]
+
+
+def test_the_data_paths_counters_expose_what_inc_would() -> None:
+    texts = []
+    for fast in (False, True):
+        registry = CollectorRegistry()
+        child = Counter("c", "c", ["role"], registry=registry).labels("x")
+        inc = fast_inc(child) if fast else child.inc
+        assert (inc == child.inc) is not fast
+        for _ in range(3):
+            inc(1)
+        inc(2.5)
+        texts.append(scrape(registry))
+    assert texts[0] == texts[1] and b'c_total{role="x"} 5.5' in texts[1]

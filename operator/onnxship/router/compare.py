@@ -153,7 +153,7 @@ def _small_outputs(doc: Any) -> dict[str, Flat] | None:
         kind = o.get("datatype")
         if kind not in _KINDS or not isinstance(data, list) or not isinstance(shape, list):
             return None
-        dims = tuple(int(d) for d in shape)
+        dims = tuple(map(int, shape))
         if len(data) > _SMALL or math.prod(dims) != len(data):
             return None
         try:  # FP32 rounded to float32 first, as np.asarray(data, np.float32) does
@@ -186,7 +186,9 @@ def _compare_flat(a: Flat, b: Flat) -> Comparison:
         cosine = sum(map(mul, fa, fb)) / (na * nb)
     if not fa:
         return Comparison(cosine, 1.0, 0.0)
-    if len(shape) >= 2:
+    if len(shape) >= 2 and len(fa) == shape[-1]:  # one row (batch 1): no slices
+        top1 = float(_argmax(fa) == _argmax(fb))
+    elif len(shape) >= 2:
         width = shape[-1]
         rows = len(fa) // width
         same = sum(

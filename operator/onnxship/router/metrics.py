@@ -83,6 +83,13 @@ def fast_observe(child: Any) -> Callable[[float], None]:
     return observe
 
 
+def fast_inc(child: Any) -> Callable[[float], None]:
+    """``child.inc`` for a labelled counter on the data path: its value's own ``inc``, without
+    the wrapper's per-call checks (the child is a labelled one, the amounts are positive)."""
+    add = getattr(getattr(child, "_value", None), "inc", None)
+    return add if callable(add) else child.inc  # type: ignore[no-any-return]
+
+
 class RouterMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -227,7 +234,7 @@ class RouterMetrics:
             registry=r,
         )
         self._token_sums: dict[tuple[str, str], tuple[float, int]] = {}
-        self._children: dict[tuple[str, str, int, str], tuple[Any, Callable[[float], None]]] = {}
+        self._children: dict[tuple[str, str, int, str], tuple[Callable[[float], None], ...]] = {}
         self._agreement_sums: dict[tuple[str, str], tuple[float, int]] = {}
         self._compared: dict[tuple[str, str], tuple[Any, ...]] = {}
 
@@ -239,11 +246,11 @@ class RouterMetrics:
         pair = self._children.get(key)
         if pair is None:
             pair = (
-                self.requests.labels(revision, environment, str(code), role),
+                fast_inc(self.requests.labels(revision, environment, str(code), role)),
                 fast_observe(self.duration.labels(revision, role)),
             )
             self._children[key] = pair
-        pair[0].inc()
+        pair[0](1)
         pair[1](seconds)
 
     def streamed(self, revision: str, environment: str, meter: StreamMeter, outcome: str) -> None:
@@ -271,16 +278,16 @@ class RouterMetrics:
         c = self._compared.get(key)
         if c is None:  # once per pair: labels() hashes and locks (see observe)
             c = self._compared[key] = (
-                self.comparisons.labels(revision, baseline),
+                fast_inc(self.comparisons.labels(revision, baseline)),
                 fast_observe(self.cosine.labels(revision, baseline)),
-                self.top1.labels(revision, baseline),
+                fast_inc(self.top1.labels(revision, baseline)),
                 fast_observe(self.max_abs_diff.labels(revision, baseline)),
                 self.agreement.labels(revision, baseline),
             )
-        c[0].inc()
+        c[0](1)
         c[1](cosine)
         if top1 >= 1.0:
-            c[2].inc()
+            c[2](1)
         c[3](diff)
         total, n = self._agreement_sums.get(key, (0.0, 0))
         total, n = total + cosine, n + 1
