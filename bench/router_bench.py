@@ -31,6 +31,15 @@ to ``--client-cores`` with taskset. It writes req/s, p50/p99 and the proxy's CPU
 Without ``--cores`` nothing is pinned (a 2-core machine: everything shares both cores).
 ``--baseline-pythonpath DIR`` adds the router as found in DIR (an older copy of the
 package, one worker) to each round: before and after in one run.
+
+``--python-cost`` measures the router's own Python per request, without sockets (on a
+loaded 2-core machine the socket figures above swing 2-3x between rounds): ``Router.handle``
+against upstream connections whose transport answers at once, 16 concurrent callers, CPU
+time of the thread (``time.thread_time``), the least of ``--repeats``; mirror off and on,
+interleaved with ``--baseline-pythonpath``'s router when given:
+
+    .venv/bin/python bench/router_bench.py --python-cost --rounds 3 \
+        --baseline-pythonpath /tmp/onnxship-before/operator
 """
 
 from __future__ import annotations
@@ -587,6 +596,111 @@ def wrk_load(
     return found
 
 
+# Run as a script (its own process, so PYTHONPATH picks the router measured). It reaches into
+# the router's internals (upstream._Connection, the pool's idle lists): a sketch of a backend
+# that costs nothing, not an API.
+PYTHON_COST = """
+import asyncio, json, sys, time
+from onnxship.api.routes import RouteTable
+from onnxship.eventloop import loop_factory
+from onnxship.router import upstream
+from onnxship.router.proxy import ProxySettings, Router
+try:
+    from onnxship.http1.server import Request
+except ImportError:  # before the server moved (dd06223)
+    from onnxship.router.front import Request
+MIRROR, REPEATS, ANSWER = sys.argv[1] == "on", int(sys.argv[2]), sys.argv[3].encode()
+RESPONSE = (b"HTTP/1.1 200 OK\\r\\nServer: nginx/1.22.1\\r\\nDate: Fri, 04 Dec 2026 22:30:00 GMT"
+            b"\\r\\nContent-Type: application/json\\r\\nContent-Length: %d\\r\\n"
+            b"Connection: keep-alive\\r\\n\\r\\n%b" % (len(ANSWER), ANSWER))
+class Instant:  # a backend's socket that has the answer ready as soon as it is written to
+    def __init__(self, conn, loop): self.conn, self.loop = conn, loop
+    def write(self, data): self.loop.call_soon(self.conn.data_received, RESPONSE)
+    def is_closing(self): return False
+    def close(self): pass
+class Reply:
+    def answer(self, status, headers, body): pass
+async def main():
+    loop = asyncio.get_running_loop()
+    router = Router(ProxySettings())
+    doc = {"backends": [
+        {"revision": "r1", "url": "http://127.0.0.1:1", "weight": 100 if MIRROR else 90},
+        {"revision": "r2", "url": "http://127.0.0.1:2", "weight": 0 if MIRROR else 10}]}
+    if MIRROR:
+        doc["mirror"] = {"revision": "r2", "percent": 100}
+    router.set_routes(RouteTable.model_validate(doc), "bench")
+    for port in (1, 2):
+        for _ in range(64):
+            conn = upstream._Connection(loop)
+            conn.connection_made(Instant(conn, loop))
+            router.upstream.idle[("127.0.0.1", port)].append(conn)
+    body = sys.argv[4].encode()
+    headers = [("Host", "x"), ("Content-Type", "application/json"),
+               ("Content-Length", str(len(body)))]
+    request = Request("POST", "/v2/models/m/infer", headers,
+                      {k.lower(): v for k, v in headers}, body, True, "1.1")
+    async def caller(n):
+        for _ in range(n):
+            await router.handle(request, Reply())
+    costs = []
+    for _ in range(REPEATS):
+        started = time.thread_time()
+        await asyncio.gather(*(caller(250) for _ in range(16)))
+        while router.mirrors:
+            await asyncio.sleep(0)
+        costs.append((time.thread_time() - started) / 4000 * 1e6)
+    text = router.metrics.exposition().decode()
+    compared = sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith("onnxship_router_mirror_comparisons_total{"))
+    print(json.dumps({"python_us_per_request": min(costs), "compared": compared}))
+with asyncio.Runner(loop_factory=loop_factory()) as runner:
+    runner.run(main())
+"""
+
+
+def python_cost(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    script = tmp / "python_cost.py"
+    script.write_text(PYTHON_COST)
+    kinds = {"router": ""}
+    if args.baseline_pythonpath:
+        kinds["before"] = args.baseline_pythonpath
+    runs: list[dict[str, Any]] = []
+    for i in range(args.rounds):
+        for mirror in args.mirror:
+            for kind, pythonpath in kinds.items():
+                env = {**os.environ, "PYTHONPATH": pythonpath} if pythonpath else None
+                out = subprocess.run(
+                    [sys.executable, str(script), mirror, str(args.repeats),
+                     FIXED_ANSWER, TRIVIAL_BODY.decode()],
+                    check=True, capture_output=True, text=True, env=env,
+                )  # fmt: skip
+                row = {"round": i + 1, "mirror": mirror, "router": kind,
+                       **json.loads(out.stdout), "loadavg": os.getloadavg()[0]}  # fmt: skip
+                runs.append(row)
+                print(
+                    f"[python-cost] round {i + 1} mirror {mirror} {kind}: "
+                    f"{row['python_us_per_request']:.1f} us/request, load {row['loadavg']:.1f}",
+                    flush=True,
+                )
+    summary: dict[str, Any] = {}
+    for mirror in args.mirror:
+        entry: dict[str, Any] = {}
+        for kind in kinds:
+            costs = [x["python_us_per_request"] for x in runs
+                     if (x["mirror"], x["router"]) == (mirror, kind)]  # fmt: skip
+            entry[f"{kind}_us_per_request"] = statistics.median(costs)
+        if "before" in kinds:
+            ratios = []
+            for r in range(1, args.rounds + 1):
+                pair = {x["router"]: x["python_us_per_request"] for x in runs
+                        if (x["round"], x["mirror"]) == (r, mirror)}  # fmt: skip
+                ratios.append(pair["router"] / pair["before"])
+            entry["router_vs_before"] = statistics.median(ratios)
+            entry["router_vs_before_range"] = [min(ratios), max(ratios)]
+        summary[f"mirror_{mirror}"] = entry
+    return {"summary": summary, "runs": runs}
+
+
 def python_load(tmp: Path, url: str, args: argparse.Namespace, seconds: float) -> dict[str, Any]:
     body = tmp / "trivial.json"
     body.write_bytes(TRIVIAL_BODY)
@@ -714,7 +828,16 @@ def main() -> None:
     ap.add_argument("--wrk-threads", type=int, default=2, help="with --scaling")
     ap.add_argument("--backend-workers", type=int, default=2, help="nginx backends' workers")
     ap.add_argument("--baseline-pythonpath", default="", help="an older onnxship to compare")
+    ap.add_argument("--python-cost", action="store_true", help="the router's Python, no sockets")
+    ap.add_argument("--repeats", type=int, default=7, help="with --python-cost: least of these")
     args = ap.parse_args()
+    if args.python_cost:
+        out = python_cost(args, Path(tempfile.mkdtemp(prefix="router-python-cost-")))
+        print(json.dumps(out["summary"], indent=2))
+        if args.out_json:
+            args.out_json.parent.mkdir(parents=True, exist_ok=True)
+            args.out_json.write_text(json.dumps(out, indent=2))
+        return
     nginx = ensure_nginx(not args.no_install)
     if args.scaling:
         if not nginx:
