@@ -12,8 +12,8 @@ default 0) and the load generator to another (``--client-core``, default 1):
   answers a fixed response of the same size as ours, on the server core (the same aiohttp,
   default event loop, no access log);
 - anchor 3, the ceiling of the gRPC stack: a trivial grpc.aio ModelInfer that answers a fixed
-  response, and the same on grpc's thread-pool server (``grpc.server``, 16 threads), which
-  `serve` runs since grpc.aio cost more per call;
+  response, the same on grpc's thread-pool server (``grpc.server``, 16 threads), and on
+  ours (``grpc_service.CoreServer``, the loop over gRPC's core that `serve` runs);
 - ours: ``onnxship serve --threads 1`` (the CLI, as a pod starts it) over HTTP JSON, HTTP
   binary tensors (Triton's extension) and gRPC (raw contents), from this tree;
 - before (``--before-tree DIR``, e.g. ``git archive <commit> operator | tar -x -C DIR``): the
@@ -288,7 +288,7 @@ def start_ours(label: str, tree: Path, model: Path, core: int, tmp: Path, uvloop
 
 
 def start_stack_anchor(model: Path, core: int, tmp: Path, json_body: bytes, uvloop: bool = False,
-                       grpc_sync: bool = False) -> Target:
+                       grpc_server: str = "aio") -> Target:
     http_port, grpc_port = free_port(), free_port()
     body_file = tmp / "anchor_response.json"
     body_file.write_bytes(json_body)
@@ -296,17 +296,16 @@ def start_stack_anchor(model: Path, core: int, tmp: Path, json_body: bytes, uvlo
            "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--response", str(body_file)]
     if uvloop:
         cmd.append("--uvloop")
-    if grpc_sync:
-        cmd.append("--grpc-sync")
+    cmd += ["--grpc-server", grpc_server]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "operator")}
-    label = ("stack+uvloop" if uvloop else "stack") + ("+grpc-sync" if grpc_sync else "")
+    label = ("stack+uvloop" if uvloop else "stack") + ("" if grpc_server == "aio" else f"+grpc-{grpc_server}")
     return Target(label, cmd, env, f"http://127.0.0.1:{http_port}/ready", http_port, grpc_port,
                   tmp / f"{label}.log")
 
 
-def stack_anchor(http_port: int, grpc_port: int, response: Path, uvloop: bool, grpc_sync: bool = False) -> None:
+def stack_anchor(http_port: int, grpc_port: int, response: Path, uvloop: bool, grpc_server: str = "aio") -> None:
     """The trivial servers: aiohttp reads the body and answers fixed bytes; grpc.aio the same
-    (``grpc_sync``: grpc's thread-pool server)."""
+    (``grpc_server``: "sync", grpc's thread-pool server; "core", ours on gRPC's core)."""
     import grpc
     from aiohttp import web
 
@@ -340,7 +339,19 @@ def stack_anchor(http_port: int, grpc_port: int, response: Path, uvloop: bool, g
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", http_port).start()
-        if grpc_sync:
+        if grpc_server == "core":
+            from onnxship.serve.grpc_service import CoreServer, InferenceServicer
+
+            fixed_bytes = fixed.SerializeToString()
+
+            class CoreServicer(InferenceServicer):
+                async def ModelInfer(self, request: bytes, context: Any) -> Any:
+                    return fixed_bytes
+
+            core_server = CoreServer(CoreServicer(None), asyncio.get_running_loop(), options=[])  # type: ignore[arg-type]
+            core_server.add_insecure_port(f"127.0.0.1:{grpc_port}")
+            await core_server.start()
+        elif grpc_server == "sync":
             from concurrent.futures import ThreadPoolExecutor
 
             sync_server = grpc.server(ThreadPoolExecutor(16))
@@ -457,7 +468,7 @@ def main() -> None:
     ap.add_argument("--http-port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--grpc-port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--response", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--grpc-sync", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--grpc-server", choices=["aio", "sync", "core"], default="aio", help=argparse.SUPPRESS)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=4.0, help="measured window per cell")
     ap.add_argument("--warm", type=float, default=1.0, help="load before each window, not counted")
@@ -474,7 +485,7 @@ def main() -> None:
     if args.role == "raw":
         return raw_anchor(args.model, args.seconds)
     if args.role == "stack-anchor":
-        return stack_anchor(args.http_port, args.grpc_port, args.response, args.uvloop, args.grpc_sync)
+        return stack_anchor(args.http_port, args.grpc_port, args.response, args.uvloop, args.grpc_server)
 
     os.sched_setaffinity(0, {args.client_core})
     sys.path.insert(0, str(ROOT / "operator"))
@@ -495,10 +506,11 @@ def main() -> None:
             stack = start_stack_anchor(model, args.server_core, tmp, conn_body)
             targets.append(stack)
             servers = [ours]
-            grpc_sync_stack = None
+            grpc_sync_stack = grpc_core_stack = None
             if "grpc" in args.protocols:
-                grpc_sync_stack = start_stack_anchor(model, args.server_core, tmp, conn_body, grpc_sync=True)
-                targets.append(grpc_sync_stack)
+                grpc_sync_stack = start_stack_anchor(model, args.server_core, tmp, conn_body, grpc_server="sync")
+                grpc_core_stack = start_stack_anchor(model, args.server_core, tmp, conn_body, grpc_server="core")
+                targets += [grpc_sync_stack, grpc_core_stack]
             fast: list[Target] = []
             if args.uvloop:
                 fast = [start_ours("after+uvloop", args.tree, model, args.server_core, tmp, uvloop=True),
@@ -522,8 +534,9 @@ def main() -> None:
                     plan.append(("aiohttp+uvloop trivial", lambda: measure(fast[1], "json", requests, args)))
                 if "grpc" in args.protocols:
                     plan.append(("grpc.aio trivial", lambda: measure(stack, "grpc", requests, args)))
-                if grpc_sync_stack is not None:
+                if grpc_sync_stack is not None and grpc_core_stack is not None:
                     plan.append(("grpc sync trivial", lambda: measure(grpc_sync_stack, "grpc", requests, args)))
+                    plan.append(("grpc core trivial", lambda: measure(grpc_core_stack, "grpc", requests, args)))
                 for key, fn in plan:
                     res = fn()
                     res["load"] = os.getloadavg()[0]
@@ -561,8 +574,8 @@ def summarise(cells: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
     cpu = {k: statistics.median(c["cpu_us"] for c in v) for k, v in cells.items()}
     out: dict[str, Any] = {"median_req_s": med, "median_cpu_us_per_req": cpu, "ratios": {}}
     raw, stack = med.get("raw session.run"), med.get("aiohttp trivial")
-    # ours serves gRPC on the thread-pool server: its ceiling is that server's trivial cell
-    grpc_stack = med.get("grpc sync trivial", med.get("grpc.aio trivial"))
+    # ours serves gRPC on CoreServer: its ceiling is that server's trivial cell
+    grpc_stack = med.get("grpc core trivial", med.get("grpc.aio trivial"))
     for k, v in med.items():
         if " " not in k or k.split()[0] not in ("before", "after", "after+uvloop"):
             continue

@@ -1,5 +1,5 @@
-"""The gRPC front end: the protocol's GRPCInferenceService on grpc's thread-pool server,
-its methods run on the event loop (``ThreadedServer``).
+"""The gRPC front end: the protocol's GRPCInferenceService, its methods run on the event loop
+over gRPC's core (``CoreServer``).
 
 Inputs arrive as ``raw_input_contents`` (what tritonclient and KServe clients send) or as
 typed ``contents``; outputs always go back as ``raw_output_contents``, as Triton does.
@@ -17,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+from grpc._cython import cygrpc
 
 from . import tensors
 from .dataplane import DataPlane, InferRequest, InferResult, RequestTensor
@@ -224,119 +225,243 @@ def _decode(request: Any, raw: list[memoryview]) -> InferRequest:
 
 def create_server(
     dataplane: DataPlane, host: str, port: int, max_message_bytes: int, reuse_port: bool = False
-) -> tuple[ThreadedServer, int]:
+) -> tuple[CoreServer, int]:
     """A gRPC server (not started) and the port it bound (useful when ``port`` is 0).
     Call it on the event loop the data plane runs on.
 
     ``reuse_port``: the pod's worker processes share the port (serve/workers.py)."""
-    server = ThreadedServer(
+    server = CoreServer(
         InferenceServicer(dataplane),
         asyncio.get_running_loop(),
-        # A thread per call waiting for its answer: as many as the data plane admits (more
-        # are refused with UNAVAILABLE there, as over HTTP), and a few for probes.
-        threads=dataplane.config.max_queue_size + 8,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
-    bound = server.grpc.add_insecure_port(f"{host}:{port}")
+    bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot listen for gRPC on {host}:{port}")
     return server, bound
 
 
-class ThreadedServer:
-    """grpc's thread-pool server in front of the servicer's coroutines on the event loop.
+class CoreServer:
+    """The servicer's coroutines on the event loop, over gRPC's core without grpc's Python
+    servers.
 
-    grpc.aio cost 290-330 us of CPU per call on one core with a handler that returns a fixed
-    answer (its poller thread wakes the loop for each of a call's operations): more than our
-    whole HTTP JSON request. The thread-pool server's floor was 190-205 us. Each call's pool
-    thread starts the servicer's coroutine in a task on the loop, where the data plane lives
-    (its counters, batcher and metrics are the loop's alone), and waits for it. Running the
-    data plane on the pool threads instead cost 60-100 us more per call, a dozen threads
-    taking the GIL in turn on one core.
-    bench/serve_frontend_bench.py, ModelInfer on an MLP: 400-460 -> 295-300 us per call.
+    CPU per call on one core with a handler that answers fixed bytes
+    (bench/serve_frontend_bench.py): grpc.aio 280-330 us (its poller thread wakes the loop
+    for each of a call's operations), grpc's thread-pool server 175-235 us (a pool thread
+    per call, locks and condition variables between it and the polling thread), both more
+    than our whole HTTP JSON request; this server 90 us. One thread polls the completion
+    queue (without the GIL while it waits); a call's message is handed to the event loop
+    once, where a task runs the servicer's coroutine, and the answer goes to the core from
+    the loop. It drives the core as grpc's own servers do (grpc/_server.py, through
+    ``grpc._cython.cygrpc``). ModelInfer on the bench's MLP: 392-408 -> 158-174 us per call.
     """
 
     def __init__(
         self,
         servicer: InferenceServicer,
         loop: asyncio.AbstractEventLoop,
-        threads: int,
         options: list[tuple[str, Any]],
     ) -> None:
-        self.servicer = servicer
         self.loop = loop
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="onnxship-grpc")
-        self.grpc = grpc.server(self.pool, options=options)
-        _add_servicer(self, self.grpc)
+        self.cq = cygrpc.CompletionQueue()
+        self.core = cygrpc.Server(tuple(options), False)
+        self.core.register_completion_queue(self.cq)
+        self.methods = _methods(servicer)
+        self.calls: set[_CoreCall] = set()  # the poll thread's alone
+        self.stopping = False
+        self.stopped = threading.Event()
+        # Asking the core for the next call and shutting it down, one at a time: no request
+        # for a call may reach a core that is shutting down (as in grpc/_server.py).
+        self._lock = threading.Lock()
+        self._waiting_for_call = False
+        self._thread = threading.Thread(target=self._poll, name="onnxship-grpc", daemon=True)
+
+    def add_insecure_port(self, address: str) -> int:
+        return int(self.core.add_http2_port(address.encode()))
 
     async def start(self) -> None:
-        self.grpc.start()
+        self.core.start()
+        self._request_call()
+        self._thread.start()
 
     async def stop(self, grace: float | None) -> None:
-        """Refuse new calls, let those in progress finish within ``grace`` seconds."""
-        stopped = self.grpc.stop(grace)
-        await self.loop.run_in_executor(None, stopped.wait)
-        self.pool.shutdown(wait=False)
+        """Refuse new calls, let those in progress finish within ``grace`` seconds (then
+        cancel them), and wait until the core is done with all of them."""
+        if not self._thread.is_alive():
+            return
+        with self._lock:
+            self.stopping = True
+            self.core.shutdown(self.cq, _SHUTDOWN)
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(None, self.stopped.wait, grace or 0):
+            self.core.cancel_all_calls()
+            # Cancelled calls end at once; a call whose answer never came (its task lost
+            # with the loop) would hold the core forever: the process is exiting anyway.
+            if not await loop.run_in_executor(None, self.stopped.wait, 5.0):
+                log.warning("gRPC calls still open at exit", extra={"calls": len(self.calls)})
 
-    def call(self, method: Any) -> Any:
-        """A grpc handler (on a pool thread) running ``method``, a servicer coroutine, in a
-        task on the loop; an abort there becomes this call's status."""
-        loop = self.loop
+    # ------------------------------------------------------------------ the poll thread
 
-        def start(coro: Any, call: _Call) -> None:
-            call.task = loop.create_task(coro)
-            call.task.add_done_callback(call.finished)
+    def _request_call(self) -> None:
+        self.core.request_call(self.cq, self.cq, _NEW_CALL)
+        self._waiting_for_call = True
 
-        def handler(request: Any, context: grpc.ServicerContext) -> Any:
-            call = _Call(loop)
-            try:
-                loop.call_soon_threadsafe(start, method(request, _LoopContext()), call)
-            except RuntimeError:  # the loop is closed: the process is exiting
-                context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
-            # A client that gives up cancels the task (ModelInfer counts a 499), as grpc.aio
-            # did; after a call that ended normally, this finds the task done.
-            context.add_callback(call.cancel)
-            call.done.acquire()
-            task = call.task
-            assert task is not None
-            if task.cancelled():
-                context.abort(grpc.StatusCode.CANCELLED, "cancelled")
-            exc = task.exception()
-            if exc is None:
-                return task.result()
-            if isinstance(exc, _Aborted):
-                if exc.trailing:
-                    context.set_trailing_metadata(exc.trailing)
-                context.abort(exc.code, exc.details)
-            raise exc
+    def _poll(self) -> None:
+        shut_down = False
+        while True:
+            event = self.cq.poll(time.time() + 1.0)
+            tag = event.tag
+            if tag is None:  # the poll timed out
+                continue
+            if tag is _NEW_CALL:
+                self._waiting_for_call = False
+                if event.success:
+                    self._new_call(event)
+                with self._lock:
+                    if not self.stopping:
+                        self._request_call()
+            elif tag is _SHUTDOWN:
+                shut_down = True
+            else:
+                try:
+                    tag(event)
+                except Exception:  # this thread must go on: every call depends on it
+                    log.exception("unexpected error in a gRPC call")
+            event = None  # no reference to a call past its last event
+            if shut_down and not self.calls and not self._waiting_for_call:
+                self.core.destroy()
+                self.stopped.set()
+                return
 
-        return handler
+    def _new_call(self, event: Any) -> None:
+        call = _CoreCall(self, event.call, self.methods.get(event.call_details.method))
+        # Its batches: the close, the message (unless refused) and the answer, whichever
+        # thread starts them; counted down here only (``_done``).
+        call.due = 3 if call.method is not None else 2
+        self.calls.add(call)
+        # The close comes first, so a client that gives up (or a deadline) is seen at once.
+        call.start((cygrpc.ReceiveCloseOnServerOperation(0),), call.closed)
+        if call.method is None:
+            call.finish(grpc.StatusCode.UNIMPLEMENTED, "method not found", None)
+        else:
+            call.start((cygrpc.ReceiveMessageOperation(0),), call.received)
 
 
-class _Call:
-    """One call's task on the loop, and the lock its pool thread waits on until the task is
-    done (a bare lock: the cheapest hand-over between threads measured here, 6% less CPU per
-    call than ``run_coroutine_threadsafe``'s future)."""
+class _CoreCall:
+    """One call, from its arrival to the core's last event for it."""
 
-    __slots__ = ("done", "loop", "task")
+    __slots__ = ("call", "due", "method", "server", "task")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    def __init__(self, server: CoreServer, call: Any, method: Any) -> None:
+        self.server = server
+        self.call = call
+        self.method = method
         self.task: asyncio.Task[Any] | None = None
-        self.done = threading.Lock()
-        self.done.acquire()
+        self.due = 0  # batches not completed, set by the poll thread
 
-    def finished(self, task: asyncio.Task[Any]) -> None:
-        self.done.release()
+    def start(self, operations: tuple[Any, ...], tag: Any) -> None:
+        self.call.start_server_batch(operations, tag)
 
-    def cancel(self) -> None:
+    # --- on the poll thread
+
+    def received(self, event: Any) -> None:
+        self._done()
+        message = event.batch_operations[0].message() if event.success else None
+        if message is None:  # the client closed or cancelled without a message
+            self.finish(grpc.StatusCode.INVALID_ARGUMENT, "no request message", None)
+            return
+        try:
+            self.server.loop.call_soon_threadsafe(self._run, message)
+        except RuntimeError:  # the loop is closed: the process is exiting
+            self.finish(grpc.StatusCode.UNAVAILABLE, "server is shutting down", None)
+
+    def closed(self, event: Any) -> None:
+        self._done()
         task = self.task
-        if task is not None and not task.done():
-            self.loop.call_soon_threadsafe(task.cancel)
+        if event.batch_operations[0].cancelled() and task is not None and not task.done():
+            # The client gave up or its deadline passed: ModelInfer counts a 499.
+            self.server.loop.call_soon_threadsafe(task.cancel)
+
+    def sent(self, event: Any) -> None:
+        self._done()
+
+    def _done(self) -> None:
+        self.due -= 1
+        if self.due == 0:
+            self.server.calls.discard(self)
+
+    # --- on the event loop
+
+    def _run(self, message: bytes) -> None:
+        coroutine, deserialize, _ = self.method
+        try:
+            request = message if deserialize is None else deserialize(message)
+        except DecodeError as exc:
+            self.finish(grpc.StatusCode.INVALID_ARGUMENT, f"cannot parse the request: {exc}", None)
+            return
+        self.task = self.server.loop.create_task(coroutine(request, _LoopContext()))
+        self.task.add_done_callback(self._answer)
+
+    def _answer(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            self.finish(grpc.StatusCode.CANCELLED, "cancelled", None)
+            return
+        exc = task.exception()
+        if isinstance(exc, _Aborted):
+            self.finish(exc.code, exc.details, exc.trailing)
+        elif exc is not None:
+            log.error("unexpected error in a gRPC call", exc_info=exc)
+            self.finish(grpc.StatusCode.INTERNAL, "internal server error", None)
+        else:
+            serialize = self.method[2]
+            answer = task.result()
+            self.start(
+                (
+                    cygrpc.SendInitialMetadataOperation(None, 0),
+                    cygrpc.SendMessageOperation(
+                        answer if serialize is None else serialize(answer), 0
+                    ),
+                    cygrpc.SendStatusFromServerOperation(None, _OK, b"", 0),
+                ),
+                self.sent,
+            )
+
+    # --- either
+
+    def finish(self, code: grpc.StatusCode, details: str, trailing: Any) -> None:
+        self.start(
+            (
+                cygrpc.SendInitialMetadataOperation(None, 0),
+                cygrpc.SendStatusFromServerOperation(
+                    trailing, _CORE_CODES[code], details.encode(), 0
+                ),
+            ),
+            self.sent,
+        )
+
+
+_NEW_CALL = object()
+_SHUTDOWN = object()
+_OK = cygrpc.StatusCode.ok
+_CORE_CODES = {code: cygrpc.StatusCode(code.value[0]) for code in grpc.StatusCode}
+
+
+def _methods(servicer: InferenceServicer) -> dict[bytes, tuple[Any, Any, Any]]:
+    """Each method's coroutine with its request parser and answer serialiser; ModelInfer
+    takes and returns bytes (see the module's docstring)."""
+    methods: dict[bytes, tuple[Any, Any, Any]] = {}
+    for name in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata"):
+        methods[f"/{SERVICE}/{name}".encode()] = (
+            getattr(servicer, name),
+            getattr(pb, f"{name}Request").FromString,
+            lambda message: message.SerializeToString(),
+        )
+    methods[f"/{SERVICE}/ModelInfer".encode()] = (servicer.ModelInfer, None, None)
+    return methods
 
 
 class _Aborted(Exception):
@@ -359,22 +484,6 @@ class _LoopContext:
 
     async def abort(self, code: grpc.StatusCode, details: str) -> None:
         raise _Aborted(code, details, self.trailing)
-
-
-def _add_servicer(server: ThreadedServer, grpc_server: grpc.Server) -> None:
-    """As the generated ``add_GRPCInferenceServiceServicer_to_server``, but ModelInfer takes
-    and returns bytes (see the module's docstring)."""
-    servicer = server.servicer
-    handlers = {}
-    for method in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata"):
-        handlers[method] = grpc.unary_unary_rpc_method_handler(
-            server.call(getattr(servicer, method)),
-            request_deserializer=getattr(pb, f"{method}Request").FromString,
-            response_serializer=getattr(pb, f"{method}Response").SerializeToString,
-        )
-    handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(server.call(servicer.ModelInfer))
-    grpc_server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    grpc_server.add_registered_method_handlers(SERVICE, handlers)
 
 
 SERVICE = "inference.GRPCInferenceService"
