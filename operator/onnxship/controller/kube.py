@@ -131,15 +131,21 @@ class Kube:
             informer.wrote(obj)
 
     @classmethod
-    def from_environment(cls) -> Kube:
-        """In-cluster credentials when in a pod, else the current kubeconfig context."""
+    def from_environment(cls, connections: int = 0) -> Kube:
+        """In-cluster credentials when in a pod, else the current kubeconfig context.
+
+        ``connections``: keep that many connections to the API server open for reuse (the
+        client's default is 5 per CPU: fewer than the operator's pass threads, which then
+        open connections only to discard them, "Connection pool is full" in the log)."""
         try:
             k8s_config.load_incluster_config()
         except k8s_config.ConfigException:
             # Read KUBECONFIG now: the kubernetes package froze it at its import.
             path = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
             k8s_config.load_kube_config(config_file=path)
-        return cls(k8s.ApiClient())
+        cfg = k8s.Configuration.get_default_copy()
+        cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize, connections)
+        return cls(k8s.ApiClient(cfg))
 
     @classmethod
     def for_url(cls, url: str, token: str = "") -> Kube:

@@ -11,11 +11,13 @@ from .settings import OperatorSettings
 
 
 def production_wiring(metrics: OperatorMetrics, kube: Kube | None = None) -> Wiring:
-    kube = kube or Kube.from_environment()
+    settings = OperatorSettings.from_env()
+    # a connection for each pass thread, and one for the reads outside passes
+    kube = kube or Kube.from_environment(connections=settings.timing.workers + 1)
     kube._on_request = metrics.on_request
     cluster_metrics = ClusterMetrics(kube)
     return Wiring(
-        settings=OperatorSettings.from_env(),
+        settings=settings,
         kube=kube,
         metrics=cluster_metrics,
         artifacts=StoreArtifactFinder(),
