@@ -441,7 +441,9 @@ def before_tree(ref: str) -> tuple[Path, str]:
 
 
 def peer_python(flag: str | None, peer: str) -> str | None:
-    python = flag or str(PEERS / peer / "bin" / "python")
+    # absolute (the peers start in another folder), but not resolved: a venv's python is a
+    # symlink, and only its own path gives it the venv's packages
+    python = os.path.abspath(flag or str(PEERS / peer / "bin" / "python"))
     if not Path(python).exists():
         return None
     ok = subprocess.run([python, "-c", f"import {peer}, onnxruntime, numpy"], capture_output=True).returncode == 0
