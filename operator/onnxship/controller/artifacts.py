@@ -6,7 +6,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from onnxship.api import Compression, ModelKind, QuantizeMode
+from onnxship.api import Compression, ModelKind
 from onnxship.plan.revision import cache_key
 from onnxship.plan.workloads import StoreRef
 
@@ -58,14 +58,13 @@ class StoreArtifactFinder:
             keys.append(cache_key(source_sha256, compression, tools))
         if kind != ModelKind.onnx.value:
             from onnxship.compress.errors import InvalidSettingsError
-            from onnxship.compress.llm.keys import llm_cache_key, llm_settings
+            from onnxship.compress.llm.keys import llm_cache_key, llm_settings, prompts_in_key
 
             try:
                 effective, _ = llm_settings(compression)
             except InvalidSettingsError:  # not settings a causal LM takes: the Job says so
                 return keys
-            q = effective.quantize
-            if own_prompts and (q.mode == QuantizeMode.auto or q.algorithm == "gptq"):
+            if own_prompts and prompts_in_key(effective.quantize):
                 return keys  # the key holds the prompts file's digest, which the Job reads
             keys.append(llm_cache_key(source_sha256, effective, execution_provider))
         return keys
@@ -93,9 +92,7 @@ class StoreArtifactFinder:
                 self._stores.move_to_end(slot)
                 return opened
             creds = (
-                S3Credentials(
-                    access_key_id=access, secret_access_key=secret, session_token=token
-                )
+                S3Credentials(access_key_id=access, secret_access_key=secret, session_token=token)
                 if access
                 else None
             )

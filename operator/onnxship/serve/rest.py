@@ -142,18 +142,26 @@ class RestFrontEnd:
         app.router.add_get("/v2/models/{name}/versions/{version}", self.model_metadata)
         app.router.add_get("/v2/models/{name}/ready", self.model_ready)
         app.router.add_get("/v2/models/{name}/versions/{version}/ready", self.model_ready)
-        name, version = self.dp.name, self.dp.version
-        if _URL_SAFE.fullmatch(name) and _URL_SAFE.fullmatch(version):
+        for path in self._own:
             # This model's own paths as plain routes: aiohttp finds those with one dict
             # lookup, where the {name} routes below cost a regular expression each, tried
             # in turn (~20 us a request on a 2-vCPU VM). The routes below answer the rest.
-            app.router.add_post(f"/v2/models/{name}/infer", self.infer_own)
-            app.router.add_post(f"/v2/models/{name}/versions/{version}/infer", self.infer_own)
+            app.router.add_post(path, self.infer_own)
         app.router.add_post("/v2/models/{name}/infer", self.infer)
         app.router.add_post("/v2/models/{name}/versions/{version}/infer", self.infer)
         app.router.add_get("/metrics", self.metrics)
         LlmRoutes(self.dp).add_to(app)  # generation, when the model is a causal LM
         _protocol_errors(app)  # last: it answers what no route above does
+        if self._extra:
+            # Which worker answered: how a user (and the tests) can see the pod spread
+            # connections over its workers. Set after the handler has run.
+            extra = self._extra
+
+            async def name_worker(request: web.Request, response: web.StreamResponse) -> None:
+                for header, value in extra:
+                    response.headers[header] = value
+
+            app.on_response_prepare.append(name_worker)
         return app
 
     # ------------------------------------------------------------------ health and metadata
@@ -243,9 +251,7 @@ def _parse_body(
         try:
             n = int(header_len)
         except ValueError:
-            raise InvalidInput(
-                f"{HEADER_LENGTH} must be an integer, got {header_len!r}"
-            ) from None
+            raise InvalidInput(f"{HEADER_LENGTH} must be an integer, got {header_len!r}") from None
         if not 0 <= n <= len(body):
             raise InvalidInput(f"{HEADER_LENGTH} is {n} but the body has {len(body)} bytes")
         view = memoryview(body)

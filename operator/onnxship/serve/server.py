@@ -25,7 +25,7 @@ from .dataplane import DataPlane
 from .errors import StartupError
 from .grpc_service import create_server
 from .metrics import ServeMetrics
-from .pod import WORKER_HEADER, PodMember
+from .pod import PodMember
 from .rest import TOO_LARGE, RestFrontEnd
 
 log = logging.getLogger(__name__)
@@ -61,15 +61,6 @@ async def serve(
     worker = None if pod is None else str(pod.index)
     rest = RestFrontEnd(dataplane, config.max_body_bytes, worker)
     app = rest.app()
-    if worker is not None:
-        # Which worker answered: how a user (and the tests) can see the pod spread
-        # connections over its workers. One header, set after the handler has run.
-        index = worker
-
-        async def _name_worker(request: web.Request, response: web.StreamResponse) -> None:
-            response.headers[WORKER_HEADER] = index
-
-        app.on_response_prepare.append(_name_worker)
     # The httptools server listens; aiohttp's serves, on the same connections, what it
     # hands over (rest.py).
     runner = web.AppRunner(app, access_log=None, handle_signals=False)

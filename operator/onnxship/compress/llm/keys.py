@@ -7,7 +7,7 @@ so (issue 21): this module needs only the API types and package metadata.
 
 from __future__ import annotations
 
-from onnxship.api import AccuracyGate, Compression, ModelKind, Prune, QuantizeMode
+from onnxship.api import AccuracyGate, Compression, ModelKind, Prune, Quantize, QuantizeMode
 from onnxship.plan.revision import cache_key
 
 from ..errors import InvalidSettingsError
@@ -76,6 +76,11 @@ def llm_cache_key(
     prompts count only where they change the bytes: auto (the gate picks) and gptq
     (calibration); ``prompts_sha256`` is empty for the built-in prompts."""
     tools = {**tool_versions(execution_provider), "kind": ModelKind.causal_lm.value}
-    q = compression.quantize
-    relevant = q.mode == QuantizeMode.auto or q.algorithm == "gptq"
-    return cache_key(digest, compression, tools, samples_sha256=prompts_sha256 if relevant else "")
+    prompts = prompts_sha256 if prompts_in_key(compression.quantize) else ""
+    return cache_key(digest, compression, tools, samples_sha256=prompts)
+
+
+def prompts_in_key(q: Quantize) -> bool:
+    """Whether the prompts change the published bytes: auto (the gate picks the variant) and
+    gptq (they calibrate it)."""
+    return q.mode == QuantizeMode.auto or q.algorithm == "gptq"
