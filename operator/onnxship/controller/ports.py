@@ -59,5 +59,6 @@ class Wiring:
     artifacts: ArtifactFinder
     clock: Callable[[], datetime] = utcnow
     routers: RouterTables | None = None  # None: revisions are removed without asking
-    # (revision, environment) pairs per object whose verdicts are pending, and the like:
-    memory: dict[str, Any] = field(default_factory=dict)
+    # Per object, what a restart may lose: (slot, "namespace/name") -> a pending verdict, the
+    # refused writes' retry count.
+    memory: dict[tuple[str, str], Any] = field(default_factory=dict)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
 from typing import Any
 
 from onnxship.api import (
@@ -434,33 +434,37 @@ def _execute(
     the API server refused."""
     kube = wiring.kube
     envs = {e.name: e for e in spec.serving.effective_environments()}
-
-    def doing(what: str, fn: Callable[[], object]) -> None:
-        try:
-            fn()
-        except KubeError as exc:
-            if exc.status == 409:
-                raise
-            raise Refused(what, exc) from None
-
     for action in decision.actions:
         if isinstance(action, EmitEvent):
             emit(action.type, action.reason, action.message)
         else:
-            act = partial(_act, wiring, owner, spec, decision, action, envs, store, runtime)
-            doing(_describe(action), act)
+            with _refused_as(_describe(action)):
+                _act(wiring, owner, spec, decision, action, envs, store, runtime)
     # The Services of the revisions traffic can reach, re-applied every pass (a GET when
     # unchanged): one lost (an operator killed before the Service-first order, or deleted by
     # hand) would make the router send to a name that does not resolve.
     for revision in {decision.status.stable_revision, decision.status.canary_revision} - {""}:
         for env in envs.values():
             service = w.revision_service(owner, revision, env)
-            doing(f"applying Service {service['metadata']['name']}", partial(kube.apply, service))
+            with _refused_as(f"applying Service {service['metadata']['name']}"):
+                kube.apply(service)
     if decision.status.stable_revision:
         # The router exists once there is something to route to; re-applied every pass
         # (a GET when unchanged) so that a deleted router comes back.
-        router = partial(_ensure_router, wiring, owner, spec, runtime)
-        doing(f"applying the router {w.router_name(owner)}", router)
+        with _refused_as(f"applying the router {w.router_name(owner)}"):
+            _ensure_router(wiring, owner, spec, runtime)
+
+
+@contextmanager
+def _refused_as(what: str) -> Iterator[None]:
+    """A write the API server refuses, as Refused naming ``what``; a conflict stays a
+    KubeError (the next pass resolves it)."""
+    try:
+        yield
+    except KubeError as exc:
+        if exc.status == 409:
+            raise
+        raise Refused(what, exc) from None
 
 
 def _describe(action: object) -> str:
