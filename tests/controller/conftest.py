@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -246,12 +246,33 @@ def kmock_resource_info() -> Any:
     )
 
 
-@pytest.fixture
-def operator(cluster: Cluster) -> Callable[[], Any]:
-    """Start the operator (a context manager); call again to restart it."""
+class RunningOperator:
+    """The operator in kopf's KopfRunner thread, stopped with ``async with`` while KMock
+    goes on answering.
 
-    @contextmanager
-    def run(timing: Timing | None = None) -> Iterator[dict[str, Any]]:
+    KMock serves from the test's event loop. A plain ``with`` stops the operator by joining
+    its thread from that loop, which then answers nothing: a request the operator's shutdown
+    still waits for (a status patch, a kopf worker's annotation patch in flight) can then
+    never end, and KopfRunner gives up after 30 s with "The operator didn't stop".
+    """
+
+    def __init__(self, runner: KopfRunner, shared: dict[str, Any]) -> None:
+        self._runner = runner
+        self._shared = shared
+
+    async def __aenter__(self) -> dict[str, Any]:
+        self._runner.__enter__()
+        return self._shared
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await asyncio.to_thread(self._runner.__exit__, *exc)
+
+
+@pytest.fixture
+def operator(cluster: Cluster) -> Callable[..., RunningOperator]:
+    """The operator, to run with ``async with operator():``; enter it again to restart it."""
+
+    def run(timing: Timing | None = None) -> RunningOperator:
         registry = kopf.OperatorRegistry()
 
         @kopf.on.login(registry=registry)
@@ -279,9 +300,9 @@ def operator(cluster: Cluster) -> Callable[[], Any]:
         shared = register(registry, make_wiring, login=False)
         settings = kopf.OperatorSettings()
         settings.scanning.disabled = True
-        with KopfRunner(
+        runner = KopfRunner(
             ["run", "-A", "--standalone"], registry=registry, settings=settings, timeout=30
-        ):
-            yield shared
+        )
+        return RunningOperator(runner, shared)
 
     return run

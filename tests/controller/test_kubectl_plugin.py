@@ -42,7 +42,7 @@ async def kubectl(config: str, *args: str) -> Any:
 async def test_promote_from_kubectl(cluster: Cluster, operator: Any, tmp_path: Path) -> None:
     config = kubeconfig(tmp_path, str(cluster.server.url))
     steps = {"rollout": {"steps": [{"setWeight": 10}, {"pause": {}}]}}
-    with operator():
+    async with operator():
         _v1, v2 = await start_canary(cluster, steps)
         await cluster.wait_for(lambda: status(cluster).get("phase") == "Paused", what="paused")
 

@@ -83,7 +83,7 @@ async def start_canary(cluster: Cluster, steps: dict[str, Any]) -> tuple[str, st
 
 
 async def test_apply_compresses_then_serves(cluster: Cluster, operator: Any) -> None:
-    with operator():
+    async with operator():
         await cluster.apply(md())
         jobs = await cluster.wait_for(lambda: cluster.objects(JOBS), what="the compression Job")
         [(name, job)] = jobs.items()
@@ -137,7 +137,7 @@ async def test_apply_compresses_then_serves(cluster: Cluster, operator: Any) -> 
 async def test_failed_compression_says_why_and_serves_nothing(
     cluster: Cluster, operator: Any
 ) -> None:
-    with operator():
+    async with operator():
         await cluster.apply(md())
         name = await cluster.wait_for(lambda: next(iter(cluster.objects(JOBS)), None), what="Job")
         log_tail = "accuracy gate failed: cosine 0.912 below 0.99 on 64 samples"
@@ -161,7 +161,7 @@ async def test_artifact_in_the_store_is_reused_without_a_job(
 ) -> None:
     """A second cluster pointed at the same store compresses nothing."""
     cluster.index.known[SHA1] = json.loads(compress_result("shared-key", cache_hit=True))
-    with operator():
+    async with operator():
         await cluster.apply(md())
         deploy = await cluster.wait_for(
             lambda: next(iter(cluster.objects(DEPLOYS)), None), what="Deployment"
@@ -185,7 +185,7 @@ async def test_canary_walks_its_steps_and_replaces_stable(cluster: Cluster, oper
             "analysis": {"interval": "200ms", "minRequests": 10},
         }
     }
-    with operator():
+    async with operator():
         v1, v2 = await start_canary(cluster, steps)
         await cluster.wait_for(
             lambda: routes(cluster) == {v1: 70, v2: 30}, what="30% to the canary"
@@ -215,7 +215,7 @@ async def test_failing_analysis_rolls_back(cluster: Cluster, operator: Any) -> N
         }
     }
     cluster.metrics.healthy = False  # the canary answers half its requests with 503
-    with operator():
+    async with operator():
         v1, _v2 = await start_canary(cluster, steps)
         await cluster.wait_for(lambda: status(cluster).get("phase") == "Degraded", what="rollback")
         assert condition(cluster, "Degraded")["reason"] == "AnalysisFailed"
@@ -235,14 +235,14 @@ async def test_restart_mid_canary_resumes_and_promote_finishes(
             "analysis": {"interval": "200ms", "minRequests": 10},
         }
     }
-    with operator():
+    async with operator():
         v1, v2 = await start_canary(cluster, steps)
         await cluster.wait_for(
             lambda: status(cluster).get("phase") == "Paused", what="indefinite pause"
         )
         before = status(cluster)
     # The operator is gone; a new one starts and must pick up exactly there.
-    with operator():
+    async with operator():
         await cluster.wait_for(lambda: cluster.requests, what="the new operator reconciling")
         assert status(cluster)["currentStep"] == before["currentStep"]
         assert routes(cluster) == {v1: 75, v2: 25}
@@ -253,7 +253,7 @@ async def test_restart_mid_canary_resumes_and_promote_finishes(
 
 async def test_abort_returns_traffic_to_stable(cluster: Cluster, operator: Any) -> None:
     steps = {"rollout": {"steps": [{"setWeight": 40}, {"pause": {}}]}}
-    with operator():
+    async with operator():
         v1, v2 = await start_canary(cluster, steps)
         await cluster.wait_for(lambda: routes(cluster) == {v1: 60, v2: 40}, what="40% canary")
         await cluster.patch_md("enc", annotation_patch(new_command(CommandKind.abort)))
@@ -268,7 +268,7 @@ async def test_invalid_spec_is_degraded_not_a_crash_loop(cluster: Cluster, opera
     doc["spec"]["rollout"] = {
         "steps": [{"setWeight": 80}, {"setWeight": 20}]
     }  # slipped past no CRD
-    with operator():
+    async with operator():
         await cluster.apply(doc)
         await cluster.wait_for(lambda: status(cluster).get("phase") == "Degraded", what="Degraded")
         degraded = condition(cluster, "Degraded")
@@ -278,7 +278,7 @@ async def test_invalid_spec_is_degraded_not_a_crash_loop(cluster: Cluster, opera
 
 
 async def test_deletion_removes_what_the_operator_made(cluster: Cluster, operator: Any) -> None:
-    with operator():
+    async with operator():
         await serve_first_revision(cluster, md())
         assert cluster.objects(DEPLOYS) and cluster.objects(SVCS) and cluster.objects(CMS)
         await cluster.server.delete(
@@ -299,7 +299,7 @@ async def test_stable_is_rebuilt_from_its_own_record_during_a_canary(
 ) -> None:
     """The stable Deployment deleted mid-canary comes back as v1, not as the spec's v2."""
     steps = {"rollout": {"steps": [{"setWeight": 10}, {"pause": {}}]}}
-    with operator():
+    async with operator():
         v1, _v2 = await start_canary(cluster, steps)
         before = cluster.get(DEPLOYS, f"{v1}-default")
         assert before is not None
@@ -317,7 +317,7 @@ async def test_a_revision_without_its_service_gets_it_back(cluster: Cluster, ope
     """An operator killed between creating a revision's Deployment and its Service (found by
     the SIGKILL test), or a Service deleted by hand: the router sends to a name that does not
     resolve, so every request fails. The next pass makes the Service again."""
-    with operator():
+    async with operator():
         v1 = await serve_first_revision(cluster, md())
         await cluster.wait_for(lambda: routes(cluster) == {v1: 100}, what="routes to v1")
         await cluster.server.delete(f"/api/v1/namespaces/default/services/{v1}-default")
@@ -353,7 +353,7 @@ async def test_deleting_during_a_pass_leaves_nothing_behind(
     before its deletion must not make children again after the clean-up removed them."""
     log = _SlowDeploymentWrites()
     cluster.requests = log
-    with operator():
+    async with operator():
         await serve_first_revision(cluster, md())
         log.armed = True
         await cluster.patch_md("enc", {"spec": {"serving": {"replicas": 2}}})  # a pass

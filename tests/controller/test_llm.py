@@ -61,7 +61,7 @@ async def test_a_causal_lm_gets_generation_pods_sized_from_its_artifact(
             "serving": {"generation": {"maxSequences": 4, "maxContext": 512}},
         },
     }
-    with operator():
+    async with operator():
         await cluster.apply(doc)
         job = await cluster.wait_for(lambda: next(iter(cluster.objects(JOBS)), None), what="Job")
         # What the Job runs, into the S3 store; its result is what the operator reads.
@@ -131,7 +131,7 @@ async def test_a_pinned_causal_lm_already_in_the_store_gets_no_job(
     if kind:
         doc["spec"]["model"]["kind"] = kind
     cluster.finder = StoreArtifactFinder()
-    with operator():
+    async with operator():
         await cluster.create(f"/api/v1/namespaces/{NS}/secrets", secret(NS))
         await cluster.apply(doc)
         name = await cluster.wait_for(
@@ -184,7 +184,7 @@ ANALYSIS = {
 async def test_a_slow_first_token_rolls_the_canary_back(cluster: Cluster, operator: Any) -> None:
     steps = {"steps": [{"setWeight": 20}, {"pause": {"duration": "1h"}}], "analysis": ANALYSIS}
     cluster.metrics = LlmMetrics(ttft_p99_ms=2500.0)  # type: ignore[assignment]
-    with operator():
+    async with operator():
         v1, _ = await start_canary(cluster, {"rollout": steps})
         await cluster.wait_for(lambda: status(cluster).get("phase") == "Degraded", what="rollback")
         degraded = condition(cluster, "Degraded")
@@ -200,7 +200,7 @@ async def test_disagreeing_tokens_in_a_mirror_roll_the_canary_back(
     steps = {"steps": [{"mirror": {"percent": 100, "duration": "1h"}}], "analysis": ANALYSIS}
     metrics = LlmMetrics(token_agreement=0.31)
     cluster.metrics = metrics  # type: ignore[assignment]
-    with operator():
+    async with operator():
         v1, _ = await start_canary(cluster, {"rollout": steps})
         await cluster.wait_for(lambda: status(cluster).get("phase") == "Degraded", what="rollback")
         degraded = condition(cluster, "Degraded")

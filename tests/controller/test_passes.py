@@ -48,7 +48,7 @@ async def serve(cluster: Cluster, doc: dict[str, Any]) -> str:
 
 async def test_a_pass_at_rest_sends_no_request(cluster: Cluster, operator: Any) -> None:
     cluster.index.known[SHA1] = json.loads(compress_result("k", cache_hit=True))
-    with operator() as shared:
+    async with operator() as shared:
         revision = await serve(cluster, md())
         await cluster.wait_for(lambda: routes(cluster) == {revision: 100}, what="routes")
         before, cluster.requests[:] = passes(shared), []
@@ -70,7 +70,7 @@ async def test_each_pass_reads_the_status_the_previous_one_wrote_without_a_get(
     cluster.index.known[SHA1] = json.loads(compress_result("k1", cache_hit=True))
     cluster.index.known[SHA2] = json.loads(compress_result("k2", cache_hit=True))
     steps = {"steps": [{"setWeight": 20}, {"setWeight": 40}, {"setWeight": 60}, {"pause": {}}]}
-    with operator():
+    async with operator():
         v1 = await serve(cluster, md(rollout=steps))
         cluster.requests[:] = []
         started = time.monotonic()
@@ -109,7 +109,7 @@ async def test_the_first_status_shows_the_replicas_the_pass_asked_for(
     """One status write fewer per rollout: the pass that creates a revision's Deployment
     writes its replicas (1 asked, 0 ready) instead of 0, which the next pass would rewrite."""
     cluster.index.known[SHA1] = json.loads(compress_result("k", cache_hit=True))
-    with operator():
+    async with operator():
         await serve(cluster, md())
     written = [
         r.data["status"]
@@ -150,7 +150,7 @@ async def test_slow_store_lookups_of_many_objects_run_at_once(
             return found
 
     cluster.finder = SlowStore()
-    with operator(Timing(resync_seconds=30, min_requeue_seconds=0.05, workers=count)):
+    async with operator(Timing(resync_seconds=30, min_requeue_seconds=0.05, workers=count)):
         for i in range(count):
             await cluster.apply(md(name=f"m{i}"))
         await cluster.wait_for(

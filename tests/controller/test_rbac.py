@@ -24,7 +24,7 @@ OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator/")
 
 
 async def test_every_api_call_is_covered(cluster: Cluster, operator: Any) -> None:
-    with operator():
+    async with operator():
         await cluster.apply(md())
         job = await cluster.wait_for(lambda: next(iter(cluster.objects(JOBS)), None), what="Job")
         await cluster.finish_job(job, 0, compress_result("k"))
@@ -111,7 +111,7 @@ async def test_every_rule_is_used_by_a_full_run_or_says_why_it_is_needed(
     """Least privilege: over compress, serve, canary, promote, rollback, replicas changed, a
     failed gate, the Gateway API and deletion, every (group, resource, verb) the chart grants
     is used by an operator request, or NOT_IN_A_RUN says why it is needed anyway."""
-    with operator():
+    async with operator():
         await full_run(cluster)
     used = set()
     for request in cluster.server:

@@ -29,7 +29,7 @@ async def test_a_refused_deployment_is_shown_in_status_and_retried(
         return None
 
     cluster.refuse = quota
-    with operator():
+    async with operator():
         await cluster.apply(md())
         job = await cluster.wait_for(lambda: next(iter(cluster.objects(JOBS)), None), what="Job")
         await cluster.finish_job(job, 0, compress_result("k1"))

@@ -85,7 +85,7 @@ async def test_second_cluster_reuses_the_first_ones_artifact(
     sha, _ = sha256_file(model)
     doc = pinned(model, sha, store_uri, s3_server.endpoint, {"accuracyGate": {"min": 0.9}})
     cluster.finder = StoreArtifactFinder()
-    with operator():
+    async with operator():
         for ns in ("team-a", "team-b"):
             await cluster.create(f"/api/v1/namespaces/{ns}/secrets", secret(ns))
 

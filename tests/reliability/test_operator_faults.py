@@ -124,7 +124,7 @@ async def run_with_kills(cluster: Cluster, operator: Any, seed: int) -> int:
     rng = random.Random(seed)
     kills = 0
     async with kubelet(cluster):
-        with operator():
+        async with operator():
             await cluster.apply(md(**STEPS))
             await asyncio.sleep(rng.uniform(0.0, 1.5))
         kills += 1
@@ -132,10 +132,10 @@ async def run_with_kills(cluster: Cluster, operator: Any, seed: int) -> int:
         for i in range(4):
             if i == v2_at:
                 await cluster.patch_md("enc", {"spec": md(version="v2", sha=SHA2, **STEPS)["spec"]})
-            with operator():
+            async with operator():
                 await asyncio.sleep(rng.uniform(0.05, 2.0))
             kills += 1
-        with operator():
+        async with operator():
             await cluster.wait_for(
                 lambda: converged_on_v2(cluster), timeout=60, what=f"convergence (seed {seed})"
             )
@@ -162,7 +162,7 @@ async def test_a_canary_that_never_becomes_ready_is_rolled_back(
     cluster: Cluster, operator: Any
 ) -> None:
     spec = {**STEPS, "rollout": {**STEPS["rollout"], "progressDeadline": "2s"}}
-    with operator():
+    async with operator():
         v1 = await serve_first_revision(cluster, md(**spec))
         await cluster.patch_md("enc", {"spec": md(version="v2", sha=SHA2, **spec)["spec"]})
         job = await cluster.wait_for(
@@ -197,7 +197,7 @@ async def test_a_409_on_a_status_write_is_retried_promptly(cluster: Cluster, ope
         return True
 
     cluster.server[f"patch {STATUS_PATH}"][first_ready_write] << 409 << CONFLICT
-    with operator():
+    async with operator():
         # The router's pods stay unready, so no later event wakes the operator by chance.
         async with kubelet(cluster, stuck={"enc-router"}):
             await cluster.apply(md())
@@ -224,7 +224,7 @@ async def test_a_model_uri_that_does_not_exist_ends_degraded(
     assert proc.returncode == 7, proc.stdout + proc.stderr  # ExitCode.source_error
     doc = md()
     doc["spec"]["model"]["uri"] = missing.as_uri()
-    with operator():
+    async with operator():
         await cluster.apply(doc)
         name = await cluster.wait_for(lambda: next(iter(cluster.objects(JOBS)), None), what="Job")
         # The kubelet reports what the container left: exit code and termination message.
@@ -258,7 +258,7 @@ async def test_a_409_on_a_status_only_pass_is_retried_promptly(
     cluster.server[f"patch {STATUS_PATH}"][first_write] << 409 << CONFLICT
     doc = md()
     doc["spec"]["rollout"] = {"steps": [{"setWeight": 80}, {"setWeight": 20}]}
-    with operator():
+    async with operator():
         await cluster.apply(doc)
         await cluster.wait_for(lambda: conflicts, timeout=20, what="the 409 being served")
         # The operator's resync is 30 s in these tests.

@@ -37,7 +37,7 @@ async def test_a_canary_whose_pod_is_killed_gets_no_traffic_until_it_is_back(
             "analysis": {"interval": "200ms", "minRequests": 10},
         }
     }  # fmt: skip
-    with operator():
+    async with operator():
         v1, v2 = await start_canary(cluster, steps)
         await cluster.wait_for(lambda: routes(cluster) == {v1: 70, v2: 30}, what="30% canary")
         await kill_pods(cluster, f"{v2}-default")
@@ -71,7 +71,7 @@ async def test_the_stables_pod_killed_mid_canary_is_reported_and_the_canary_not_
     cluster: Cluster, operator: Any
 ) -> None:
     steps = {"rollout": {"steps": [{"setWeight": 30}, {"pause": {}}]}}
-    with operator():
+    async with operator():
         v1, v2 = await start_canary(cluster, steps)
         await cluster.wait_for(lambda: status(cluster).get("phase") == "Paused", what="paused")
         await kill_pods(cluster, f"{v1}-default")
@@ -102,7 +102,7 @@ async def test_a_canary_whose_pods_never_come_back_is_rolled_back_at_the_deadlin
     cluster: Cluster, operator: Any
 ) -> None:
     steps = {"rollout": {"steps": [{"setWeight": 30}, {"pause": {}}], "progressDeadline": "2s"}}
-    with operator():
+    async with operator():
         v1, v2 = await start_canary(cluster, steps)
         await cluster.wait_for(lambda: routes(cluster) == {v1: 70, v2: 30}, what="30% canary")
         await kill_pods(cluster, f"{v2}-default")

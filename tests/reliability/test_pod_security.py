@@ -117,7 +117,7 @@ def test_the_checker_allows_what_the_profile_allows() -> None:
 async def test_every_pod_the_operator_creates_is_restricted(
     cluster: Cluster, operator: Any
 ) -> None:
-    with operator():
+    async with operator():
         seen = await full_run(cluster)
     checked: dict[str, int] = {}
     for (res, _ns, name), obj in list(cluster.server.objects.items()):

@@ -146,6 +146,9 @@ def register(
     async def stop_informers(**_: Any) -> None:
         if "wiring" in shared:
             shared["wiring"].kube.stop_informers()
+        if "informers_guard" in shared:
+            # Done: left running, kopf would wait 5 s for it at every exit as a hung task.
+            shared["informers_guard"].cancel()
         if "pool" in shared:
             shared["pool"].shutdown(wait=False, cancel_futures=True)
 

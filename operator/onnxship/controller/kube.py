@@ -224,8 +224,11 @@ class Kube:
                 return None
             raise
 
-    def list(self, kind: str, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
-        cache = self._cache(kind, namespace)
+    def list(
+        self, kind: str, namespace: str, selector: Mapping[str, str], fresh: bool = False
+    ) -> list[dict[str, Any]]:
+        """From the informer's cache when it follows ``kind``; ``fresh``: from the API server."""
+        cache = None if fresh else self._cache(kind, namespace)
         if cache is not None:
             return cache.list(namespace, selector)
         query = [("labelSelector", ",".join(f"{k}={v}" for k, v in selector.items()))]

@@ -644,7 +644,9 @@ def delete_children(wiring: Wiring, owner: w.Owner) -> int:
     removed = 0
     selector = {w.L_DEPLOYMENT: owner.name}
     for kind in ("Deployment", "Service", "ConfigMap", "Job"):
-        for obj in wiring.kube.list(kind, owner.namespace, selector):
+        # From the API server: a child made moments ago whose event has not reached the
+        # cache yet would otherwise outlive its owner (no garbage collector in a test cluster).
+        for obj in wiring.kube.list(kind, owner.namespace, selector, fresh=True):
             removed += wiring.kube.delete(kind, owner.namespace, obj["metadata"]["name"])
     return removed
 
