@@ -223,7 +223,8 @@ async def test_a_miss_is_read_once_then_kept(cluster: Cluster) -> None:
     kube = Kube(api, on_request=lambda *r: requests.append(r))
     kube.start_informers(kinds=("ModelDeployment",))
     try:
-        kube._informers["ModelDeployment"].wait_synced()
+        # In a thread: the listing it waits for is answered by KMock, on this loop.
+        assert await asyncio.to_thread(kube._informers["ModelDeployment"].wait_synced)
         await cluster.create(MD_PATH, versioned("new", "4", "Progressing"))
         # Perhaps in the cache by now, else read (in a thread: KMock serves on this loop).
         got = await asyncio.to_thread(kube.current, "ModelDeployment", "default", "new")
