@@ -235,8 +235,12 @@ def register(
                     delay = wire.settings.timing.resync_seconds
                 else:
                     metrics.reconciles.labels("ok").inc()
-                    if outcome is None:
+                    if outcome is None:  # being deleted, or gone
                         metrics.forget(namespace, name)
+                        # kopf runs the clean-up handler after it stops this daemon. Had the
+                        # daemon ended by itself, kopf would drop its finalizer at once and
+                        # never run the clean-up: the children would outlive their owner.
+                        await stopped.wait()
                         return
                     if outcome.decision is not None:
                         metrics.on_status(namespace, name, outcome.decision.status)
