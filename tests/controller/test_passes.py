@@ -194,6 +194,19 @@ def test_what_kopf_saw_goes_into_the_cache_only_when_newer() -> None:
     assert not inf.observe(versioned("enc", "11", "late")), "a deleted object came back"
 
 
+def test_a_name_deleted_and_made_again_follows_the_new_object() -> None:
+    """The watch brings the deletion before the operator's delete call returns, then the
+    re-created object's events: a rollback's revision must be seen ready (mock versions)."""
+    inf = md_informer()
+    inf._apply_event("ADDED", versioned("enc", "", "old"))
+    inf._apply_event("DELETED", versioned("enc", "", "old"))
+    inf.deleted("default", "enc")  # the DELETE's answer, handled after its event
+    inf._apply_event("ADDED", versioned("enc", "", "made again"))
+    inf.wrote(versioned("enc", "", "made again"))  # the create's answer, after its event
+    inf._apply_event("MODIFIED", versioned("enc", "", "ready"))
+    assert inf.get("default", "enc")["status"]["phase"] == "ready"
+
+
 def test_after_its_own_write_the_cache_skips_older_events_even_without_versions() -> None:
     """A mock server keeps one resourceVersion for every change: the write's own event (in
     order on the watch) marks where older events end."""

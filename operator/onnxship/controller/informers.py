@@ -256,9 +256,13 @@ class Informer:
             self._set(key, _slim(obj, self._keep))
 
     def deleted(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
         with self._lock:
-            self._drop((namespace, name))
-            self._tombstones[(namespace, name)] = time.monotonic() + TOMBSTONE_SECONDS
+            self._drop(key)
+            # The watch may have brought the deletion already: every event before it is in,
+            # and a tombstone would drop the next object of that name (a re-create's ADDED).
+            if key not in self._gone:
+                self._tombstones[key] = time.monotonic() + TOMBSTONE_SECONDS
 
     def _put(self, key: Key, obj: dict[str, Any]) -> bool:
         """Keep ``obj`` (slimmed) unless the cache holds a newer version; True when kept."""
