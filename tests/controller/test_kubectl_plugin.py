@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from onnxship.cli.kubectl import plugin
 
 from .conftest import Cluster
-from .test_lifecycle import routes, start_canary, status
+from .test_lifecycle import start_canary, status, traffic
 
 
 def kubeconfig(tmp_path: Path, url: str) -> str:
@@ -53,7 +53,7 @@ async def test_promote_from_kubectl(cluster: Cluster, operator: Any, tmp_path: P
         result = await kubectl(config, "promote", "enc", "-n", "default", "--wait", "20")
         assert result.exit_code == 0, result.output
         assert "promote sent to default/enc" in result.output
-        await cluster.wait_for(lambda: routes(cluster) == {v2: 100}, what="promoted to 100%")
+        await cluster.wait_for(lambda: traffic(cluster) == {v2: 100}, what="promoted to 100%")
 
         missing = await kubectl(config, "abort", "nope", "--wait", "0")
         assert missing.exit_code == 8 and "default/nope not found" in missing.output

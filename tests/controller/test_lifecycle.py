@@ -9,7 +9,7 @@ from typing import Any
 
 from onnxship.controller.commands import annotation_patch, new_command
 from onnxship.plan.observed import CommandKind
-from onnxship.plan.workloads import L_REVISION
+from onnxship.plan.workloads import L_COMPONENT, L_DEPLOYMENT, L_REVISION
 
 from .conftest import Cluster, compress_result
 
@@ -50,6 +50,21 @@ def routes(cluster: Cluster, name: str = "enc") -> dict[str, int]:
     return {b["revision"]: b["weight"] for b in table["backends"]}
 
 
+def selects(cluster: Cluster, name: str = "enc") -> str:
+    """What the user's Service sends requests to: "router", a revision's pods, or ""."""
+    selector = (cluster.get(SVCS, name) or {}).get("spec", {}).get("selector", {})
+    return "router" if selector.get(L_COMPONENT) == "router" else selector.get(L_REVISION, "")
+
+
+def traffic(cluster: Cluster, name: str = "enc") -> dict[str, int]:
+    """The share of a user's requests each revision gets: through the router when the
+    Service selects it, else all to the revision whose pods it selects."""
+    target = selects(cluster, name)
+    if target == "router":
+        return routes(cluster, name)
+    return {target: 100} if target else {}
+
+
 async def serve_first_revision(cluster: Cluster, doc: dict[str, Any], key: str = "k1") -> str:
     """Apply, finish the compression Job, make the pods ready; returns the stable revision."""
     await cluster.apply(doc)
@@ -77,8 +92,22 @@ async def start_canary(cluster: Cluster, steps: dict[str, Any]) -> tuple[str, st
     await cluster.wait_for(
         lambda: status(cluster).get("canaryRevision") == v2, what="canary in status"
     )
-    assert routes(cluster) == {v1: 100}, "no traffic to a canary that is not ready"
+    assert traffic(cluster) == {v1: 100}, "no traffic to a canary that is not ready"
+    # The canary's steps need the router: it is made now, and the Service keeps sending to
+    # v1's pods, the canary no share, until the router is ready.
+    await cluster.wait_for(lambda: cluster.get(DEPLOYS, "enc-router"), what="the router")
     await cluster.make_ready(f"{v2}-default")
+    await cluster.wait_for(
+        lambda: "waiting for its router" in status(cluster).get("message", ""),
+        what="the canary waiting for its router",
+    )
+    assert status(cluster)["canaryWeight"] == 0 and not status(cluster).get("stepStartedAt")
+    assert selects(cluster) == v1, "the Service moves to the router only once it is ready"
+    await cluster.make_ready("enc-router")
+    await cluster.wait_for(lambda: selects(cluster) == "router", what="the Service on the router")
+    # v1's revision label dropped from the selector, not left behind by a merge patch.
+    selector = cluster.get(SVCS, "enc")["spec"]["selector"]
+    assert selector == {L_DEPLOYMENT: "enc", L_COMPONENT: "router"}
     return v1, v2
 
 
@@ -128,10 +157,12 @@ async def test_apply_compresses_then_serves(cluster: Cluster, operator: Any) -> 
             1,
         )
         assert condition(cluster, "Available")["status"] == "True"
-        await cluster.wait_for(lambda: routes(cluster) == {revision: 100}, what="router weights")
-        assert (
-            cluster.get(DEPLOYS, "enc-router") is not None and cluster.get(SVCS, "enc") is not None
-        )
+        # One revision in one environment: the Service selects its pods, no router runs.
+        await cluster.wait_for(lambda: selects(cluster) == revision, what="the Service")
+        assert cluster.get(SVCS, "enc")["spec"]["ports"] == [
+            {"name": "http", "port": 80, "targetPort": "http"}
+        ]
+        assert cluster.get(DEPLOYS, "enc-router") is None and cluster.get(CMS, "enc-router") is None
 
 
 async def test_failed_compression_says_why_and_serves_nothing(
@@ -188,17 +219,23 @@ async def test_canary_walks_its_steps_and_replaces_stable(cluster: Cluster, oper
     async with operator():
         v1, v2 = await start_canary(cluster, steps)
         await cluster.wait_for(
-            lambda: routes(cluster) == {v1: 70, v2: 30}, what="30% to the canary"
+            lambda: traffic(cluster) == {v1: 70, v2: 30}, what="30% to the canary"
         )
         await cluster.wait_for(
-            lambda: routes(cluster) == {v1: 40, v2: 60}, what="60% after the pause"
+            lambda: traffic(cluster) == {v1: 40, v2: 60}, what="60% after the pause"
         )
         await cluster.wait_for(
             lambda: status(cluster).get("stableRevision") == v2, what="v2 stable"
         )
-        await cluster.wait_for(lambda: routes(cluster) == {v2: 100}, what="all traffic to v2")
+        await cluster.wait_for(lambda: traffic(cluster) == {v2: 100}, what="all traffic to v2")
+        assert selects(cluster) == v2, "done: the Service selects v2's pods directly"
         await cluster.wait_for(
             lambda: cluster.get(DEPLOYS, f"{v1}-default") is None, what="v1 removed"
+        )
+        await cluster.wait_for(
+            lambda: cluster.get(DEPLOYS, "enc-router") is None
+            and cluster.get(CMS, "enc-router") is None,
+            what="the router removed once the Service left it",
         )
         assert status(cluster)["phase"] == "Ready"
         assert {r["name"] for r in status(cluster)["revisions"]} == {v1, v2}, (
@@ -221,7 +258,7 @@ async def test_failing_analysis_rolls_back(cluster: Cluster, operator: Any) -> N
         assert condition(cluster, "Degraded")["reason"] == "AnalysisFailed"
         assert "error rate" in condition(cluster, "Degraded")["message"]
         await cluster.wait_for(
-            lambda: routes(cluster) == {v1: 100}, what="stable takes all traffic"
+            lambda: traffic(cluster) == {v1: 100}, what="stable takes all traffic"
         )
         assert status(cluster)["stableRevision"] == v1
 
@@ -245,20 +282,20 @@ async def test_restart_mid_canary_resumes_and_promote_finishes(
     async with operator():
         await cluster.wait_for(lambda: cluster.requests, what="the new operator reconciling")
         assert status(cluster)["currentStep"] == before["currentStep"]
-        assert routes(cluster) == {v1: 75, v2: 25}
+        assert traffic(cluster) == {v1: 75, v2: 25}
         await cluster.patch_md("enc", annotation_patch(new_command(CommandKind.promote)))
         await cluster.wait_for(lambda: status(cluster).get("stableRevision") == v2, what="promoted")
-        await cluster.wait_for(lambda: routes(cluster) == {v2: 100}, what="all traffic to v2")
+        await cluster.wait_for(lambda: traffic(cluster) == {v2: 100}, what="all traffic to v2")
 
 
 async def test_abort_returns_traffic_to_stable(cluster: Cluster, operator: Any) -> None:
     steps = {"rollout": {"steps": [{"setWeight": 40}, {"pause": {}}]}}
     async with operator():
         v1, v2 = await start_canary(cluster, steps)
-        await cluster.wait_for(lambda: routes(cluster) == {v1: 60, v2: 40}, what="40% canary")
+        await cluster.wait_for(lambda: traffic(cluster) == {v1: 60, v2: 40}, what="40% canary")
         await cluster.patch_md("enc", annotation_patch(new_command(CommandKind.abort)))
         await cluster.wait_for(lambda: status(cluster).get("aborted"), what="aborted", timeout=5)
-        await cluster.wait_for(lambda: routes(cluster) == {v1: 100}, what="abort")
+        await cluster.wait_for(lambda: traffic(cluster) == {v1: 100}, what="abort")
         assert condition(cluster, "Degraded")["reason"] == "Aborted"
         assert status(cluster)["stableRevision"] == v1
 
@@ -279,7 +316,7 @@ async def test_invalid_spec_is_degraded_not_a_crash_loop(cluster: Cluster, opera
 
 async def test_deletion_removes_what_the_operator_made(cluster: Cluster, operator: Any) -> None:
     async with operator():
-        await serve_first_revision(cluster, md())
+        await start_canary(cluster, {"rollout": {"steps": [{"setWeight": 10}, {"pause": {}}]}})
         assert cluster.objects(DEPLOYS) and cluster.objects(SVCS) and cluster.objects(CMS)
         await cluster.server.delete(
             "/apis/onnxship.io/v1alpha1/namespaces/default/modeldeployments/enc"
@@ -319,7 +356,7 @@ async def test_a_revision_without_its_service_gets_it_back(cluster: Cluster, ope
     resolve, so every request fails. The next pass makes the Service again."""
     async with operator():
         v1 = await serve_first_revision(cluster, md())
-        await cluster.wait_for(lambda: routes(cluster) == {v1: 100}, what="routes to v1")
+        await cluster.wait_for(lambda: traffic(cluster) == {v1: 100}, what="serving v1")
         await cluster.server.delete(f"/api/v1/namespaces/default/services/{v1}-default")
         assert cluster.get(SVCS, f"{v1}-default") is None
         await cluster.patch_md("enc", {"spec": {"serving": {"replicas": 2}}})  # a pass

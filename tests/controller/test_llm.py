@@ -28,7 +28,7 @@ from onnxship.plan.analysis import AnalysisRequest, Measurements
 from tests.store.conftest import S3Server
 
 from .conftest import NS, Cluster
-from .test_lifecycle import condition, routes, start_canary, status
+from .test_lifecycle import condition, start_canary, status, traffic
 from .test_shared_store import pinned, secret
 
 JOBS, DEPLOYS = "batch/v1/jobs", "apps/v1/deployments"
@@ -191,7 +191,7 @@ async def test_a_slow_first_token_rolls_the_canary_back(cluster: Cluster, operat
         assert degraded["reason"] == "AnalysisFailed"
         assert "p99 time to first token 2500.0 ms above 1000 ms" in degraded["message"]
         assert status(cluster)["analysis"]["timeToFirstTokenP99Ms"] == 2500.0
-        await cluster.wait_for(lambda: routes(cluster) == {v1: 100}, what="stable takes all")
+        await cluster.wait_for(lambda: traffic(cluster) == {v1: 100}, what="stable takes all")
 
 
 async def test_disagreeing_tokens_in_a_mirror_roll_the_canary_back(
@@ -206,6 +206,6 @@ async def test_disagreeing_tokens_in_a_mirror_roll_the_canary_back(
         degraded = condition(cluster, "Degraded")
         assert "output agreement (tokens) 0.3100 below 0.9" in degraded["message"]
         assert status(cluster)["analysis"]["outputAgreement"] == 0.31
-        await cluster.wait_for(lambda: routes(cluster) == {v1: 100}, what="stable takes all")
+        await cluster.wait_for(lambda: traffic(cluster) == {v1: 100}, what="stable takes all")
     # mirror only: the canary answered no user, so no stream was asked to be timed
     assert metrics.calls and not any(c.serving for c in metrics.calls)

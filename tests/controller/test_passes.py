@@ -22,7 +22,7 @@ from onnxship.plan.observed import CommandKind
 from .conftest import Cluster, compress_result
 from .test_informers import DEPLOYS as DEPLOYS_PATH
 from .test_informers import deployment
-from .test_lifecycle import DEPLOYS, JOBS, SHA1, SHA2, md, routes, status
+from .test_lifecycle import DEPLOYS, JOBS, SHA1, SHA2, md, status, traffic
 
 GET_MD = ("get", "ModelDeployment", "")
 MD_PATH = "/apis/onnxship.io/v1alpha1/namespaces/default/modeldeployments"
@@ -50,7 +50,7 @@ async def test_a_pass_at_rest_sends_no_request(cluster: Cluster, operator: Any) 
     cluster.index.known[SHA1] = json.loads(compress_result("k", cache_hit=True))
     async with operator() as shared:
         revision = await serve(cluster, md())
-        await cluster.wait_for(lambda: routes(cluster) == {revision: 100}, what="routes")
+        await cluster.wait_for(lambda: traffic(cluster) == {revision: 100}, what="serving")
         before, cluster.requests[:] = passes(shared), []
         # The Deployment controller notes something that changes nothing: the owner's pass
         # runs (woken by the informer) and finds nothing to do.
@@ -84,9 +84,11 @@ async def test_each_pass_reads_the_status_the_previous_one_wrote_without_a_get(
         )
         assert time.monotonic() - started < 5
         await cluster.make_ready(v2)
+        await cluster.wait_for(lambda: cluster.get(DEPLOYS, "enc-router"), what="the router")
+        await cluster.make_ready("enc-router")
         canary = v2.removesuffix("-default")
         await cluster.wait_for(
-            lambda: routes(cluster) == {v1: 40, canary: 60}, what="three steps in a row"
+            lambda: traffic(cluster) == {v1: 40, canary: 60}, what="three steps in a row"
         )
         await cluster.wait_for(
             lambda: (status(cluster)["currentStep"], status(cluster)["canaryWeight"]) == (3, 60),
@@ -95,7 +97,7 @@ async def test_each_pass_reads_the_status_the_previous_one_wrote_without_a_get(
         started = time.monotonic()
         await cluster.patch_md("enc", annotation_patch(new_command(CommandKind.promote)))
         await cluster.wait_for(
-            lambda: routes(cluster) == {canary: 100}, timeout=5, what="promoted at once"
+            lambda: traffic(cluster) == {canary: 100}, timeout=5, what="promoted at once"
         )
         assert time.monotonic() - started < 5
         await cluster.wait_for(lambda: status(cluster).get("stableRevision") == canary)

@@ -65,8 +65,6 @@ async def test_every_api_call_is_covered(cluster: Cluster, operator: Any) -> Non
 
 # What the operator is granted but a full run against KMock does not use, and why it stays.
 NOT_IN_A_RUN: dict[tuple[str, str, str], str] = {
-    ("", "services", "patch"): "Kube.apply patches a Service whose desired form changed (an "
-    "operator upgrade that changes ports or labels); within one version none changes",
     **{
         (group, resource, "get"): "passes read the children from the informers' cache; a GET "
         "goes to the API server before a kind's first listing and when a create finds the "

@@ -2,6 +2,9 @@
 
 Workloads become ready on the next observation unless told otherwise; traffic is whatever
 the last SetTraffic said; events are collected. No clock: tests move ``now`` themselves.
+With ``front`` set (a FrontSeen), the world also plays the user's Service and the builtin
+router as a cluster shell places them (Decision.front): a router made in one pass is ready
+at the next observation unless ``router_never_ready``.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from onnxship.plan.actions import (
 )
 from onnxship.plan.analysis import Measurements, Result, Verdict
 from onnxship.plan.observed import (
+    ROUTER,
     ArtifactState,
     Command,
     CommandKind,
     DesiredRevision,
+    FrontSeen,
     Observed,
     RevisionPods,
 )
@@ -64,6 +69,8 @@ class World:
     command: Command | None = None
     routed: frozenset[str] | None = None  # what the routers still send requests to
     decisions: list[Decision] = field(default_factory=list)
+    front: FrontSeen | None = None  # None: the router always runs (a shell without a front)
+    router_never_ready: bool = False
     _commands: int = 0
 
     def observed(self) -> Observed:
@@ -79,6 +86,7 @@ class World:
             verdict=self.verdict,
             command=self.command,
             routed=self.routed,
+            front=self.front,
         )
 
     def reconcile(self) -> Decision:
@@ -94,14 +102,24 @@ class World:
             elif isinstance(a, EmitEvent):
                 self.events.append(a)
         self.status = d.status
+        if self.front is not None and d.front is not None:
+            had = self.front.router
+            if not d.front.router:
+                self.traffic = None  # its ConfigMap goes with it
+            self.front = FrontSeen(
+                d.front.selects,
+                router=d.front.router,
+                router_ready=d.front.router and had and not self.router_never_ready,
+                since=d.front.since,
+            )
         return d
 
     def settle(self) -> Decision:
         """Reconcile until nothing changes; then check that once more changes nothing."""
         for _ in range(12):
-            before = self.status
+            before, front = self.status, self.front
             d = self.reconcile()
-            if not d.actions and d.status == before:
+            if not d.actions and d.status == before and self.front == front:
                 again = step(self.spec, self.status, self.observed(), self.now)
                 assert again.actions == () and again.status == self.status
                 return d
@@ -128,3 +146,9 @@ class World:
 
     def weights(self) -> dict[str, int]:
         return dict(self.traffic.weights) if self.traffic else {}
+
+    def reached(self) -> dict[str, int]:
+        """The share of a user's requests each revision gets, through the Service."""
+        if self.front is None or self.front.selects == ROUTER:
+            return self.weights()
+        return {self.front.selects: 100} if self.front.selects else {}

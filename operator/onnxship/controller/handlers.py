@@ -125,7 +125,9 @@ def register(
             labels = meta.get("labels") or {}
             if kind == MD:
                 loop.call_soon_threadsafe(wake_owner, meta.get("namespace", ""), meta["name"])
-            elif labels.get(w.L_COMPONENT) in ("model", "compress"):
+            elif labels.get(w.L_COMPONENT) in ("model", "compress") or (
+                kind == "Deployment" and labels.get(w.L_COMPONENT) == "router"
+            ):  # a router becoming ready is what a canary's steps wait for (plan/front.py)
                 owner = (meta.get("namespace", ""), labels.get(w.L_DEPLOYMENT, ""))
                 loop.call_soon_threadsafe(wake_owner, *owner)
 

@@ -69,7 +69,7 @@ KEEP: dict[str, dict[str, tuple[str, ...] | None]] = {
         "spec": ("replicas",),
         "status": ("observedGeneration", "replicas", "updatedReplicas", "readyReplicas"),
     },
-    "Service": {},
+    "Service": {"spec": ("selector",)},  # what the user's Service selects: plan/front.py
     "ConfigMap": {"data": None},
     "Job": {"status": ("conditions", "succeeded", "failed", "active")},
 }

@@ -310,7 +310,19 @@ class Kube:
         if live.get("metadata", {}).get("annotations", {}).get(A_CONFIG_HASH) == digest:
             return live, False
         patch = {k: v for k, v in desired.items() if k not in ("apiVersion", "kind")}
+        dropped = set(_selector(live)) - set(_selector(desired))
+        if dropped:
+            # A merge patch keeps the keys it does not name: a Service's selector that drops
+            # one (a revision's pods -> the router's) names it as null, in the same write.
+            selector = {**dict.fromkeys(dropped), **_selector(desired)}
+            patch["spec"] = {**patch["spec"], "selector": selector}
         return self.patch(obj["kind"], meta["namespace"], meta["name"], patch), True
+
+
+def _selector(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A Service's selector (a flat map); {} for any other shape (a Deployment's is nested)."""
+    selector = (obj.get("spec") or {}).get("selector") or {}
+    return selector if all(isinstance(v, str) for v in selector.values()) else {}
 
 
 def _with_annotation(obj: Mapping[str, Any], key: str, value: str) -> dict[str, Any]:

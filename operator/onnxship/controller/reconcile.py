@@ -44,7 +44,14 @@ from onnxship.plan.compression_jobs import (
     revision_record,
 )
 from onnxship.plan.conditions import find_condition, set_condition
-from onnxship.plan.observed import ArtifactState, DesiredRevision, Observed, RevisionPods
+from onnxship.plan.front import FrontPlan
+from onnxship.plan.observed import (
+    ArtifactState,
+    DesiredRevision,
+    FrontSeen,
+    Observed,
+    RevisionPods,
+)
 from onnxship.plan.revision import revision_name
 from onnxship.plan.rollout import step
 from onnxship.plan.times import parse_time
@@ -107,6 +114,7 @@ def reconcile(wiring: Wiring, namespace: str, name: str, emit: Emit) -> Outcome 
         revisions=pods,
         traffic=_observe_traffic(wiring, owner, spec) if status.stable_revision else None,
         routed=_observe_routed(wiring, owner, spec, pods),
+        front=_observe_front(wiring, owner, spec),
         verdict=_pending_verdict(wiring, owner),
         command=command_of(meta.get("annotations") or {}),
     )
@@ -358,6 +366,28 @@ def _observe_traffic(
         return None
 
 
+def _observe_front(wiring: Wiring, owner: w.Owner, spec: ModelDeploymentSpec) -> FrontSeen | None:
+    if spec.rollout.traffic.router != "builtin":
+        return None
+    service = wiring.kube.get("Service", owner.namespace, owner.name)
+    router = wiring.kube.get("Deployment", owner.namespace, w.router_name(owner))
+    ready = False
+    if router is not None:
+        want = int(router.get("spec", {}).get("replicas", 0))
+        st = router.get("status", {})
+        ready = (
+            want > 0
+            and int(st.get("readyReplicas", 0)) >= want
+            and int(st.get("updatedReplicas", 0)) >= want
+        )
+    return FrontSeen(
+        w.service_selects(service),
+        router=router is not None,
+        router_ready=ready,
+        since=w.service_selected_at(service),
+    )
+
+
 def _observe_routed(
     wiring: Wiring, owner: w.Owner, spec: ModelDeploymentSpec, pods: Mapping[str, Any]
 ) -> frozenset[str] | None:
@@ -448,11 +478,8 @@ def _execute(
             service = w.revision_service(owner, revision, env)
             with _refused_as(f"applying Service {service['metadata']['name']}"):
                 kube.apply(service)
-    if decision.status.stable_revision:
-        # The router exists once there is something to route to; re-applied every pass
-        # (a GET when unchanged) so that a deleted router comes back.
-        with _refused_as(f"applying the router {w.router_name(owner)}"):
-            _ensure_router(wiring, owner, spec, runtime)
+    if decision.front is not None:
+        _place_front(wiring, owner, decision.front, runtime)
 
 
 @contextmanager
@@ -529,7 +556,7 @@ def _act(
     elif isinstance(action, DeleteRevision):
         _delete_revision(wiring, owner, action.revision)
     elif isinstance(action, SetTraffic):
-        _set_traffic(wiring, owner, spec, action.split, runtime)
+        _set_traffic(wiring, owner, spec, action.split)
 
 
 def _delete_revision(wiring: Wiring, owner: w.Owner, revision: str) -> None:
@@ -541,15 +568,25 @@ def _delete_revision(wiring: Wiring, owner: w.Owner, revision: str) -> None:
             wiring.kube.delete(kind, owner.namespace, obj["metadata"]["name"])
 
 
-def _ensure_router(
-    wiring: Wiring, owner: w.Owner, spec: ModelDeploymentSpec, runtime: w.Runtime
-) -> None:
-    if spec.rollout.traffic.router != "builtin":
-        return
-    wiring.kube.apply(
-        w.router_deployment(owner, runtime, replicas=wiring.settings.workloads.router_replicas)
-    )
-    wiring.kube.apply(w.router_service(owner))
+def _place_front(wiring: Wiring, owner: w.Owner, front: FrontPlan, runtime: w.Runtime) -> None:
+    """The router (when it runs) before the Service that may select it, and its removal after
+    the Service selects something else. Re-applied every pass (nothing is sent when nothing
+    changed), so a router or Service deleted by hand comes back."""
+    kube, name = wiring.kube, w.router_name(owner)
+    if front.router:
+        with _refused_as(f"applying the router {name}"):
+            kube.apply(
+                w.router_deployment(
+                    owner, runtime, replicas=wiring.settings.workloads.router_replicas
+                )
+            )
+    with _refused_as(f"applying the Service {owner.name}"):
+        kube.apply(w.router_service(owner, front.selects, front.since))
+    if not front.router:
+        with _refused_as(f"removing the router {name}"):
+            for kind in ("Deployment", "ConfigMap"):
+                if kube.get(kind, owner.namespace, name) is not None:
+                    kube.delete(kind, owner.namespace, name)
 
 
 def _set_traffic(
@@ -557,13 +594,12 @@ def _set_traffic(
     owner: w.Owner,
     spec: ModelDeploymentSpec,
     split: TrafficSplit,
-    runtime: w.Runtime,
 ) -> None:
     if not split.weights:
         return
     if spec.rollout.traffic.router == "builtin":
+        # The router's Deployment comes after, with the front (_place_front): it mounts this.
         wiring.kube.apply(w.router_configmap(owner, w.route_table_for(owner, spec, split)))
-        _ensure_router(wiring, owner, spec, runtime)
     else:
         wiring.kube.apply(w.http_route(owner, spec, split))
 

@@ -14,6 +14,7 @@ from typing import Literal, TypeVar
 from onnxship.api import ModelDeploymentStatus, RevisionStatus
 
 from .analysis import AnalysisRequest
+from .front import FrontPlan
 from .traffic import TrafficSplit
 
 
@@ -62,6 +63,9 @@ class Decision:
     actions: tuple[Action, ...] = ()
     analysis: AnalysisRequest | None = None  # measure this canary every interval
     requeue_after: float | None = None  # seconds until something is due; None = on change only
+    # The user's Service and the builtin router, applied after the actions on every pass (an
+    # apply that changes nothing sends nothing); None: nothing to place.
+    front: FrontPlan | None = None
 
     def of_type(self, kind: type[T]) -> list[T]:
         return [a for a in self.actions if isinstance(a, kind)]

@@ -54,6 +54,25 @@ class RevisionPods:
         return self.ready or bool(self.serving)
 
 
+# FrontSeen.selects when the user's Service selects the router's pods (plan/front.py).
+ROUTER = "router"
+
+
+@dataclass(frozen=True)
+class FrontSeen:
+    """The user's Service and the builtin router as they exist now."""
+
+    selects: str = ""  # ROUTER, a revision's name, or "" (no Service yet)
+    router: bool = False  # the router's Deployment exists
+    router_ready: bool = False  # ... with all its replicas ready
+    since: str = ""  # when the Service began to select ``selects`` (its annotation)
+
+    @property
+    def routing(self) -> bool:
+        """Requests reach the router now, or will from this pass on."""
+        return self.selects == ROUTER or self.router_ready
+
+
 class CommandKind(StrEnum):
     promote = "promote"  # jump to 100% (also after an abort)
     resume = "resume"  # leave the current pause or inconclusive step, go on
@@ -81,5 +100,8 @@ class Observed:
     # written table reaches routers through a mounted ConfigMap, seconds to a minute later);
     # None = not known (no builtin router, or a router could not be asked).
     routed: frozenset[str] | None = None
+    # The user's Service and the builtin router; None: no builtin router to place (Gateway
+    # API, or a shell whose router always runs).
+    front: FrontSeen | None = None
     verdict: Verdict | None = None  # the latest analysis verdict, for any revision
     command: Command | None = None

@@ -48,6 +48,7 @@ from .actions import (
 )
 from .analysis import AnalysisRequest, Result, Verdict, agreement_value, default_metric
 from .conditions import find_condition, set_condition
+from .front import FrontPlan, plan_front, selected_revision
 from .observed import Command, CommandKind, Observed
 from .times import format_time, parse_time, seconds_between
 from .traffic import TrafficSplit
@@ -123,13 +124,20 @@ def step(
         run.drop_canary(f"revision {target} replaces it")
     run.trim_history(target if state == "ready" else "")
     new_status = run.finish(target, state)
-    actions = run.effects(new_status)
+    seen = observed.front
+    front = None
+    if seen is not None:
+        front = plan_front(spec, new_status, seen, observed.revisions, now)
+        if front is not None and front.recheck_in is not None:
+            run.due_in(front.recheck_in)
+    actions = run.effects(new_status, front)
     analysis = run.analysis_request(new_status)  # before requeue_after: it adds the interval
     return Decision(
         status=new_status,
         actions=actions,
         analysis=analysis,
         requeue_after=min(run.wake) if run.wake else None,
+        front=front,
     )
 
 
@@ -163,6 +171,7 @@ class _Run:
         self.events: list[EmitEvent] = []
         self.degraded: tuple[str, str] | None = None  # (reason, message) of an abort in this pass
         self.canary_down = False  # the canary was ready once and has no ready pod now
+        self.router_pending = False  # the canary is ready, the router it needs is not yet
         self.wake: list[float] = []  # seconds from now at which something falls due
 
     # ------------------------------------------------------------ helpers
@@ -344,10 +353,33 @@ class _Run:
             return  # once ready, a pod that restarts holds the steps, it does not abort
         self.unavailable_since = ""
         if not self.step_started:
+            if self.step_idx < len(self.steps) and not self.routing():
+                self.wait_for_router()
+                return
             self.step_started = format_time(self.now)
         else:
             self.weight = self.weight_before(self.step_idx)  # back after pods were lost
         self.walk_steps()
+
+    def routing(self) -> bool:
+        """Requests reach the router (or no builtin router is placed by this plan)."""
+        front = self.observed.front
+        return front is None or front.routing
+
+    def wait_for_router(self) -> None:
+        """The canary's steps, and their clocks, start once the Service sends requests to the
+        router (plan/front.py), within the progress deadline like the canary's own pods."""
+        self.router_pending = True
+        deadline = parse_duration(self.spec.rollout.progress_deadline)
+        waited = seconds_between(self.canary_started, self.now)
+        if waited >= deadline:
+            self.abort(
+                Reason.progress_deadline_exceeded,
+                f"the router for canary {self.canary} had no ready pods within "
+                f"{self.spec.rollout.progress_deadline}",
+            )
+        else:
+            self.due_in(deadline - waited)
 
     def weight_before(self, index: int) -> int:
         """The canary's weight once the steps before ``index`` are done."""
@@ -649,11 +681,15 @@ class _Run:
         mirror = f", mirroring {self.mirror}%" if self.mirror else ""
         paused = ", paused" if self.paused else ""
         down = ", no ready pods" if self.canary_down else ""
-        return f"canary {self.canary} at {self.weight}%{mirror} ({where}{paused}{down})"
+        router = ", waiting for its router" if self.router_pending else ""
+        return f"canary {self.canary} at {self.weight}%{mirror} ({where}{paused}{down}{router})"
 
-    def effects(self, status: ModelDeploymentStatus) -> tuple[Action, ...]:
+    def effects(
+        self, status: ModelDeploymentStatus, front: FrontPlan | None = None
+    ) -> tuple[Action, ...]:
         """Actions that make the observed world match ``status``, safest order first:
-        bring up, then shift traffic, then scale down and delete."""
+        bring up, then shift traffic, then scale down and delete. ``front``: where the
+        Service points and whether the router runs (no traffic to write without one)."""
         replicas = replicas_for(self.spec)
         want: dict[str, Mapping[str, int]] = {}
         if status.stable_revision:
@@ -665,8 +701,11 @@ class _Run:
         have = self.observed.revisions
         records = {r.name: r for r in status.revisions}
         # A revision whose requests a router still sends (its new table not loaded yet) keeps
-        # its pods: removed now, those requests would fail. A later pass removes it.
-        routed = self.observed.routed or frozenset()
+        # its pods: removed now, those requests would fail. A later pass removes it. So does
+        # the revision the Service selects directly, until it selects another.
+        routed = (self.observed.routed or frozenset()) | (
+            {selected_revision(self.observed.front)} - {""}
+        )
         up: list[Action] = []
         down: list[Action] = []
         for name, reps in want.items():
@@ -682,7 +721,8 @@ class _Run:
         traffic: list[Action] = []
         split = split_for(status)
         known = self.observed.traffic
-        if known != split and not (known is None and not split.weights):
+        unwritten = known != split and not (known is None and not split.weights)
+        if unwritten and (front is None or front.router):
             traffic.append(SetTraffic(split))
         deletes: list[Action] = [
             DeleteRevision(n) for n in have if n not in want and n not in routed

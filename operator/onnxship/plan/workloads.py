@@ -26,6 +26,7 @@ from onnxship.api import (
 )
 from onnxship.api.routes import RouteTable
 
+from .observed import ROUTER
 from .revision import canonical_json, short_hash
 from .traffic import TrafficSplit
 
@@ -35,6 +36,7 @@ L_REVISION = f"{LABEL_PREFIX}/revision"
 L_ENVIRONMENT = f"{LABEL_PREFIX}/environment"
 L_COMPONENT = f"{LABEL_PREFIX}/component"
 A_CONFIG_HASH = f"{LABEL_PREFIX}/config-hash"
+A_SELECTED_AT = f"{LABEL_PREFIX}/selected-at"  # on the user's Service: plan/front.py
 
 HTTP_PORT = 8000
 GRPC_PORT = 8001
@@ -723,17 +725,39 @@ def router_deployment(
     }
 
 
-def router_service(owner: Owner) -> dict[str, Any]:
-    """The Service users call: named after the ModelDeployment."""
+def router_service(owner: Owner, selects: str = ROUTER, since: str = "") -> dict[str, Any]:
+    """The Service users call, named after the ModelDeployment: it selects the router's pods,
+    or (``selects``: a revision's name) that revision's model pods directly while one
+    revision serves one environment (plan/front.py). Both name their HTTP port "http".
+    ``since``: when it began to select them."""
+    if selects == ROUTER:
+        selector = {L_DEPLOYMENT: owner.name, L_COMPONENT: "router"}
+    else:
+        selector = {L_DEPLOYMENT: owner.name, L_COMPONENT: "model", L_REVISION: selects}
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": metadata(owner, owner.name, labels(owner, "router")),
+        "metadata": metadata(
+            owner, owner.name, labels(owner, "router"), {A_SELECTED_AT: since} if since else None
+        ),
         "spec": {
-            "selector": {L_DEPLOYMENT: owner.name, L_COMPONENT: "router"},
+            "selector": selector,
             "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
         },
     }
+
+
+def service_selected_at(service: Mapping[str, Any] | None) -> str:
+    annotations = ((service or {}).get("metadata") or {}).get("annotations") or {}
+    return str(annotations.get(A_SELECTED_AT, ""))
+
+
+def service_selects(service: Mapping[str, Any] | None) -> str:
+    """What a user Service made by ``router_service`` selects: ROUTER, a revision, or ""."""
+    selector = ((service or {}).get("spec") or {}).get("selector") or {}
+    if selector.get(L_COMPONENT) == ROUTER:
+        return ROUTER
+    return str(selector.get(L_REVISION, ""))
 
 
 def endpoint_of(owner: Owner) -> str:
