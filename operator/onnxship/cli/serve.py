@@ -32,6 +32,11 @@ def serve_command(
     ),
     name: str = typer.Option("model", "--name", help="Model name in /v2/models/{name}."),
     model_version: str = typer.Option("1", "--model-version", help="Model version label."),
+    revision: str = typer.Option(
+        "",
+        "--revision",
+        help="Name this revision on every answer (the onnxship-revision header); empty: none.",
+    ),
     host: str = typer.Option(
         "127.0.0.1", "--host", help="Address to listen on (0.0.0.0 in a pod)."
     ),
@@ -103,6 +108,7 @@ def serve_command(
             cache_dir=cache_dir,
             name=name,
             version=model_version,
+            revision=revision,
             host=host,
             http_port=http_port,
             grpc_port=None if grpc_port < 0 else grpc_port,

@@ -291,7 +291,9 @@ class _Connection(asyncio.Protocol):
             self.close()
         elif self.task is None:
             body = json.dumps({"error": message}).encode()
-            head = _head(status, [("Content-Type", "application/json")])
+            head = _head(
+                status, [("Content-Type", "application/json"), *self.server.refusal_headers]
+            )
             head.append(f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
             self.send("".join(head).encode("latin-1") + body)
             self.close()
@@ -471,12 +473,16 @@ class FrontServer:
         *,
         fallback: Fallback | None = None,
         too_large: str = TOO_LARGE,
+        refusal_headers: Headers | None = None,
     ) -> None:
         self.handler = handler
         self.max_body = max_body
         self.keepalive = keepalive
         self.fallback = fallback
         self.too_large = too_large  # the 413's message, with {limit}
+        # On the answers this server gives itself (413, 400...), as the handler's carry them:
+        # `onnxship serve` names its worker and revision on every answer.
+        self.refusal_headers: Headers = refusal_headers or []
         self.connections: set[_Connection] = set()
         self.loop = asyncio.get_running_loop()
         self.server: asyncio.Server | None = None

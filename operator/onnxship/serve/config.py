@@ -25,6 +25,10 @@ class ServeConfig(BaseModel):
     name: str = Field("model", min_length=1, max_length=253, pattern=r"^[^/\s]+$")
     version: str = Field("1", min_length=1, max_length=128, pattern=r"^[^/]+$")
 
+    # Named on every answer (pod.REVISION_HEADER); "" names none. Visible ASCII only: it goes
+    # into HTTP headers and gRPC metadata as it is (a Kubernetes name, in a pod).
+    revision: str = Field("", max_length=253, pattern=r"^[\x21-\x7e]*$")
+
     # --- listening
     host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)

@@ -27,6 +27,7 @@ from grpc._cython import cygrpc
 from . import tensors
 from .dataplane import DataPlane, InferRequest, InferResult, RequestTensor
 from .errors import InvalidInput, ServeError
+from .pod import REVISION_HEADER
 from .proto import oip_pb2 as pb
 from .proto import oip_pb2_grpc as pb_grpc
 
@@ -224,12 +225,18 @@ def _decode(request: Any, raw: list[memoryview]) -> InferRequest:
 
 
 def create_server(
-    dataplane: DataPlane, host: str, port: int, max_message_bytes: int, reuse_port: bool = False
+    dataplane: DataPlane,
+    host: str,
+    port: int,
+    max_message_bytes: int,
+    reuse_port: bool = False,
+    revision: str = "",
 ) -> tuple[CoreServer, int]:
     """A gRPC server (not started) and the port it bound (useful when ``port`` is 0).
     Call it on the event loop the data plane runs on.
 
-    ``reuse_port``: the pod's worker processes share the port (serve/workers.py)."""
+    ``reuse_port``: the pod's worker processes share the port (serve/workers.py).
+    ``revision``: named in every call's initial metadata, as HTTP names it in a header."""
     server = CoreServer(
         InferenceServicer(dataplane),
         asyncio.get_running_loop(),
@@ -238,6 +245,7 @@ def create_server(
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
+        initial_metadata=((REVISION_HEADER, revision),) if revision else None,
     )
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
@@ -265,8 +273,10 @@ class CoreServer:
         servicer: InferenceServicer,
         loop: asyncio.AbstractEventLoop,
         options: list[tuple[str, Any]],
+        initial_metadata: tuple[tuple[str, str], ...] | None = None,
     ) -> None:
         self.loop = loop
+        self.initial_metadata = initial_metadata  # sent with every call's answer, errors too
         self.cq = cygrpc.CompletionQueue()
         self.core = cygrpc.Server(tuple(options), False)
         self.core.register_completion_queue(self.cq)
@@ -421,7 +431,7 @@ class _CoreCall:
             answer = task.result()
             self.start(
                 (
-                    cygrpc.SendInitialMetadataOperation(None, 0),
+                    cygrpc.SendInitialMetadataOperation(self.server.initial_metadata, 0),
                     cygrpc.SendMessageOperation(
                         answer if serialize is None else serialize(answer), 0
                     ),
@@ -435,7 +445,7 @@ class _CoreCall:
     def finish(self, code: grpc.StatusCode, details: str, trailing: Any) -> None:
         self.start(
             (
-                cygrpc.SendInitialMetadataOperation(None, 0),
+                cygrpc.SendInitialMetadataOperation(self.server.initial_metadata, 0),
                 cygrpc.SendStatusFromServerOperation(
                     trailing, _CORE_CODES[code], details.encode(), 0
                 ),

@@ -18,6 +18,11 @@ from .errors import StartupError
 
 # The response header that names the worker which answered (HTTP only; with workers > 1).
 WORKER_HEADER = "onnxship-worker"
+# The response header that names the revision which answered (``--revision``). The router
+# (router/balance.py REVISION_HEADER) sets the same name on what it proxies, so an answer
+# reads the same whether a Service sends it through the router or straight to the pod; named
+# here again because serve and router may not import each other (.importlinter).
+REVISION_HEADER = "onnxship-revision"
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from .dataplane import DataPlane, InferRequest, InferResult, RequestTensor
 from .errors import BodyTooLarge, InvalidInput, ServeError
 from .llm.http import LlmRoutes
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .pod import WORKER_HEADER
+from .pod import REVISION_HEADER, WORKER_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,11 @@ def _protocol_errors(app: web.Application) -> None:
 
 class RestFrontEnd:
     def __init__(
-        self, dataplane: DataPlane, max_body_bytes: int, worker: str | None = None
+        self,
+        dataplane: DataPlane,
+        max_body_bytes: int,
+        worker: str | None = None,
+        revision: str = "",
     ) -> None:
         self.dp = dataplane
         self.max_body_bytes = max_body_bytes
@@ -82,9 +86,15 @@ class RestFrontEnd:
                 f"/v2/models/{name}/infer": None,
                 f"/v2/models/{name}/versions/{version}/infer": version,
             }
-        # A pod's worker names itself on every answer (server.py does the same for aiohttp's).
-        self._extra: list[tuple[str, str]] = [] if worker is None else [(WORKER_HEADER, worker)]
+        # A pod's worker, and the revision, name themselves on every answer (``app`` does the
+        # same for aiohttp's): with no router in front, the pod's answer is all a user sees.
+        self._extra: list[tuple[str, str]] = []
+        if worker is not None:
+            self._extra.append((WORKER_HEADER, worker))
+        if revision:
+            self._extra.append((REVISION_HEADER, revision))
         self._json = [("Content-Type", JSON_TYPE), *self._extra]
+        self.extra_headers = self._extra  # for http1's own refusals (413, 400)
         self._server: Any = None  # the aiohttp server whose protocol takes other routes
 
     # ------------------------------------------------------------------ the httptools side
@@ -153,8 +163,9 @@ class RestFrontEnd:
         LlmRoutes(self.dp).add_to(app)  # generation, when the model is a causal LM
         _protocol_errors(app)  # last: it answers what no route above does
         if self._extra:
-            # Which worker answered: how a user (and the tests) can see the pod spread
-            # connections over its workers. Set after the handler has run.
+            # Which worker and revision answered: how a user (and the tests) can see the pod
+            # spread connections over its workers, and which revision a Service sent them to.
+            # Set after the handler has run, so errors and streamed (SSE) answers carry them.
             extra = self._extra
 
             async def name_worker(request: web.Request, response: web.StreamResponse) -> None:

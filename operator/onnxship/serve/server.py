@@ -59,7 +59,7 @@ async def serve(
 
     dataplane = DataPlane(config) if pod is None else PodDataPlane(config, pod)
     worker = None if pod is None else str(pod.index)
-    rest = RestFrontEnd(dataplane, config.max_body_bytes, worker)
+    rest = RestFrontEnd(dataplane, config.max_body_bytes, worker, config.revision)
     app = rest.app()
     # The httptools server listens; aiohttp's serves, on the same connections, what it
     # hands over (rest.py).
@@ -70,6 +70,7 @@ async def serve(
         config.max_body_bytes,
         fallback=rest.fallback(runner.server),
         too_large=TOO_LARGE,
+        refusal_headers=rest.extra_headers,
     )
     grpc_server = None
     reuse_port = pod is not None  # one process alone keeps "port in use" an error
@@ -89,6 +90,7 @@ async def serve(
                     config.grpc_port,
                     config.max_body_bytes,
                     reuse_port=reuse_port,
+                    revision=config.revision,
                 )
             except (OSError, RuntimeError) as exc:
                 raise StartupError(
