@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from onnxship.api import Phase, Reason, parse_spec
 from onnxship.plan.actions import DeleteRevision, SetTraffic
-from onnxship.plan.front import ROUTER_DRAIN_S
+from onnxship.plan.front import ROUTER_DRAIN_S, ROUTER_SETTLE_S
 from onnxship.plan.observed import ROUTER, ArtifactState, CommandKind, DesiredRevision, FrontSeen
 from onnxship.plan.rollout import step
 
@@ -45,6 +45,12 @@ def test_a_canary_waits_for_its_router_then_walks_its_steps_through_it() -> None
     w.router_never_ready = False
     w.advance(1)
     assert w.front.selects == ROUTER
+    # Clients holding a connection to r1's pods reconnect within the servers' connection
+    # age: until then the canary takes no share.
+    assert w.reached() == {"app-r1": 100} and w.status.step_started_at == ""
+    assert w.decisions[-1].requeue_after is not None
+    assert w.decisions[-1].requeue_after <= ROUTER_SETTLE_S
+    w.advance(ROUTER_SETTLE_S)
     assert w.reached() == {"app-r1": 90, "app-r2": 10}
     w.advance(61)
     assert w.reached() == {"app-r1": 50, "app-r2": 50} and w.status.paused

@@ -37,6 +37,13 @@ def route_command(
         "", help="Header whose value pins a client to one revision (e.g. x-session-id)."
     ),
     watch_interval: float = typer.Option(0.5, help="Seconds between checks of --routes."),
+    max_connection_age: float = typer.Option(
+        0.0,
+        min=0.0,
+        help="Seconds a client connection is kept: the first answer after that says "
+        "'Connection: close', so clients reconnect (and reach whatever their Service selects "
+        "by then). 0: as long as it is used.",
+    ),
     workers: int = typer.Option(
         1,
         min=0,
@@ -60,6 +67,7 @@ def route_command(
             admin_token=admin_token,
             watch_interval=watch_interval,
             workers=workers or workers_for_quota(),
+            max_connection_age=max_connection_age or None,
             proxy=ProxySettings(
                 timeout=timeout,
                 generation_timeout=generation_timeout,

@@ -41,6 +41,14 @@ def serve_command(
         "127.0.0.1", "--host", help="Address to listen on (0.0.0.0 in a pod)."
     ),
     http_port: int = typer.Option(8080, "--http-port"),
+    max_connection_age: float = typer.Option(
+        0.0,
+        "--max-connection-age",
+        min=0.0,
+        help="Seconds a client connection is kept: the first answer after that says "
+        "'Connection: close', so clients reconnect (and reach whatever their Service selects "
+        "by then). 0: as long as it is used.",
+    ),
     grpc_port: int = typer.Option(8081, "--grpc-port", help="gRPC port; -1 turns gRPC off."),
     workers: int = typer.Option(
         0,
@@ -111,6 +119,7 @@ def serve_command(
             revision=revision,
             host=host,
             http_port=http_port,
+            max_connection_age=max_connection_age,
             grpc_port=None if grpc_port < 0 else grpc_port,
             workers=workers,
             threads=threads,

@@ -17,6 +17,10 @@ a reverse proxy needs and no more:
 - a client that leaves cancels its handler (the proxy then closes the backend's request);
 - ``shutdown`` stops accepting, lets requests in flight finish within a grace period,
   and closes idle connections; idle keep-alive connections close after ``keepalive``;
+- ``max_age``: the first answer on a connection older than that says ``Connection: close``
+  and closes it (gRPC's MAX_CONNECTION_AGE, Envoy's max_connection_duration), so that a
+  client holding one connection open reconnects, and kube-proxy's pick follows a Service
+  that moved (plan/front.py: the Service moves between a revision's pods and the router);
 - a ``Fallback`` takes over the connections whose requests the handler does not serve
   (`onnxship serve`: its aiohttp app, for all but the inference route). From the first such
   request on, the connection's requests go to the fallback's protocol as HTTP/1.1 bytes
@@ -204,7 +208,7 @@ class _Connection(asyncio.Protocol):
         self.peer_done = False  # the client half-closed: close once its requests are answered
         self.reading_paused = False
         self.drain: asyncio.Future[None] | None = None
-        self.idle_since = self.loop.time()
+        self.idle_since = self.born = self.loop.time()
         self._url = b""
         self._headers: Headers = []
         self._lookup: dict[str, str] = {}
@@ -424,7 +428,9 @@ class _Connection(asyncio.Protocol):
                 self.transport.resume_reading()  # type: ignore[union-attr]
             return
         request = self.queue.popleft()
-        self.keep_alive = request.keep_alive and not self.closing
+        max_age = self.server.max_age
+        old = max_age is not None and self.loop.time() - self.born >= max_age
+        self.keep_alive = request.keep_alive and not self.closing and not old
         self.task = self.loop.create_task(self._run(request))
 
     async def _run(self, request: Request) -> None:
@@ -474,10 +480,12 @@ class FrontServer:
         fallback: Fallback | None = None,
         too_large: str = TOO_LARGE,
         refusal_headers: Headers | None = None,
+        max_age: float | None = None,
     ) -> None:
         self.handler = handler
         self.max_body = max_body
         self.keepalive = keepalive
+        self.max_age = max_age  # seconds a connection is kept; None: as long as it is used
         self.fallback = fallback
         self.too_large = too_large  # the 413's message, with {limit}
         # On the answers this server gives itself (413, 400...), as the handler's carry them:

@@ -133,6 +133,7 @@ class Servers:
             grpc_port=grpc_port,
             cache_dir=str(self.state.root / "cache"),  # a folder per cache key inside
             threads=self.options.serve_threads or None,
+            revision=revision,
         )
         child = Child(
             role=f"serve {revision}/{env.name}",

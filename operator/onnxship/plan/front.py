@@ -7,9 +7,10 @@ answer on the same port name, paths and ``onnxship-revision`` header as the rout
 thousand models at rest run a thousand pods, not two thousand.
 
 Switching is ordered so a request always finds a ready pod: the router is made first and
-the Service moves to it only once it is ready (the canary takes no share before that); at
-the end the Service moves back to the stable revision's ready pods, and the router goes in
-a later pass, once the Service has selected something else for ``ROUTER_DRAIN_S``.
+the Service moves to it only once it is ready, and the canary takes no share before the
+Service has selected it for ``ROUTER_SETTLE_S``; at the end the Service moves back to the
+stable revision's ready pods, and the router goes in a later pass, once the Service has
+selected something else for ``ROUTER_DRAIN_S``.
 """
 
 from __future__ import annotations
@@ -23,10 +24,17 @@ from onnxship.api import ModelDeploymentSpec, ModelDeploymentStatus
 from .observed import ROUTER, FrontSeen, RevisionPods
 from .times import format_time, seconds_between
 
+# Model servers and routers close a client's connection at its first answer after this long
+# (``--max-connection-age``): kube-proxy picks an endpoint per connection, so a client that
+# keeps one open follows the Service's move only when it reconnects.
+CONNECTION_MAX_AGE_S = 10.0
+# A canary's steps start once the Service has selected the router this long: every client,
+# long-lived connections included, reaches the router by then.
+ROUTER_SETTLE_S = CONNECTION_MAX_AGE_S
 # From the Service leaving the router to the router's removal: kube-proxy's rules follow the
-# Service's endpoints within a second or two, and a client's open connection to a router pod
-# is closed by the router's drain when it goes.
-ROUTER_DRAIN_S = 5.0
+# Service within a second or two, and every connection that sent a request meanwhile has
+# been closed by its age; the router's drain closes the idle rest.
+ROUTER_DRAIN_S = CONNECTION_MAX_AGE_S + 2.0
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,8 @@ from .actions import (
 )
 from .analysis import AnalysisRequest, Result, Verdict, agreement_value, default_metric
 from .conditions import find_condition, set_condition
-from .front import FrontPlan, plan_front, selected_revision
-from .observed import Command, CommandKind, Observed
+from .front import ROUTER_SETTLE_S, FrontPlan, plan_front, selected_revision
+from .observed import ROUTER, Command, CommandKind, Observed
 from .times import format_time, parse_time, seconds_between
 from .traffic import TrafficSplit
 
@@ -362,9 +362,19 @@ class _Run:
         self.walk_steps()
 
     def routing(self) -> bool:
-        """Requests reach the router (or no builtin router is placed by this plan)."""
+        """Every client's requests reach the router (or no builtin router is placed by this
+        plan): the Service has selected it for ROUTER_SETTLE_S (plan/front.py)."""
         front = self.observed.front
-        return front is None or front.routing
+        if front is None:
+            return True
+        if front.selects != ROUTER:
+            if front.router_ready:  # the Service moves to it in this pass
+                self.due_in(ROUTER_SETTLE_S)
+            return False
+        left = ROUTER_SETTLE_S - seconds_between(front.since, self.now) if front.since else 0.0
+        if left > 0:
+            self.due_in(left)
+        return left <= 0
 
     def wait_for_router(self) -> None:
         """The canary's steps, and their clocks, start once the Service sends requests to the

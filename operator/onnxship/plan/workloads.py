@@ -26,6 +26,7 @@ from onnxship.api import (
 )
 from onnxship.api.routes import RouteTable
 
+from .front import CONNECTION_MAX_AGE_S
 from .observed import ROUTER
 from .revision import canonical_json, short_hash
 from .traffic import TrafficSplit
@@ -471,6 +472,7 @@ def serve_args(
     cache_dir: str = MODEL_CACHE,
     threads: int | None = None,
     artifact: CompressionSummary | None = None,
+    revision: str = "",
 ) -> list[str]:
     """`onnxship serve`'s arguments for one revision in one environment, in a pod or (with
     the keyword arguments: its address, ports, cache folder) as a process of `onnxship up`.
@@ -479,7 +481,8 @@ def serve_args(
     revision the spec no longer names). ``model_version``: the revision's own label.
     ``threads``: None means the spec's ``serving.threads``. ``artifact``: what status
     recorded of the artifact (the record's own when ``env`` is one); a causal LM gets the
-    generation limits of ``serving.generation``.
+    generation limits of ``serving.generation``. ``revision``: named on every answer (a
+    Service may send users straight to these pods, plan/front.py).
     """
     if artifact is None and isinstance(env, EnvironmentStatus):
         artifact = env.compression
@@ -507,7 +510,11 @@ def serve_args(
         str(b.max_delay_ms),
         "--cache-dir",
         cache_dir,
+        "--max-connection-age",
+        f"{CONNECTION_MAX_AGE_S:g}",  # plan/front.py: clients follow the Service
     ]
+    if revision:
+        args += ["--revision", revision]
     args += ["--workers", str(serve_workers(spec, env, artifact))]
     threads = spec.serving.threads if threads is None else threads
     if threads:
@@ -549,7 +556,9 @@ def revision_deployment(
         "name": "model",
         "image": image or spec.serving.image or runtime.image,
         "imagePullPolicy": runtime.image_pull_policy,
-        "args": serve_args(owner, spec, env, cache_key, store, model_version, artifact=artifact),
+        "args": serve_args(
+            owner, spec, env, cache_key, store, model_version, artifact=artifact, revision=revision
+        ),
         "env": store_env(store),
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
@@ -684,6 +693,8 @@ def router_deployment(
             "/etc/onnxship/routes/routes.json",
             "--workers",
             "0",  # one router process per CPU of the pod's limit (1 without one)
+            "--max-connection-age",
+            f"{CONNECTION_MAX_AGE_S:g}",  # plan/front.py: clients follow the Service
         ],
         "ports": [{"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 5},

@@ -50,6 +50,7 @@ class RouterSettings:
     proxy: ProxySettings = field(default_factory=ProxySettings)
     shutdown_grace: float = 10.0
     workers: int = 1  # router processes sharing the inference port (workers.py)
+    max_connection_age: float | None = None  # http1/server.py's max_age
 
 
 def parse_routes(text: str) -> RouteTable:
@@ -210,7 +211,11 @@ async def serve(
         watcher.check()
     runners: list[web.BaseRunner] = []
     await router.start()
-    front = FrontServer(inference_handler(router, pod), settings.proxy.max_body_bytes)
+    front = FrontServer(
+        inference_handler(router, pod),
+        settings.proxy.max_body_bytes,
+        max_age=settings.max_connection_age,
+    )
     try:
         await front.start(settings.host, settings.port, reuse_port=pod is not None)
     except OSError as exc:

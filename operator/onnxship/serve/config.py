@@ -34,6 +34,9 @@ class ServeConfig(BaseModel):
     http_port: int = Field(8080, ge=0, le=65535)
     grpc_port: int | None = Field(8081, ge=0, le=65535, description="None: no gRPC server.")
     max_body_bytes: int = Field(64 << 20, ge=1024)
+    # Seconds a client connection is kept before an answer closes it (so clients reconnect
+    # and follow a Service that moved); 0: as long as it is used.
+    max_connection_age: float = Field(0.0, ge=0.0)
 
     # --- ONNX Runtime
     execution_provider: str = "CPU"

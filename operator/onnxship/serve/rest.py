@@ -16,6 +16,8 @@ import asyncio
 import json
 import logging
 import re
+import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -75,8 +77,10 @@ class RestFrontEnd:
         max_body_bytes: int,
         worker: str | None = None,
         revision: str = "",
+        max_connection_age: float | None = None,
     ) -> None:
         self.dp = dataplane
+        self.max_connection_age = max_connection_age  # http1's max_age, on aiohttp's side
         self.max_body_bytes = max_body_bytes
         # This model's own inference paths: what the httptools server answers (``serves``).
         name, version = dataplane.name, dataplane.version
@@ -173,6 +177,8 @@ class RestFrontEnd:
                     response.headers[header] = value
 
             app.on_response_prepare.append(name_worker)
+        if self.max_connection_age:
+            app.on_response_prepare.append(_closing_after(self.max_connection_age))
         return app
 
     # ------------------------------------------------------------------ health and metadata
@@ -251,6 +257,25 @@ class RestFrontEnd:
             raise _too_large(request.content_length, self.max_body_bytes)
         body = await _read_body(request, self.max_body_bytes)
         return _parse_body(body, request.headers.get(HEADER_LENGTH), name, version)
+
+
+def _closing_after(max_age: float) -> Any:
+    """An on_response_prepare hook: the first answer on a connection older than ``max_age``
+    (counted from its first answer here) closes it, as http1's server does on its side."""
+    born: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+    async def close_if_old(request: web.Request, response: web.StreamResponse) -> None:
+        transport = request.transport
+        if transport is None:
+            return
+        now = time.monotonic()
+        if now - born.setdefault(transport, now) >= max_age:
+            response.force_close()
+            # aiohttp wrote its Connection header before this hook: say it, or the client
+            # would send its next request on a connection about to close.
+            response.headers["Connection"] = "close"
+
+    return close_if_old
 
 
 def _parse_body(

@@ -59,7 +59,8 @@ async def serve(
 
     dataplane = DataPlane(config) if pod is None else PodDataPlane(config, pod)
     worker = None if pod is None else str(pod.index)
-    rest = RestFrontEnd(dataplane, config.max_body_bytes, worker, config.revision)
+    max_age = config.max_connection_age or None
+    rest = RestFrontEnd(dataplane, config.max_body_bytes, worker, config.revision, max_age)
     app = rest.app()
     # The httptools server listens; aiohttp's serves, on the same connections, what it
     # hands over (rest.py).
@@ -71,6 +72,7 @@ async def serve(
         fallback=rest.fallback(runner.server),
         too_large=TOO_LARGE,
         refusal_headers=rest.extra_headers,
+        max_age=max_age,
     )
     grpc_server = None
     reuse_port = pod is not None  # one process alone keeps "port in use" an error
