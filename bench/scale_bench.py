@@ -338,8 +338,9 @@ def report_section(result: dict[str, Any]) -> list[str]:
     lines += [
         "Read with care: onnxship's Ready (and the second anchor's) waits for its Pods (the "
         "controller-manager's ReplicaSets and KWOK, on the same 2 cores), the status-only "
-        "anchor's for its own status write; onnxship also makes a router (Deployment, Service, "
-        "ConfigMap) per object once its revision is up, which the second anchor does not; "
+        "anchor's for its own status write; onnxship also makes the Service users call, which "
+        "selects the revision's pods at rest (no router Pod: plan/front.py), and a router "
+        "(Deployment, ConfigMap) per canary until it ends, which the second anchor does not; "
         "children gone after a delete is the garbage collector's and KWOK's time; the API "
         "server's rate at rest counts every client (KWOK's leases, the harness's "
         "/metrics reads), the operator's is from the audit log.",

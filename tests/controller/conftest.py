@@ -25,7 +25,7 @@ from onnxship.controller.handlers import register
 from onnxship.controller.kube import Kube
 from onnxship.controller.metrics import OperatorMetrics
 from onnxship.controller.ports import Wiring
-from onnxship.controller.settings import OperatorSettings, StoreDefaults, Timing
+from onnxship.controller.settings import OperatorSettings, StoreDefaults, Timing, Workloads
 from onnxship.plan.analysis import AnalysisRequest, Measurements
 from onnxship.plan.workloads import Owner, StoreRef
 from tests.store.conftest import s3_server  # noqa: F401  (fixture re-export)
@@ -289,6 +289,9 @@ def operator(cluster: Cluster) -> Callable[..., RunningOperator]:
             return Wiring(
                 settings=OperatorSettings(
                     store=StoreDefaults(uri="s3://artifacts/team/", credentials_secret="s3-creds"),
+                    # Clients here hold no connection: a canary's steps need not wait the
+                    # pods' 10 s connection age after the Service moves to its router.
+                    workloads=Workloads(connection_max_age_seconds=0.5),
                     # A long resync: progress must come from events and the plan's deadlines.
                     timing=timing or Timing(resync_seconds=30, min_requeue_seconds=0.05),
                 ),

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from onnxship.api import Phase, Reason, parse_spec
 from onnxship.plan.actions import DeleteRevision, SetTraffic
-from onnxship.plan.front import ROUTER_DRAIN_S, ROUTER_SETTLE_S
+from onnxship.plan.front import drain_seconds, settle_seconds
 from onnxship.plan.observed import ROUTER, ArtifactState, CommandKind, DesiredRevision, FrontSeen
 from onnxship.plan.rollout import step
 
 from .sim import World, desired, make_spec
 from .test_rollout import STEPS
+
+ROUTER_SETTLE_S = settle_seconds(FrontSeen())
+ROUTER_DRAIN_S = drain_seconds(FrontSeen())
 
 
 def direct_world(steps: list[dict] | None = None) -> World:

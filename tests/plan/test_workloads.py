@@ -239,6 +239,40 @@ def test_router_arguments_are_what_onnxship_route_accepts() -> None:
     assert parsed["port"] == w.ROUTER_PORT
 
 
+def test_pods_name_their_revision_and_close_old_connections() -> None:
+    """A Service may send users straight to a revision's pods (plan/front.py): they name
+    their revision on every answer, and both they and the router close a client's
+    connection after the operator's age, so clients follow the Service when it moves."""
+    s = spec()
+    env = s.serving.effective_environments()[0]
+    runtime = w.Runtime(image="img", connection_max_age=7.5)
+    d = w.revision_deployment(OWNER, s, "r1", env, "key", 1, STORE, runtime)
+    parsed = _parse("serve", pod_spec(d)["containers"][0]["args"])
+    assert (parsed["revision"], parsed["max_connection_age"]) == ("r1", 7.5)
+    [c] = pod_spec(w.router_deployment(OWNER, runtime))["containers"]
+    assert _parse("route", c["args"])["max_connection_age"] == 7.5
+
+
+def test_the_users_service_selects_the_router_or_one_revisions_model_pods() -> None:
+    direct = w.router_service(OWNER, "r1", since="2026-12-05T07:00:00.000Z")
+    assert direct["spec"]["selector"] == {
+        w.L_DEPLOYMENT: OWNER.name, w.L_COMPONENT: "model", w.L_REVISION: "r1"
+    }  # fmt: skip
+    routed = w.router_service(OWNER)
+    assert routed["spec"]["selector"] == {w.L_DEPLOYMENT: OWNER.name, w.L_COMPONENT: "router"}
+    # Both the model container and the router name their HTTP port "http".
+    assert direct["spec"]["ports"] == routed["spec"]["ports"]
+    assert (w.service_selects(direct), w.service_selects(routed)) == ("r1", "router")
+    assert w.service_selected_at(direct) == "2026-12-05T07:00:00.000Z"
+    model = pod_spec(
+        w.revision_deployment(
+            OWNER, spec(), "r1", spec().serving.effective_environments()[0], "k", 1, STORE, RUNTIME
+        )
+    )["containers"][0]
+    [router] = pod_spec(w.router_deployment(OWNER, RUNTIME))["containers"]
+    assert "http" in {p["name"] for p in model["ports"]} & {p["name"] for p in router["ports"]}
+
+
 # ------------------------------------------------------------------ causal LMs
 
 LLM_ARTIFACT = CompressionSummary(kind="causal-lm", variant="int4-hqq", compressed_bytes=3 << 30)

@@ -187,6 +187,7 @@ def _runtime(wiring: Wiring) -> w.Runtime:
         job_active_deadline_seconds=s.job_active_deadline_seconds,
         job_backoff_limit=s.job_backoff_limit,
         job_ttl_seconds=s.job_ttl_seconds,
+        connection_max_age=s.connection_max_age_seconds,
     )
 
 
@@ -385,6 +386,7 @@ def _observe_front(wiring: Wiring, owner: w.Owner, spec: ModelDeploymentSpec) ->
         router=router is not None,
         router_ready=ready,
         since=w.service_selected_at(service),
+        connection_max_age=wiring.settings.workloads.connection_max_age_seconds,
     )
 
 

@@ -37,6 +37,14 @@ class Workloads(BaseModel):
     job_backoff_limit: int = 2
     job_ttl_seconds: int = 3600
     router_replicas: int = 1
+    connection_max_age_seconds: float = Field(
+        10.0,
+        ge=0.1,
+        description="Model servers and routers close a client's connection at its first answer "
+        "after this long, so that clients follow a Service that moved between a revision's "
+        "pods and the router; a canary's steps start this long after the move "
+        "(ONNXSHIP_CONNECTION_MAX_AGE_SECONDS)",
+    )
 
 
 class Timing(BaseModel):
@@ -87,6 +95,7 @@ class OperatorSettings(BaseModel):
                     job_backoff_limit="ONNXSHIP_JOB_BACKOFF_LIMIT",
                     job_ttl_seconds="ONNXSHIP_JOB_TTL_SECONDS",
                     router_replicas="ONNXSHIP_ROUTER_REPLICAS",
+                    connection_max_age_seconds="ONNXSHIP_CONNECTION_MAX_AGE_SECONDS",
                 ),
                 "timing": pick(
                     resync_seconds="ONNXSHIP_RESYNC_SECONDS", workers="ONNXSHIP_WORKERS"

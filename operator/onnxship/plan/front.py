@@ -8,9 +8,9 @@ thousand models at rest run a thousand pods, not two thousand.
 
 Switching is ordered so a request always finds a ready pod: the router is made first and
 the Service moves to it only once it is ready, and the canary takes no share before the
-Service has selected it for ``ROUTER_SETTLE_S``; at the end the Service moves back to the
+Service has selected it for ``settle_seconds``; at the end the Service moves back to the
 stable revision's ready pods, and the router goes in a later pass, once the Service has
-selected something else for ``ROUTER_DRAIN_S``.
+selected something else for ``drain_seconds``.
 """
 
 from __future__ import annotations
@@ -24,17 +24,23 @@ from onnxship.api import ModelDeploymentSpec, ModelDeploymentStatus
 from .observed import ROUTER, FrontSeen, RevisionPods
 from .times import format_time, seconds_between
 
-# Model servers and routers close a client's connection at its first answer after this long
-# (``--max-connection-age``): kube-proxy picks an endpoint per connection, so a client that
-# keeps one open follows the Service's move only when it reconnects.
-CONNECTION_MAX_AGE_S = 10.0
-# A canary's steps start once the Service has selected the router this long: every client,
-# long-lived connections included, reaches the router by then.
-ROUTER_SETTLE_S = CONNECTION_MAX_AGE_S
-# From the Service leaving the router to the router's removal: kube-proxy's rules follow the
-# Service within a second or two, and every connection that sent a request meanwhile has
-# been closed by its age; the router's drain closes the idle rest.
-ROUTER_DRAIN_S = CONNECTION_MAX_AGE_S + 2.0
+# Model servers and routers close a client's connection at its first answer after
+# FrontSeen.connection_max_age (``--max-connection-age``, 10 s by default): kube-proxy picks
+# an endpoint per connection, so a client that keeps one open follows the Service's move only
+# when it reconnects. A canary's steps start once the Service has selected the router that
+# long (``settle_seconds``): every client reaches the router by then. The router goes once
+# the Service has left it for ``drain_seconds``: kube-proxy's rules follow the Service within
+# a second or two, every connection that sent a request meanwhile has been closed by its
+# age, and the router's drain closes the idle rest.
+KUBE_PROXY_S = 2.0
+
+
+def settle_seconds(seen: FrontSeen) -> float:
+    return seen.connection_max_age
+
+
+def drain_seconds(seen: FrontSeen) -> float:
+    return seen.connection_max_age + KUBE_PROXY_S
 
 
 @dataclass(frozen=True)
@@ -79,10 +85,10 @@ def plan_front(
     since = seen.since if selects == seen.selects and seen.since else format_time(now)
     if selects != ROUTER and seen.selects == ROUTER and seen.router:
         # Leaving it in this pass: the router goes in a pass after the drain.
-        return FrontPlan(selects, router=True, since=since, recheck_in=ROUTER_DRAIN_S)
+        return FrontPlan(selects, router=True, since=since, recheck_in=drain_seconds(seen))
     if router or not seen.router:
         return FrontPlan(selects, router, since)
-    left = ROUTER_DRAIN_S - seconds_between(seen.since, now) if seen.since else 0.0
+    left = drain_seconds(seen) - seconds_between(seen.since, now) if seen.since else 0.0
     if left > 0:
         return FrontPlan(selects, router=True, since=since, recheck_in=left)
     return FrontPlan(selects, router=False, since=since)

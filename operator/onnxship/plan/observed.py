@@ -66,6 +66,9 @@ class FrontSeen:
     router: bool = False  # the router's Deployment exists
     router_ready: bool = False  # ... with all its replicas ready
     since: str = ""  # when the Service began to select ``selects`` (its annotation)
+    # Seconds after which the pods' servers close a client's connection (their
+    # --max-connection-age): how long clients take to follow a move of the Service.
+    connection_max_age: float = 10.0
 
     @property
     def routing(self) -> bool:

@@ -48,7 +48,7 @@ from .actions import (
 )
 from .analysis import AnalysisRequest, Result, Verdict, agreement_value, default_metric
 from .conditions import find_condition, set_condition
-from .front import ROUTER_SETTLE_S, FrontPlan, plan_front, selected_revision
+from .front import FrontPlan, plan_front, selected_revision, settle_seconds
 from .observed import ROUTER, Command, CommandKind, Observed
 from .times import format_time, parse_time, seconds_between
 from .traffic import TrafficSplit
@@ -363,15 +363,16 @@ class _Run:
 
     def routing(self) -> bool:
         """Every client's requests reach the router (or no builtin router is placed by this
-        plan): the Service has selected it for ROUTER_SETTLE_S (plan/front.py)."""
+        plan): the Service has selected it for settle_seconds (plan/front.py)."""
         front = self.observed.front
         if front is None:
             return True
         if front.selects != ROUTER:
             if front.router_ready:  # the Service moves to it in this pass
-                self.due_in(ROUTER_SETTLE_S)
+                self.due_in(settle_seconds(front))
             return False
-        left = ROUTER_SETTLE_S - seconds_between(front.since, self.now) if front.since else 0.0
+        settle = settle_seconds(front)
+        left = settle - seconds_between(front.since, self.now) if front.since else 0.0
         if left > 0:
             self.due_in(left)
         return left <= 0

@@ -26,7 +26,6 @@ from onnxship.api import (
 )
 from onnxship.api.routes import RouteTable
 
-from .front import CONNECTION_MAX_AGE_S
 from .observed import ROUTER
 from .revision import canonical_json, short_hash
 from .traffic import TrafficSplit
@@ -78,6 +77,7 @@ class Runtime:
     job_backoff_limit: int = 2
     job_ttl_seconds: int = 3600
     model_cache_size: str = ""  # emptyDir sizeLimit; "" = no limit
+    connection_max_age: float = 10.0  # servers' --max-connection-age: plan/front.py
     extra_labels: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -473,6 +473,7 @@ def serve_args(
     threads: int | None = None,
     artifact: CompressionSummary | None = None,
     revision: str = "",
+    max_connection_age: float = 0.0,
 ) -> list[str]:
     """`onnxship serve`'s arguments for one revision in one environment, in a pod or (with
     the keyword arguments: its address, ports, cache folder) as a process of `onnxship up`.
@@ -481,8 +482,9 @@ def serve_args(
     revision the spec no longer names). ``model_version``: the revision's own label.
     ``threads``: None means the spec's ``serving.threads``. ``artifact``: what status
     recorded of the artifact (the record's own when ``env`` is one); a causal LM gets the
-    generation limits of ``serving.generation``. ``revision``: named on every answer (a
-    Service may send users straight to these pods, plan/front.py).
+    generation limits of ``serving.generation``. ``revision``: named on every answer, and
+    ``max_connection_age``: clients reconnect that often (a Service may send users straight
+    to these pods and then move to the router, plan/front.py).
     """
     if artifact is None and isinstance(env, EnvironmentStatus):
         artifact = env.compression
@@ -510,9 +512,9 @@ def serve_args(
         str(b.max_delay_ms),
         "--cache-dir",
         cache_dir,
-        "--max-connection-age",
-        f"{CONNECTION_MAX_AGE_S:g}",  # plan/front.py: clients follow the Service
     ]
+    if max_connection_age:
+        args += ["--max-connection-age", f"{max_connection_age:g}"]
     if revision:
         args += ["--revision", revision]
     args += ["--workers", str(serve_workers(spec, env, artifact))]
@@ -557,7 +559,15 @@ def revision_deployment(
         "image": image or spec.serving.image or runtime.image,
         "imagePullPolicy": runtime.image_pull_policy,
         "args": serve_args(
-            owner, spec, env, cache_key, store, model_version, artifact=artifact, revision=revision
+            owner,
+            spec,
+            env,
+            cache_key,
+            store,
+            model_version,
+            artifact=artifact,
+            revision=revision,
+            max_connection_age=runtime.connection_max_age,
         ),
         "env": store_env(store),
         "ports": [
@@ -694,7 +704,7 @@ def router_deployment(
             "--workers",
             "0",  # one router process per CPU of the pod's limit (1 without one)
             "--max-connection-age",
-            f"{CONNECTION_MAX_AGE_S:g}",  # plan/front.py: clients follow the Service
+            f"{runtime.connection_max_age:g}",  # plan/front.py: clients follow the Service
         ],
         "ports": [{"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 5},
