@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import threading
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -15,6 +17,14 @@ from onnxship.plan.workloads import StoreRef
 # with 200 ModelDeployments created at once. A few stores serve a cluster; the bound only
 # keeps a churn of credentials from growing without end.
 MAX_OPEN_STORES = 32
+# Manifests found, kept for a while: a manifest's key is a digest of what it was made from
+# (plan/revision.py cache_key), so what one says does not change. 1,000 ModelDeployments of
+# one model applied at once made 1,000 GETs of the same manifest (moto's or a real S3's time,
+# and boto3's signing CPU in the operator); one does now. Misses are not kept (a Job may
+# publish the manifest any time), and a found one is asked again after MANIFEST_TTL_S in case
+# the store was cleaned up.
+MAX_MANIFESTS = 4096
+MANIFEST_TTL_S = 300.0
 
 
 class StoreArtifactFinder:
@@ -22,6 +32,8 @@ class StoreArtifactFinder:
         self._stores: OrderedDict[tuple[str, ...], Any] = OrderedDict()
         self._versions: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
+        # (store slot, key) -> (when found, the compact result)
+        self._found: OrderedDict[tuple[Any, ...], tuple[float, dict[str, Any]]] = OrderedDict()
 
     def find(
         self,
@@ -35,12 +47,35 @@ class StoreArtifactFinder:
     ) -> dict[str, Any] | None:
         from onnxship.compress.result import compact_result
 
-        opened = self._open(store, credentials)
+        slot, opened = self._open(store, credentials)
         for key in self._keys(source_sha256, compression, execution_provider, kind, own_prompts):
+            if (kept := self._kept((*slot, key))) is not None:
+                return kept
             manifest = opened.get_manifest(key)
             if manifest is not None:
-                return compact_result(manifest, opened.manifest_uri(key), cache_hit=True)
+                result = compact_result(manifest, opened.manifest_uri(key), cache_hit=True)
+                self._keep((*slot, key), result)
+                return copy.deepcopy(result)
         return None
+
+    def _kept(self, slot: tuple[Any, ...]) -> dict[str, Any] | None:
+        with self._lock:
+            entry = self._found.get(slot)
+            if entry is None:
+                return None
+            at, result = entry
+            if time.monotonic() - at > MANIFEST_TTL_S:
+                del self._found[slot]
+                return None
+            self._found.move_to_end(slot)
+            return copy.deepcopy(result)
+
+    def _keep(self, slot: tuple[Any, ...], result: dict[str, Any]) -> None:
+        with self._lock:
+            self._found[slot] = (time.monotonic(), copy.deepcopy(result))
+            self._found.move_to_end(slot)
+            if len(self._found) > MAX_MANIFESTS:
+                self._found.popitem(last=False)
 
     def _keys(
         self,
@@ -79,7 +114,7 @@ class StoreArtifactFinder:
             versions = self._versions[execution_provider] = tool_versions(execution_provider)
         return versions
 
-    def _open(self, store: StoreRef, credentials: dict[str, str]) -> Any:
+    def _open(self, store: StoreRef, credentials: dict[str, str]) -> tuple[tuple[str, ...], Any]:
         from onnxship.store import S3Credentials, open_store
 
         access = credentials.get("AWS_ACCESS_KEY_ID", "")
@@ -90,7 +125,7 @@ class StoreArtifactFinder:
             opened = self._stores.get(slot)
             if opened is not None:
                 self._stores.move_to_end(slot)
-                return opened
+                return slot, opened
             creds = (
                 S3Credentials(access_key_id=access, secret_access_key=secret, session_token=token)
                 if access
@@ -102,4 +137,4 @@ class StoreArtifactFinder:
             self._stores[slot] = opened
             if len(self._stores) > MAX_OPEN_STORES:
                 self._stores.popitem(last=False)
-            return opened
+            return slot, opened
