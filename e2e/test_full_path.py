@@ -1,10 +1,12 @@
 """Issue 10's full path: every Pod really runs, on the process node (harness/process_node.py).
 
 The compression Job runs ``onnxship compress`` from S3 (moto's server) into S3, the revision
-Pods run ``onnxship serve`` and turn Ready through their probes, the router Pod runs
-``onnxship route`` and reads its mounted route table, and users' requests go through the
-router's address. The operator runs as its ServiceAccount, as in test_operator.py; the
-builtin analysis scrapes the router Pod's real /metrics.
+Pods run ``onnxship serve`` and turn Ready through their probes, the router Pod (made for a
+canary's steps) runs ``onnxship route`` and reads its mounted route table, and users'
+requests go to the Service ``enc`` through the process node's kube-proxy stand-in (an
+endpoint of the real EndpointSlices per connection): the serving revision's pods at rest,
+the router's during a canary. The operator runs as its ServiceAccount, as in
+test_operator.py; the builtin analysis scrapes the router Pod's real /metrics.
 
 The models are the demo's (examples/demo/build_model.py): v1, v2 (a fine-tune of v1: its
 canary goes to 100%) and v3 (a broken export: padded requests fail inside ONNX Runtime with
@@ -132,7 +134,7 @@ def bucket(s3: str, models: dict[str, Path]) -> Any:
 class Answer:
     at: float
     status: int
-    revision: str  # the router's onnxship-revision header
+    revision: str  # the onnxship-revision header (the router's, or the model pod's)
     version: str  # model_version in the body ("" for errors)
     cosine: float | None  # against the original model of that version, None for errors
     body: str = ""
@@ -140,10 +142,11 @@ class Answer:
 
 @dataclass
 class Users:
-    """Threads that send the router inference requests back to back, as users would."""
+    """Threads that send inference requests to the Service users call, back to back, each
+    on a new connection (kube-proxy picks an endpoint per connection: the router's pods or,
+    at rest, the serving revision's own)."""
 
-    host: str
-    port: int
+    address: Callable[[], tuple[str, int]]  # where the next connection goes
     requests: list[dict[str, Any]]
     references: dict[str, list[np.ndarray | None]]
     workers: int = 3
@@ -177,17 +180,20 @@ class Users:
         cos = None if ref is None else _cosine(got, ref)
         return Answer(time.monotonic(), 200, revision, version, cos)
 
+    def connect(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(*self.address(), timeout=30)
+
     def _run(self, seed: int) -> None:
         rng = random.Random(seed)
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
         while not self._stop.is_set():
             i = rng.randrange(len(self.requests))
+            conn = self.connect()
             try:
                 self.answers.append(self.one(conn, i))
             except (OSError, http.client.HTTPException) as exc:
                 self.answers.append(Answer(time.monotonic(), 0, "", "", None, repr(exc)))
+            finally:
                 conn.close()
-                conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
 
     def since(self, t0: float, t1: float = float("inf")) -> list[Answer]:
         return [a for a in list(self.answers) if t0 <= a.at < t1]
@@ -252,6 +258,13 @@ def status(admin: Api, ns: str) -> dict[str, Any]:
 
 
 def routes(admin: Api, ns: str) -> dict[str, int]:
+    """Each revision's share of what users send to the Service: the router's table when the
+    Service selects the router, else all to the revision whose pods it selects."""
+    svc = admin.get(f"/api/v1/namespaces/{ns}/services/enc") or {}
+    selector = (svc.get("spec") or {}).get("selector") or {}
+    if selector.get("onnxship.io/component") != "router":
+        revision = selector.get("onnxship.io/revision", "")
+        return {revision: 100} if revision else {}
     cm = admin.get(f"/api/v1/namespaces/{ns}/configmaps/enc-router") or {}
     raw = (cm.get("data") or {}).get("routes.json")
     return {b["revision"]: b["weight"] for b in json.loads(raw)["backends"]} if raw else {}
@@ -276,6 +289,14 @@ def wait_ready(admin: Api, ns: str, what: str, node: ProcessKubelet, op: Operato
     except AssertionError as exc:
         raise AssertionError(f"{exc}: {explain(admin, ns, node, op)}") from None
     return str(status(admin, ns)["stableRevision"])
+
+
+NO_ENDPOINT = "127.255.255.254"  # ProcessKubelet.service_address when none is ready
+
+
+def service_address(node: ProcessKubelet, ns: str) -> Callable[[], tuple[str, int]]:
+    """Where users' next connection to the Service ``enc`` (port 80) goes."""
+    return lambda: node.service_address(ns, "enc", 80)
 
 
 def router_address(admin: Api, ns: str, node: ProcessKubelet) -> str:
@@ -389,17 +410,25 @@ def test_full_path_compress_serve_shift_and_roll_back(
     assert job["status"].get("succeeded") == 1, job["status"]
     assert len(ready_pods(admin, ns, f"onnxship.io/revision={v1},{MODEL_PODS}")) == 2
 
-    router_ip = router_address(admin, ns, process_node)
+    # One revision at rest: the Service selects its pods, no router runs.
+    assert routes(admin, ns) == {v1: 100}
+    assert not ready_pods(admin, ns, "onnxship.io/component=router")
 
     rng = random.Random(5)
     requests = [token_request(rng) for _ in range(48)]
     refs = references(models, requests)
-    users = Users(router_ip, 8080, requests, refs)
-    conn = http.client.HTTPConnection(router_ip, 8080, timeout=30)
-    first = [users.one(conn, i) for i in range(len(requests))]
-    conn.close()
+    users = Users(service_address(process_node, ns), requests, refs)
+    wait_for(
+        lambda: process_node.service_address(ns, "enc")[0] != NO_ENDPOINT,
+        what="the Service's endpoints on the node",
+    )
+    first = []
+    for i in range(len(requests)):
+        conn = users.connect()
+        first.append(users.one(conn, i))
+        conn.close()
     assert {(a.status, a.revision, a.version) for a in first} == {(200, v1, "v1")}, first[:3]
-    assert_like_the_original(first, "v1 through the router vs ONNX Runtime on the original")
+    assert_like_the_original(first, "v1 through its Service vs ONNX Runtime on the original")
 
     # -- v2: traffic shifts step by step while users send requests.
     watch = Watch(admin, ns)
@@ -543,10 +572,9 @@ def test_operator_killed_at_five_moments_of_one_canary_loses_no_request(
         fieldValidation="Strict",
     )
     v1 = wait_ready(admin, ns, "v1 Ready", process_node, op)
-    router_ip = router_address(admin, ns, process_node)
     rng = random.Random(7)
     requests = [token_request(rng) for _ in range(32)]
-    users = Users(router_ip, 8080, requests, references(models, requests))
+    users = Users(service_address(process_node, ns), requests, references(models, requests))
     world: dict[str, Any] = {"job": None, "v2": None, "routes": {}}
     moments: dict[str, Callable[[], bool]] = {
         "right after the spec change": lambda: True,
@@ -614,7 +642,18 @@ def test_operator_killed_at_five_moments_of_one_canary_loses_no_request(
         s["metadata"]["name"]
         for s in admin.items(f"/api/v1/namespaces/{ns}/services", "onnxship.io/deployment=enc")
     }
-    assert services == {"enc", f"{v2}-default"}
+    # At rest again: the Service users call selects v2's pods; the router and the revisions'
+    # Services it called are gone.
+    assert services <= {"enc", f"{v2}-default"}, services
+    wait_for(
+        lambda: {
+            s["metadata"]["name"]
+            for s in admin.items(f"/api/v1/namespaces/{ns}/services", "onnxship.io/deployment=enc")
+        }
+        == {"enc"},
+        timeout=60,
+        what="the router's revision Services removed",
+    )
     assert all(set(r) <= {v1, v2} for r in seen), seen
     answers = users.since(t_v2)
     bad = [a for a in answers if a.status != 200]
@@ -710,10 +749,9 @@ def test_a_broken_version_caught_in_the_mirror_step_never_answers_a_user(
         MDS.format(ns=ns), model_deployment(s3, "v2", mirror_first), fieldValidation="Strict"
     )
     v2 = wait_ready(admin, ns, "v2 Ready", process_node, op)
-    router_ip = router_address(admin, ns, process_node)
     rng = random.Random(11)
     requests = [token_request(rng) for _ in range(32)]
-    users = Users(router_ip, 8080, requests, references(models, requests))
+    users = Users(service_address(process_node, ns), requests, references(models, requests))
     users.start()
     try:
         time.sleep(2)
@@ -729,6 +767,7 @@ def test_a_broken_version_caught_in_the_mirror_step_never_answers_a_user(
         except AssertionError as exc:
             raise AssertionError(f"{exc}: {explain(admin, ns, process_node, op)}") from None
         time.sleep(ROUTER_LAG)
+        router_ip = router_address(admin, ns, process_node)  # kept: v4 is aborted, not gone
     finally:
         users.stop()
     st = status(admin, ns)

@@ -112,7 +112,8 @@ def test_model_deployment_becomes_job_then_serving(
     )
     args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--cache-key") + 1] == "key-v1"
-    assert admin.get(f"{CHILDREN['services'].format(ns=ns)}/{workload}") is not None
+    # No Service of its own at rest: only a router calls a revision by one.
+    assert admin.get(f"{CHILDREN['services'].format(ns=ns)}/{workload}") is None
 
     wait_for(lambda: status(admin, ns).get("phase") == "Ready", timeout=90, what="phase Ready")
     st = status(admin, ns)
@@ -127,18 +128,32 @@ def test_model_deployment_becomes_job_then_serving(
     live = admin.get(f"{CHILDREN['deployments'].format(ns=ns)}/{workload}")
     assert live["status"]["readyReplicas"] == 2
 
-    # The builtin router: its Deployment, the Service users call, its route table.
-    wait_for(
-        lambda: admin.get(f"{CHILDREN['deployments'].format(ns=ns)}/enc-router"),
-        what="the router Deployment",
+    # One revision in one environment: the Service users call selects its two pods, and
+    # the real EndpointSlice controller lists exactly them; no router runs.
+    pods = {
+        p["status"]["podIP"]
+        for p in admin.items(f"/api/v1/namespaces/{ns}/pods", f"onnxship.io/revision={revision}")
+    }
+    assert len(pods) == 2
+    wait_for(lambda: service_endpoints(admin, ns) == pods, what="the Service's endpoints")
+    assert traffic(admin, ns) == {revision: 100}
+    assert admin.get(f"{CHILDREN['deployments'].format(ns=ns)}/enc-router") is None
+    assert admin.get(f"{CHILDREN['configmaps'].format(ns=ns)}/enc-router") is None
+
+
+def service_endpoints(admin: Api, ns: str, name: str = "enc") -> set[str]:
+    """The ready addresses behind a Service, as kube-proxy would send to them."""
+    slices = admin.items(
+        f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
+        f"kubernetes.io/service-name={name}",
     )
-    assert admin.get(f"{CHILDREN['services'].format(ns=ns)}/enc") is not None
-    cm = wait_for(
-        lambda: admin.get(f"{CHILDREN['configmaps'].format(ns=ns)}/enc-router"),
-        what="the route table",
-    )
-    table = json.loads(cm["data"]["routes.json"])
-    assert {b["revision"]: b["weight"] for b in table["backends"]} == {revision: 100}
+    return {
+        a
+        for s in slices
+        for ep in s.get("endpoints") or []
+        if (ep.get("conditions") or {}).get("ready") is not False
+        for a in ep.get("addresses", [])
+    }
 
 
 def _left(admin: Api, ns: str) -> dict[str, set[str]]:
@@ -151,13 +166,8 @@ def test_deleting_the_model_deployment_removes_everything_it_made(
     ns = namespace
     operator()
     serve_first_revision(admin, kubelet, ns)
-    wait_for(
-        lambda: admin.get(f"{CHILDREN['configmaps'].format(ns=ns)}/enc-router"),
-        what="the route table",
-    )
-    assert {"jobs", "deployments", "replicasets", "services", "configmaps", "pods"} <= set(
-        _left(admin, ns)
-    )
+    wait_for(lambda: admin.get(f"{CHILDREN['services'].format(ns=ns)}/enc"), what="the Service")
+    assert {"jobs", "deployments", "replicasets", "services", "pods"} <= set(_left(admin, ns))
     admin.delete(f"{MDS.format(ns=ns)}/enc")
     wait_for(lambda: admin.get(f"{MDS.format(ns=ns)}/enc") is None, what="the ModelDeployment gone")
     try:
@@ -178,10 +188,7 @@ def test_children_are_garbage_collected_through_owner_references(
     ns = namespace
     op = operator()
     serve_first_revision(admin, kubelet, ns)
-    wait_for(
-        lambda: admin.get(f"{CHILDREN['configmaps'].format(ns=ns)}/enc-router"),
-        what="the route table",
-    )
+    wait_for(lambda: admin.get(f"{CHILDREN['services'].format(ns=ns)}/enc"), what="the Service")
     op.stop()
     path = f"{MDS.format(ns=ns)}/enc"
     finalizers = admin.get(path)["metadata"].get("finalizers", [])
@@ -290,10 +297,17 @@ def test_a_missing_rbac_rule_is_refused_by_the_api_server(
         op.stop()
 
 
-def routes(admin: Api, ns: str, name: str = "enc") -> dict[str, int]:
-    cm = admin.get(f"{CHILDREN['configmaps'].format(ns=ns)}/{name}-router") or {}
-    raw = (cm.get("data") or {}).get("routes.json")
-    return {b["revision"]: b["weight"] for b in json.loads(raw)["backends"]} if raw else {}
+def traffic(admin: Api, ns: str, name: str = "enc") -> dict[str, int]:
+    """Each revision's share of what users send to the Service: the router's table when the
+    Service selects the router, else all to the revision whose pods it selects."""
+    svc = admin.get(f"{CHILDREN['services'].format(ns=ns)}/{name}") or {}
+    selector = (svc.get("spec") or {}).get("selector") or {}
+    if selector.get("onnxship.io/component") == "router":
+        cm = admin.get(f"{CHILDREN['configmaps'].format(ns=ns)}/{name}-router") or {}
+        raw = (cm.get("data") or {}).get("routes.json")
+        return {b["revision"]: b["weight"] for b in json.loads(raw)["backends"]} if raw else {}
+    revision = selector.get("onnxship.io/revision", "")
+    return {revision: 100} if revision else {}
 
 
 # Moments of a canary at which the operator is SIGKILLed and started again.
@@ -320,7 +334,7 @@ def test_new_version_walks_the_canary_steps(
     ns = namespace
     op = operator()
     v1 = serve_first_revision(admin, kubelet, ns)
-    wait_for(lambda: routes(admin, ns) == {v1: 100}, what="all traffic to v1")
+    wait_for(lambda: traffic(admin, ns) == {v1: 100}, what="all traffic to v1")
     spec = md(version="v2")["spec"]
     spec["rollout"] = {
         "steps": [
@@ -343,7 +357,7 @@ def test_new_version_walks_the_canary_steps(
         if world["job"] and world["v2"] is None:
             world["v2"] = world["job"].removesuffix("-default")
             kubelet.job_exits[world["job"]] = Exit(0, compress_result("key-v2"))
-        world["routes"] = routes(admin, ns)
+        world["routes"] = traffic(admin, ns)
         if world["routes"] and (not seen or seen[-1] != world["routes"]):
             seen.append(world["routes"])
         if not killed and KILL_POINTS[kill_at](world):
@@ -385,5 +399,13 @@ def test_new_version_walks_the_canary_steps(
     st = status(admin, ns)
     assert st["observedGeneration"] == 2 and st["phase"] == "Ready", st
     assert names(admin, "jobs", ns) == {f"{v1}-default", f"{v2}-default"}, "one Job a revision"
-    assert names(admin, "services", ns, OURS) == {"enc", f"{v2}-default"}
+    # Done: the Service selects v2's pods again, and the router made for the canary goes,
+    # with the revisions' Services it called.
+    wait_for(
+        lambda: not names(admin, "deployments", ns, "onnxship.io/component=router")
+        and not names(admin, "configmaps", ns, OURS)
+        and names(admin, "services", ns, OURS) == {"enc"},
+        what="the router removed",
+    )
+    assert traffic(admin, ns) == {v2: 100}
     assert all(set(r) <= {v1, v2} for r in seen), seen

@@ -728,6 +728,17 @@ class ProcessKubelet(FakeKubelet):
             return f"127.{self._net}." + pod_ip[len(POD_NETWORK) :]
         return pod_ip
 
+    def service_address(self, ns: str, name: str, port: int = 80) -> tuple[str, int]:
+        """Where a new connection to Service ``name``'s ``port`` goes, as kube-proxy picks it:
+        one ready endpoint at random (from the EndpointSlices, as of the last sync), the port
+        translated; an address that refuses connections when there is none."""
+        entry = self._services.get(ns, {}).get(f"{name}.{ns}", {})
+        endpoints = entry.get(str(port)) or []
+        if not endpoints:
+            return "127.255.255.254", port  # pod_env/sitecustomize.py's NO_ENDPOINT
+        ip, target = random.choice(endpoints)
+        return self.local_address(ip), int(target)
+
     def pod_network_env(self) -> dict[str, str]:
         """Environment for a process that must reach Pods and Services by their cluster
         addresses and names (``pod_env/sitecustomize.py``)."""

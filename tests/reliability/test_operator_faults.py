@@ -26,9 +26,9 @@ from tests.controller.test_lifecycle import (
     SHA2,
     condition,
     md,
-    routes,
     serve_first_revision,
     status,
+    traffic,
 )
 
 STEPS = {
@@ -94,7 +94,7 @@ def converged_on_v2(cluster: Cluster) -> bool:
         and st.get("phase") == "Ready"
         and st.get("stableRevision") == v2[0]
         and not st.get("canaryRevision")
-        and routes(cluster) == {v2[0]: 100}
+        and traffic(cluster) == {v2[0]: 100}
     )
 
 
@@ -181,7 +181,7 @@ async def test_a_canary_that_never_becomes_ready_is_rolled_back(
         degraded = condition(cluster, "Degraded")
         assert v2 in degraded["message"] and "2s" in degraded["message"], degraded
         assert status(cluster)["stableRevision"] == v1
-        await cluster.wait_for(lambda: routes(cluster) == {v1: 100}, what="traffic back on v1")
+        await cluster.wait_for(lambda: traffic(cluster) == {v1: 100}, what="traffic back on v1")
 
 
 async def test_a_409_on_a_status_write_is_retried_promptly(cluster: Cluster, operator: Any) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from onnxship.controller.commands import annotation_patch, new_command
 from onnxship.plan.observed import CommandKind
 from tests.controller.conftest import Cluster
-from tests.controller.test_lifecycle import condition, routes, start_canary, status
+from tests.controller.test_lifecycle import condition, start_canary, status, traffic
 
 
 async def kill_pods(cluster: Cluster, deployment: str) -> None:
@@ -39,10 +39,10 @@ async def test_a_canary_whose_pod_is_killed_gets_no_traffic_until_it_is_back(
     }  # fmt: skip
     async with operator():
         v1, v2 = await start_canary(cluster, steps)
-        await cluster.wait_for(lambda: routes(cluster) == {v1: 70, v2: 30}, what="30% canary")
+        await cluster.wait_for(lambda: traffic(cluster) == {v1: 70, v2: 30}, what="30% canary")
         await kill_pods(cluster, f"{v2}-default")
         # Its 30% would fail: the stable takes it back, and status says why.
-        await cluster.wait_for(lambda: routes(cluster) == {v1: 100}, what="stable takes all")
+        await cluster.wait_for(lambda: traffic(cluster) == {v1: 100}, what="stable takes all")
         await cluster.wait_for(
             lambda: condition(cluster, "Progressing").get("reason") == "CanaryUnavailable",
             what="the Progressing condition saying why",
@@ -54,17 +54,17 @@ async def test_a_canary_whose_pod_is_killed_gets_no_traffic_until_it_is_back(
         assert st["currentStep"] == 1 and not st.get("aborted")
         # The 2 s pause ends meanwhile: no step is taken while the canary has no ready pod.
         await asyncio.sleep(3.0)
-        assert routes(cluster) == {v1: 100} and status(cluster)["currentStep"] == 1
+        assert traffic(cluster) == {v1: 100} and status(cluster)["currentStep"] == 1
         assert condition(cluster, "Degraded").get("status") == "False", "not rolled back"
 
         await cluster.make_ready(f"{v2}-default")  # the replacement pod is ready
         await cluster.wait_for(
-            lambda: routes(cluster) == {v1: 40, v2: 60}, what="the canary back, then on"
+            lambda: traffic(cluster) == {v1: 40, v2: 60}, what="the canary back, then on"
         )
         await cluster.wait_for(
             lambda: status(cluster).get("stableRevision") == v2, what="v2 promoted at the end"
         )
-        await cluster.wait_for(lambda: routes(cluster) == {v2: 100}, what="all traffic to v2")
+        await cluster.wait_for(lambda: traffic(cluster) == {v2: 100}, what="all traffic to v2")
 
 
 async def test_the_stables_pod_killed_mid_canary_is_reported_and_the_canary_not_promoted(
@@ -86,7 +86,7 @@ async def test_the_stables_pod_killed_mid_canary_is_reported_and_the_canary_not_
         assert rec["environments"][0]["readyReplicas"] == 0, "status shows the ready count"
         # The stable's trouble does not hand the users to an unfinished canary, nor abort it.
         await asyncio.sleep(0.5)
-        assert routes(cluster) == {v1: 70, v2: 30}
+        assert traffic(cluster) == {v1: 70, v2: 30}
         st = status(cluster)
         assert (st["stableRevision"], st["canaryRevision"], st["phase"]) == (v1, v2, "Paused")
 
@@ -95,7 +95,7 @@ async def test_the_stables_pod_killed_mid_canary_is_reported_and_the_canary_not_
             lambda: condition(cluster, "Available").get("status") == "True", what="Available"
         )
         await cluster.patch_md("enc", annotation_patch(new_command(CommandKind.promote)))
-        await cluster.wait_for(lambda: routes(cluster) == {v2: 100}, what="promoted")
+        await cluster.wait_for(lambda: traffic(cluster) == {v2: 100}, what="promoted")
 
 
 async def test_a_canary_whose_pods_never_come_back_is_rolled_back_at_the_deadline(
@@ -104,9 +104,9 @@ async def test_a_canary_whose_pods_never_come_back_is_rolled_back_at_the_deadlin
     steps = {"rollout": {"steps": [{"setWeight": 30}, {"pause": {}}], "progressDeadline": "2s"}}
     async with operator():
         v1, v2 = await start_canary(cluster, steps)
-        await cluster.wait_for(lambda: routes(cluster) == {v1: 70, v2: 30}, what="30% canary")
+        await cluster.wait_for(lambda: traffic(cluster) == {v1: 70, v2: 30}, what="30% canary")
         await kill_pods(cluster, f"{v2}-default")
-        await cluster.wait_for(lambda: routes(cluster) == {v1: 100}, what="stable takes all")
+        await cluster.wait_for(lambda: traffic(cluster) == {v1: 100}, what="stable takes all")
         await cluster.wait_for(
             lambda: condition(cluster, "Degraded").get("reason") == "ProgressDeadlineExceeded",
             timeout=10,

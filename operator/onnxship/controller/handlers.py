@@ -24,7 +24,6 @@ import kopf
 from onnxship.api import GROUP, PLURAL, VERSION
 from onnxship.plan import workloads as w
 
-from .commands import ANNOTATION
 from .kube import KubeError
 from .metrics import OperatorMetrics
 from .ports import Wiring
@@ -251,24 +250,10 @@ def register(
                 await asyncio.wait_for(wake.wait(), timeout=delay)
         shared["wakers"].pop((namespace, name), None)
 
-    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="wake-on-create")
-    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, id="wake-on-spec", field="spec")
-    @kopf.on.field(
-        GROUP,
-        VERSION,
-        PLURAL,
-        registry=registry,
-        id="wake-on-command",
-        field=["metadata", "annotations", ANNOTATION],
-    )
-    async def nudge(namespace: str, name: str, body: kopf.Body, **_: Any) -> None:
-        """A spec change or a command: reconcile now rather than at the next deadline, on
-        the object as kopf saw it (our own watch may not have delivered it yet)."""
-        if "wiring" in shared:
-            shared["wiring"].kube.seen(MD, body)
-        event = shared["wakers"].get((namespace, name))
-        if event is not None:
-            event.set()
+    # No create/update handlers: the informers' own watch of ModelDeployments wakes an
+    # object's daemon on any change of it (child_changed), a spec change or a command alike.
+    # kopf would store a copy of the spec in an annotation for them, one more write per object
+    # created: 1,000 of them at once queued behind kopf's 2,000 patches (bench/scale_bench.py).
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, id="cleanup", optional=True)
     async def cleanup(namespace: str, name: str, uid: str, logger: Any, **_: Any) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -191,11 +192,23 @@ def _runtime(wiring: Wiring) -> w.Runtime:
     )
 
 
+# A store's credentials Secret, read again after this long: a rotated key is picked up within
+# it, and 1,000 ModelDeployments of one team applied at once read it once, not 1,000 times.
+SECRET_TTL_S = 30.0
+
+
 def _secret_data(wiring: Wiring, namespace: str, name: str) -> dict[str, str]:
     if not name:
         return {}
+    slot = ("secret", f"{namespace}/{name}")
+    kept = wiring.memory.get(slot)
+    if kept is not None and time.monotonic() - kept[0] < SECRET_TTL_S:
+        return dict(kept[1])
     secret = wiring.kube.get("Secret", namespace, name) or {}
-    return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+    data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+    if secret:  # a missing Secret is looked for again at once: it may be made any time
+        wiring.memory[slot] = (time.monotonic(), data)
+    return dict(data)
 
 
 def _observe_artifacts(
@@ -472,14 +485,18 @@ def _execute(
         else:
             with _refused_as(_describe(action)):
                 _act(wiring, owner, spec, decision, action, envs, store, runtime)
-    # The Services of the revisions traffic can reach, re-applied every pass (a GET when
-    # unchanged): one lost (an operator killed before the Service-first order, or deleted by
-    # hand) would make the router send to a name that does not resolve.
-    for revision in {decision.status.stable_revision, decision.status.canary_revision} - {""}:
-        for env in envs.values():
-            service = w.revision_service(owner, revision, env)
-            with _refused_as(f"applying Service {service['metadata']['name']}"):
-                kube.apply(service)
+    # The Services of the revisions traffic can reach, re-applied every pass (nothing is sent
+    # when unchanged): one lost (an operator killed before the Service-first order, or deleted
+    # by hand) would make the router send to a name that does not resolve. Only the router
+    # and the Gateway API's backends call them: with the user's Service on a revision's pods
+    # and no router, there are none (a Service costs the API server a ClusterIP and the
+    # controller-manager an EndpointSlice kept in step with its pods).
+    if _revision_services_wanted(spec, decision):
+        for revision in {decision.status.stable_revision, decision.status.canary_revision} - {""}:
+            for env in envs.values():
+                service = w.revision_service(owner, revision, env)
+                with _refused_as(f"applying Service {service['metadata']['name']}"):
+                    kube.apply(service)
     if decision.front is not None:
         _place_front(wiring, owner, decision.front, runtime)
 
@@ -534,7 +551,8 @@ def _act(
             # The Service first: the Deployment's existence is what tells later passes
             # that the revision is there, so a crash between the two must not leave a
             # Deployment without its Service.
-            kube.apply(w.revision_service(owner, action.revision, env))
+            if _revision_services_wanted(spec, decision):
+                kube.apply(w.revision_service(owner, action.revision, env))
             kube.apply(
                 w.revision_deployment(
                     owner,
@@ -589,6 +607,17 @@ def _place_front(wiring: Wiring, owner: w.Owner, front: FrontPlan, runtime: w.Ru
             for kind in ("Deployment", "ConfigMap"):
                 if kube.get(kind, owner.namespace, name) is not None:
                     kube.delete(kind, owner.namespace, name)
+            # ... and the revisions' Services only it called.
+            selector = {w.L_DEPLOYMENT: owner.name, w.L_COMPONENT: "model"}
+            for service in kube.list("Service", owner.namespace, selector):
+                kube.delete("Service", owner.namespace, service["metadata"]["name"])
+
+
+def _revision_services_wanted(spec: ModelDeploymentSpec, decision: Decision) -> bool:
+    """A router or a Gateway calls revisions by their Services."""
+    if spec.rollout.traffic.router != "builtin":
+        return True
+    return decision.front is not None and decision.front.router
 
 
 def _set_traffic(
