@@ -321,17 +321,11 @@ class _Run:
             return
         pods = self.observed.revisions.get(self.canary)
         if pods is None or not pods.ready:
+            deadline = self.spec.rollout.progress_deadline
             if not self.step_started:  # never ready yet: the progress deadline runs
-                deadline = parse_duration(self.spec.rollout.progress_deadline)
-                waited = seconds_between(self.canary_started, self.now)
-                if waited >= deadline:
-                    self.abort(
-                        Reason.progress_deadline_exceeded,
-                        f"{self.canary} had no ready pods within "
-                        f"{self.spec.rollout.progress_deadline}",
-                    )
-                else:
-                    self.due_in(deadline - waited)
+                self.within_deadline(
+                    self.canary_started, f"{self.canary} had no ready pods within {deadline}"
+                )
             elif pods is None or not pods.can_serve:
                 # Its pods were ready once and none is now (killed, evicted, crashing): the
                 # requests of its share would fail, so the stable takes them until it is back,
@@ -339,17 +333,11 @@ class _Run:
                 self.canary_down = True
                 self.weight = self.mirror = 0
                 self.unavailable_since = self.unavailable_since or format_time(self.now)
-                deadline = parse_duration(self.spec.rollout.progress_deadline)
-                waited = seconds_between(self.unavailable_since, self.now)
-                if waited >= deadline:
+                if not self.within_deadline(
+                    self.unavailable_since,
+                    f"{self.canary} lost its ready pods and had none for {deadline}",
+                ):
                     self.canary_down = False
-                    self.abort(
-                        Reason.progress_deadline_exceeded,
-                        f"{self.canary} lost its ready pods and had none for "
-                        f"{self.spec.rollout.progress_deadline}",
-                    )
-                else:
-                    self.due_in(deadline - waited)
             return  # once ready, a pod that restarts holds the steps, it does not abort
         self.unavailable_since = ""
         if not self.step_started:
@@ -381,16 +369,22 @@ class _Run:
         """The canary's steps, and their clocks, start once the Service sends requests to the
         router (plan/front.py), within the progress deadline like the canary's own pods."""
         self.router_pending = True
+        self.within_deadline(
+            self.canary_started,
+            f"the router for canary {self.canary} had no ready pods within "
+            f"{self.spec.rollout.progress_deadline}",
+        )
+
+    def within_deadline(self, since: str, failure: str) -> bool:
+        """Waiting since ``since`` for what the canary needs: due again at the progress
+        deadline, and past it the canary is aborted (``failure`` says why). True: in time."""
         deadline = parse_duration(self.spec.rollout.progress_deadline)
-        waited = seconds_between(self.canary_started, self.now)
-        if waited >= deadline:
-            self.abort(
-                Reason.progress_deadline_exceeded,
-                f"the router for canary {self.canary} had no ready pods within "
-                f"{self.spec.rollout.progress_deadline}",
-            )
-        else:
+        waited = seconds_between(since, self.now)
+        if waited < deadline:
             self.due_in(deadline - waited)
+            return True
+        self.abort(Reason.progress_deadline_exceeded, failure)
+        return False
 
     def weight_before(self, index: int) -> int:
         """The canary's weight once the steps before ``index`` are done."""
