@@ -132,7 +132,10 @@ def test_model_deployment_becomes_job_then_serving(
     # the real EndpointSlice controller lists exactly them; no router runs.
     pods = {
         p["status"]["podIP"]
-        for p in admin.items(f"/api/v1/namespaces/{ns}/pods", f"onnxship.io/revision={revision}")
+        for p in admin.items(
+            f"/api/v1/namespaces/{ns}/pods",
+            f"onnxship.io/revision={revision},onnxship.io/component=model",
+        )
     }
     assert len(pods) == 2
     wait_for(lambda: service_endpoints(admin, ns) == pods, what="the Service's endpoints")

@@ -36,6 +36,7 @@ class Backend:
     scale: float = 1.0
     fail: bool = False  # answer 500 to inference requests
     delay: float = 0.0
+    revision: str = ""  # named on its answers, as `onnxship serve --revision` does
     hits: int = 0
     port: int = 0
     runner: web.AppRunner | None = field(default=None, repr=False)
@@ -61,7 +62,8 @@ class Backend:
                 "model_name": request.match_info["model"],
                 "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, len(y)], "data": y}],
             },
-            headers={"x-backend": self.name},
+            headers={"x-backend": self.name}
+            | ({"onnxship-revision": self.revision} if self.revision else {}),
         )
 
     async def ready(self, _: web.Request) -> web.Response:

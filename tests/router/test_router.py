@@ -168,6 +168,22 @@ async def test_admin_needs_the_token_and_the_inference_port_cannot_set_routes(
     assert doc["backends"][0]["url"] == a.url and doc["backends"][0]["weight"] == 100
 
 
+async def test_a_backend_naming_its_revision_is_named_once(backends, router) -> None:
+    """Model servers name their revision themselves (serve --revision: a Service may select
+    their pods without a router); through the router a client still gets one header, the
+    revision the router chose (found by e2e: "r1, r1" broke counting a traffic shift)."""
+    b = await backends("ok", revision="r1")
+    r = await router()
+    await r.put_routes(table(("r1", b, 100)))
+    async with r.session.post(
+        f"{r.url}/v2/models/m/infer",
+        json={"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1]}]},
+    ) as resp:
+        await resp.read()
+        assert resp.status == 200
+        assert resp.headers.getall("onnxship-revision") == ["r1"]
+
+
 async def test_answers_name_the_revision_that_gave_them(backends, router) -> None:
     """``onnxship-revision`` on every answer, a backend's failure included (found by e2e:
     counting a traffic shift through the router needs it)."""

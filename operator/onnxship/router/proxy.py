@@ -40,7 +40,9 @@ _SKIP_REQUEST = {
     "host", "connection", "keep-alive", "proxy-connection", "te", "trailer",
     "transfer-encoding", "upgrade", "content-length", "expect",
 }  # fmt: skip
-_SKIP_RESPONSE = _SKIP_REQUEST
+# A model server names its revision itself (serve --revision, for Services that select its
+# pods directly); the router names the one it chose, once.
+_SKIP_RESPONSE = _SKIP_REQUEST | {REVISION_HEADER}
 _HEADER_LENGTH = HEADER_LENGTH.lower()
 
 
