@@ -33,6 +33,15 @@ def test_health_and_metadata(server: Server) -> None:
     assert client.get_server_metadata(as_json=True)["name"] == "onnxship"
 
 
+def test_the_grpc_core_knows_the_settings_serve_gives_it(server: Server) -> None:
+    """`serve` turns two of grpcio's experiments off (cli/serve.py GRPC_CORE_ENV: a thread
+    hand-over less per call); a grpcio whose core no longer knows them says so at start, and
+    the setting would silently do nothing. Bumping grpcio past the pin fails here first."""
+    client = grpcclient.InferenceServerClient(server.grpc_addr)
+    assert client.is_server_ready()
+    assert "Unknown experiment" not in server.output()
+
+
 def test_infer_matches_onnxruntime(server: Server, model_dir: Path) -> None:
     x = sample_inputs(n=4)["x"]
     session = ort.InferenceSession(str(model_dir / "mlp.onnx"), providers=["CPUExecutionProvider"])

@@ -181,7 +181,11 @@ def answers_from_running_workers(probe: Callable[[], T], want: int = 3) -> list[
 
 
 def grpc_ready(server: Server) -> bool:
-    client = grpcclient.InferenceServerClient(server.grpc_addr)
+    # A connection of its own: channels to one address otherwise share the process's
+    # subchannel, so after one probe lands on the stopped worker the rest would wait there too.
+    client = grpcclient.InferenceServerClient(
+        server.grpc_addr, channel_args=[("grpc.use_local_subchannel_pool", 1)]
+    )
     try:
         return bool(client.is_server_ready(client_timeout=1))
     finally:

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
 from pydantic import ValidationError
 
 from .app import ExitCode, app, fail
+
+# gRPC's core reads these when it loads, at the process's first `import grpc`, so they are set
+# before the server's imports (a value the user set wins). Off: the EventEngine listener and
+# endpoints, which read and write sockets on threads of their own; the core's older
+# endpoints do that I/O on the thread that polls the completion queue (serve's one gRPC
+# thread), a thread hand-over less per call. ModelInfer on the bench MLP, one core
+# (bench/serve_frontend_bench.py): 153 -> 132 us CPU per call. The names are grpcio 1.85's
+# (pinned to that minor in pyproject.toml; an unknown name only logs a line at start).
+GRPC_CORE_ENV = {"GRPC_EXPERIMENTS": "-event_engine_listener,-event_engine_for_all_other_endpoints"}
 
 
 @app.command("serve")
@@ -103,6 +113,8 @@ def serve_command(
     warmup: bool = typer.Option(True, "--warmup/--no-warmup"),
 ) -> None:
     """Serve one model over the Open Inference Protocol (KServe v2): HTTP, binary tensors, gRPC."""
+    for key, value in GRPC_CORE_ENV.items():
+        os.environ.setdefault(key, value)
     # Imported here so that other commands do not pay for onnxruntime, aiohttp and grpc.
     from onnxship.serve import ServeConfig, StartupError, run
 
