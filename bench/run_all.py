@@ -1000,14 +1000,25 @@ def scaling_section(d: dict[str, Any] | None) -> list[str]:
     """The issue's table: every row of every setting, req/s, / raw, / each peer."""
     if not d or not d.get("settings"):
         return []
+    ran_before = any(
+        key.startswith("ours_before/")
+        for setting in d["settings"]
+        for cells in setting.get("rounds", [])
+        for key in cells
+    )
+    before = (
+        f"The \"before\" row: {d.get('before', {}).get('setting', '--instances N')} from "
+        f"{d.get('before', {}).get('code', 'this tree')}. "
+        if ran_before
+        else ""
+    )
     lines = [
         "## Scaling with cores (scaling_bench.py)",
         "",
         f"{d['date']}, {d['cpus']} CPUs, {d['connections']} connections, closed loop, batch 1, "
         f"{d['rounds']} rounds (medians; ratios per round, then their median); load average "
         f"{d['loadavg_start'][0]:.1f} at the start, {d.get('loadavg_end', [0])[0]:.1f} at the end. "
-        f"The \"before\" row: {d.get('before', {}).get('setting', '--instances N')} from "
-        f"{d.get('before', {}).get('code', 'this tree')}. raw: N single-threaded processes calling "
+        f"{before}raw: N single-threaded processes calling "
         "session.run at batch 1, pinned to the server's N cores. \"/ raw per CPU-s\": answers "
         "per CPU-second of the server's processes over raw's rows per CPU-second, the ratio "
         "other tenants' load on a shared machine does not move (a server with more runnable "
