@@ -8,7 +8,8 @@ use, see fetch.py) this runs, exactly as a user would, in a subprocess:
 and asserts that it publishes (exit 0) or is refused by the accuracy gate (exit 5) with the
 candidates' table; never a crash (exit 1), a usage error (exit 2) or a traceback. Then
 ``onnxship serve`` on the published artifact and on the original file must each answer a v2
-request (tritonclient, one real sample row) like ONNX Runtime on the same file.
+request (tritonclient, one real sample row, over HTTP and over gRPC) like ONNX Runtime on the
+same file.
 
 Without network (the wheels cannot be fetched) the tests skip and say so. The whole corpus
 is ``-m slow``; the default run serves the two small models (magika: an int32 input;
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from tests.serve.server import CLI, Server, free_port, start
@@ -82,28 +84,45 @@ def ask(server: Server, model_name: str, feeds: dict[str, np.ndarray]) -> dict[s
     return {o["name"]: result.as_numpy(o["name"]) for o in result.get_response()["outputs"]}
 
 
+def ask_grpc(
+    server: Server, model_name: str, feeds: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    client = grpcclient.InferenceServerClient(server.grpc_addr)
+    inputs = []
+    for name, array in feeds.items():
+        tensor = grpcclient.InferInput(name, list(array.shape), OIP[array.dtype])
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    result = client.infer(model_name, inputs, client_timeout=120)
+    return {o.name: result.as_numpy(o.name) for o in result.get_response().outputs}
+
+
 def assert_serves_like_ort(model_file: Path, args: list[str], feeds: dict[str, np.ndarray],
                            log: Path) -> str:  # fmt: skip
-    """The server's log, after checking its answer against ONNX Runtime's on the file."""
+    """The server's log, after checking its answers (HTTP and gRPC) against ONNX Runtime's
+    on the file."""
     session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
     expected = dict(
         zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True)
     )
     server = start([*args, "--name", "m"], free_port(), free_port(), log)
     try:
-        answer = ask(server, "m", feeds)
+        answers = {"HTTP": ask(server, "m", feeds), "gRPC": ask_grpc(server, "m", feeds)}
     finally:
         server.terminate()
     output = server.output()
     assert "Traceback" not in output, output
-    assert set(answer) == set(expected)
-    for name, value in expected.items():
-        got = answer[name]
-        assert got.shape == value.shape, f"{name}: served {got.shape}, ORT {value.shape}"
-        assert np.allclose(got, value, rtol=1e-4, atol=1e-5), (
-            f"{name}: served answer differs from ONNX Runtime's by up to "
-            f"{np.abs(got.astype(np.float64) - value).max():.3g}"
-        )
+    for protocol, answer in answers.items():
+        assert set(answer) == set(expected), protocol
+        for name, value in expected.items():
+            got = answer[name]
+            assert got.shape == value.shape, (
+                f"{protocol} {name}: served {got.shape}, ORT {value.shape}"
+            )
+            assert np.allclose(got, value, rtol=1e-4, atol=1e-5), (
+                f"{protocol} {name}: served answer differs from ONNX Runtime's by up to "
+                f"{np.abs(got.astype(np.float64) - value).max():.3g}"
+            )
     return output
 
 
