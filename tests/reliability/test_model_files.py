@@ -87,6 +87,8 @@ def flip(data: bytes, where: list[tuple[int, int]]) -> bytes:
 @example(where=[(12772, 2), (12646, 2), (274, 7), (130, 5), (176, 3), (708347668, 2), (12728, 2),
                 (12757, 2)])  # fmt: skip
 @example(where=[(-219, 0), (-219, 6)])  # a NaN weight: ORT's quantizer raised AssertionError
+# The input declared [batch, 512] against weights of 32 rows: refused without naming the file
+@example(where=[(-35, 1)])
 def test_byte_flips_are_refused_or_harmless(
     good_model: bytes, tmp_path_factory: pytest.TempPathFactory, where: list[tuple[int, int]]
 ) -> None:

@@ -40,7 +40,9 @@ def providers_for(execution_provider: str) -> tuple[list[str], bool]:
 def session(path: Path, execution_provider: str = "CPU", threads: int = 0) -> ort.InferenceSession:
     """An inference session, with ORT's refusal turned into an error naming the file."""
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    # Fatal only: a run that fails raises, and the pipeline's error names the model and says
+    # what to do; ORT's own log line for it (in red, before that error) said it twice.
+    so.log_severity_level = 4
     if threads:
         so.intra_op_num_threads = threads
     providers, _ = providers_for(execution_provider)

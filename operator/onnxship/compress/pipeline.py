@@ -212,7 +212,9 @@ def compress(
 
         referee = steps.run(
             "reference",
-            lambda: _referee(info.path, samples, compression, names, execution_provider),
+            lambda: _referee(
+                info.path, samples, compression, names, execution_provider, source_uri
+            ),
         )
         if referee.samples is not samples:  # made-up again with longer dimensions
             notes = [referee.samples.note if n == samples.note else n for n in notes]
@@ -397,10 +399,11 @@ def _referee(
     compression: Compression,
     names: GateNames,
     execution_provider: str,
+    source: str,
 ) -> search.Referee:
     """The original model ready to judge candidates: it must run on the samples. Made-up
     inputs that it refuses (a branch that pads more than 16 frames) are made again with longer
-    symbolic dimensions before giving up."""
+    symbolic dimensions before giving up. ``source``: the model as the user named it."""
     where = "--samples" if names is CLI_NAMES else "spec.model.sampleInputs"
     tries = [samples] if not samples.synthetic else [samples] + [
         synthesize(_inputs_of(original), dim=dim, where=where) for dim in RETRY_DIMS
@@ -421,13 +424,14 @@ def _referee(
                 )
                 if samples.synthetic:
                     raise InvalidSettingsError(
-                        f"the model does not run on inputs made up from its signature ({shapes}; "
+                        f"the model {source} does not run on inputs made up from its signature "
+                        f"({shapes}; "
                         f"symbolic dimensions tried: {SYNTHETIC_DIM}, "
                         f"{', '.join(map(str, RETRY_DIMS))}): {reason}. Pass real sample inputs "
                         f"({where})"
                     ) from None
                 raise InvalidSettingsError(
-                    f"the model does not run on the sample inputs ({where}; first call: "
+                    f"the model {source} does not run on the sample inputs ({where}; first call: "
                     f"{shapes}): {reason}"
                 ) from None
             continue
