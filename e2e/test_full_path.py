@@ -291,7 +291,10 @@ def wait_ready(admin: Api, ns: str, what: str, node: ProcessKubelet, op: Operato
     return str(status(admin, ns)["stableRevision"])
 
 
-NO_ENDPOINT = "127.255.255.254"  # ProcessKubelet.service_address when none is ready
+def services(admin: Api, ns: str) -> set[str]:
+    """The names of the Services the operator made for ModelDeployment enc."""
+    path = f"/api/v1/namespaces/{ns}/services"
+    return {s["metadata"]["name"] for s in admin.items(path, "onnxship.io/deployment=enc")}
 
 
 def service_address(node: ProcessKubelet, ns: str) -> Callable[[], tuple[str, int]]:
@@ -419,7 +422,7 @@ def test_full_path_compress_serve_shift_and_roll_back(
     refs = references(models, requests)
     users = Users(service_address(process_node, ns), requests, refs)
     wait_for(
-        lambda: process_node.service_address(ns, "enc")[0] != NO_ENDPOINT,
+        lambda: process_node.has_endpoint(ns, "enc"),
         what="the Service's endpoints on the node",
     )
     first = []
@@ -638,19 +641,12 @@ def test_operator_killed_at_five_moments_of_one_canary_loses_no_request(
     assert st["observedGeneration"] == 2 and st["phase"] == "Ready", st
     jobs = {j["metadata"]["name"] for j in admin.items(f"/apis/batch/v1/namespaces/{ns}/jobs")}
     assert jobs == {f"{v1}-default", f"{v2}-default"}, "one Job a revision"
-    services = {
-        s["metadata"]["name"]
-        for s in admin.items(f"/api/v1/namespaces/{ns}/services", "onnxship.io/deployment=enc")
-    }
     # At rest again: the Service users call selects v2's pods; the router and the revisions'
     # Services it called are gone.
-    assert services <= {"enc", f"{v2}-default"}, services
+    names = services(admin, ns)
+    assert names <= {"enc", f"{v2}-default"}, names
     wait_for(
-        lambda: {
-            s["metadata"]["name"]
-            for s in admin.items(f"/api/v1/namespaces/{ns}/services", "onnxship.io/deployment=enc")
-        }
-        == {"enc"},
+        lambda: services(admin, ns) == {"enc"},
         timeout=60,
         what="the router's revision Services removed",
     )

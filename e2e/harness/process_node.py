@@ -77,6 +77,9 @@ PROBE_PERIOD_CAP = float(os.environ.get("E2E_PROBE_PERIOD", "1"))
 BACKOFF_START, BACKOFF_MAX = 1.0, 30.0
 # How often mounted ConfigMaps and Secrets follow their objects. A kubelet takes up to its
 # sync period plus its cache's TTL (about a minute); a few seconds keep the lag visible.
+# Where a Service with no ready endpoint resolves (pod_env/sitecustomize.py's NO_ENDPOINT: a
+# loopback address nothing listens on, as kube-proxy's reject rule answers).
+NO_ENDPOINT = "127.255.255.254"
 VOLUME_SYNC_SECONDS = float(os.environ.get("E2E_VOLUME_SYNC", "3"))
 # The kubelet's limits on a termination message (pkg/kubelet/kuberuntime).
 MAX_MESSAGE_BYTES = 4096
@@ -735,9 +738,13 @@ class ProcessKubelet(FakeKubelet):
         entry = self._services.get(ns, {}).get(f"{name}.{ns}", {})
         endpoints = entry.get(str(port)) or []
         if not endpoints:
-            return "127.255.255.254", port  # pod_env/sitecustomize.py's NO_ENDPOINT
+            return NO_ENDPOINT, port
         ip, target = random.choice(endpoints)
         return self.local_address(ip), int(target)
+
+    def has_endpoint(self, ns: str, name: str, port: int = 80) -> bool:
+        """Whether connections to Service ``name``'s ``port`` reach a ready Pod yet."""
+        return self.service_address(ns, name, port)[0] != NO_ENDPOINT
 
     def pod_network_env(self) -> dict[str, str]:
         """Environment for a process that must reach Pods and Services by their cluster

@@ -73,14 +73,19 @@ def corpus() -> Callable[[str], CorpusModel]:
     return _get
 
 
-def ask(server: Server, model_name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    client = httpclient.InferenceServerClient(server.http_addr, network_timeout=120)
+def inputs_for(client: Any, feeds: dict[str, np.ndarray]) -> list[Any]:
+    """``feeds`` as tritonclient's InferInputs (``client``: tritonclient.http or .grpc)."""
     inputs = []
     for name, array in feeds.items():
-        tensor = httpclient.InferInput(name, list(array.shape), OIP[array.dtype])
+        tensor = client.InferInput(name, list(array.shape), OIP[array.dtype])
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)
-    result = client.infer(model_name, inputs)
+    return inputs
+
+
+def ask(server: Server, model_name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    client = httpclient.InferenceServerClient(server.http_addr, network_timeout=120)
+    result = client.infer(model_name, inputs_for(httpclient, feeds))
     return {o["name"]: result.as_numpy(o["name"]) for o in result.get_response()["outputs"]}
 
 
@@ -88,12 +93,7 @@ def ask_grpc(
     server: Server, model_name: str, feeds: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
     client = grpcclient.InferenceServerClient(server.grpc_addr)
-    inputs = []
-    for name, array in feeds.items():
-        tensor = grpcclient.InferInput(name, list(array.shape), OIP[array.dtype])
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    result = client.infer(model_name, inputs, client_timeout=120)
+    result = client.infer(model_name, inputs_for(grpcclient, feeds), client_timeout=120)
     return {o.name: result.as_numpy(o.name) for o in result.get_response().outputs}
 
 

@@ -45,7 +45,7 @@ from onnxship.plan.compression_jobs import (
     revision_record,
 )
 from onnxship.plan.conditions import find_condition, set_condition
-from onnxship.plan.front import FrontPlan
+from onnxship.plan.front import FrontPlan, revision_services_wanted
 from onnxship.plan.observed import (
     ArtifactState,
     DesiredRevision,
@@ -487,11 +487,8 @@ def _execute(
                 _act(wiring, owner, spec, decision, action, envs, store, runtime)
     # The Services of the revisions traffic can reach, re-applied every pass (nothing is sent
     # when unchanged): one lost (an operator killed before the Service-first order, or deleted
-    # by hand) would make the router send to a name that does not resolve. Only the router
-    # and the Gateway API's backends call them: with the user's Service on a revision's pods
-    # and no router, there are none (a Service costs the API server a ClusterIP and the
-    # controller-manager an EndpointSlice kept in step with its pods).
-    if _revision_services_wanted(spec, decision):
+    # by hand) would make the router send to a name that does not resolve.
+    if revision_services_wanted(spec, decision.front):
         for revision in {decision.status.stable_revision, decision.status.canary_revision} - {""}:
             for env in envs.values():
                 service = w.revision_service(owner, revision, env)
@@ -551,7 +548,7 @@ def _act(
             # The Service first: the Deployment's existence is what tells later passes
             # that the revision is there, so a crash between the two must not leave a
             # Deployment without its Service.
-            if _revision_services_wanted(spec, decision):
+            if revision_services_wanted(spec, decision.front):
                 kube.apply(w.revision_service(owner, action.revision, env))
             kube.apply(
                 w.revision_deployment(
@@ -611,13 +608,6 @@ def _place_front(wiring: Wiring, owner: w.Owner, front: FrontPlan, runtime: w.Ru
             selector = {w.L_DEPLOYMENT: owner.name, w.L_COMPONENT: "model"}
             for service in kube.list("Service", owner.namespace, selector):
                 kube.delete("Service", owner.namespace, service["metadata"]["name"])
-
-
-def _revision_services_wanted(spec: ModelDeploymentSpec, decision: Decision) -> bool:
-    """A router or a Gateway calls revisions by their Services."""
-    if spec.rollout.traffic.router != "builtin":
-        return True
-    return decision.front is not None and decision.front.router
 
 
 def _set_traffic(

@@ -53,6 +53,16 @@ class FrontPlan:
     recheck_in: float | None = None  # seconds until the router kept for draining may go
 
 
+def revision_services_wanted(spec: ModelDeploymentSpec, front: FrontPlan | None) -> bool:
+    """Whether the revisions get Services of their own: only a router or the Gateway API's
+    backends call a revision by one. With the builtin router at rest (or before there is a
+    stable revision) the user's Service selects the pods, and a Service more would cost the
+    API server a ClusterIP and the controller-manager an EndpointSlice kept in step."""
+    if spec.rollout.traffic.router != "builtin":
+        return True
+    return front is not None and front.router
+
+
 def router_wanted(spec: ModelDeploymentSpec, status: ModelDeploymentStatus) -> bool:
     """The router has work: environments to choose between, or a canary with steps left.
 
