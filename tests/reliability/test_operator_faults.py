@@ -13,11 +13,13 @@ import contextlib
 import random
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
+from kmock._internal import aiobus
 
 from tests.controller.conftest import Cluster, compress_result, in_background
 from tests.controller.test_lifecycle import (
@@ -49,14 +51,54 @@ CONFLICT = {
 }
 
 
-def undo_last_write(cluster: Cluster, name: str = "enc") -> None:
-    """KMock applies every write, even one a reaction answers 409; a real API server applies
-    none. Drop the version that write made, so the conflict is a conflict."""
-    for (res, _ns, obj_name), obj in list(cluster.server.objects.items()):
-        if obj_name == name and getattr(res, "plural", "") == "modeldeployments":
-            obj.history.pop()
-            return
-    raise AssertionError(f"no ModelDeployment {name}")
+@attrs.mutable
+class VetoBus(aiobus.Bus[Any]):
+    """A watch bus that leaves out the events ``veto`` says no watcher may see."""
+
+    veto: Callable[[Any], bool] = attrs.field(default=lambda item: False)
+
+    async def put(self, *items: Any) -> None:
+        await super().put(*(item for item in items if not self.veto(item)))
+
+
+def conflict_on(cluster: Cluster, write: Callable[[Mapping[str, Any]], bool]) -> list[Any]:
+    """Answer 409 to the first status write of ModelDeployment ``enc`` whose result ``write``
+    picks, as a real API server would: the write is not applied and no watcher hears of it.
+
+    KMock applies every write and tells its watchers before a reaction answers; a cache fed by
+    that event would hold a version the server never kept. So the write is dropped from the
+    object's history and its event from the watch. Returns the versions refused (one at most)."""
+    refused: list[Mapping[str, Any]] = []
+    answered: list[int] = []  # the id of the request answered 409
+
+    def veto(item: Any) -> bool:
+        obj = item.get("object") or {}
+        if refused or obj.get("kind") != "ModelDeployment" or obj["metadata"]["name"] != "enc":
+            return False
+        for (res, _ns, name), stored in list(cluster.server.objects.items()):
+            if name == "enc" and getattr(res, "plural", "") == "modeldeployments":
+                if "status" not in stored or not write(stored):
+                    return False
+                refused.append(stored.history.pop())
+                return True
+        return False
+
+    def answer_409(request: Any) -> bool:
+        # KMock runs filters again over earlier requests: answer by request, not by turn.
+        if answered:
+            return bool(request.id == answered[0])
+        body = (request.data or {}).get("status") if isinstance(request.data, dict) else None
+        if refused and body and all(refused[0]["status"].get(k) == v for k, v in body.items()):
+            answered.append(request.id)
+            return True
+        return False
+
+    buses = cluster.server._buses  # KMock's watch buses, one per resource
+    assert all(not bus.consumer_count for bus in buses.values()), "install before any watch"
+    buses.clear()
+    buses.default_factory = lambda: VetoBus(veto=veto)
+    cluster.server[f"patch {STATUS_PATH}"][answer_409] << 409 << CONFLICT
+    return refused
 
 
 @contextlib.asynccontextmanager
@@ -185,18 +227,8 @@ async def test_a_canary_that_never_becomes_ready_is_rolled_back(
 
 
 async def test_a_409_on_a_status_write_is_retried_promptly(cluster: Cluster, operator: Any) -> None:
-    conflicts: list[Any] = []
-
-    def first_ready_write(request: Any) -> bool:
-        # The write that makes the phase Ready: nothing else will wake the operator after it.
-        body = request.data if isinstance(request.data, dict) else {}
-        if conflicts or (body.get("status") or {}).get("phase") != "Ready":
-            return False
-        conflicts.append(body)
-        undo_last_write(cluster)
-        return True
-
-    cluster.server[f"patch {STATUS_PATH}"][first_ready_write] << 409 << CONFLICT
+    # The write that makes the phase Ready: nothing else will wake the operator after it.
+    conflicts = conflict_on(cluster, lambda obj: obj["status"].get("phase") == "Ready")
     async with operator():
         # The router's pods stay unready, so no later event wakes the operator by chance.
         async with kubelet(cluster, stuck={"enc-router"}):
@@ -246,16 +278,7 @@ async def test_a_409_on_a_status_only_pass_is_retried_promptly(
 ) -> None:
     """An invalid spec makes a pass whose only write is the status: no child object changes,
     so no event will wake the operator; the conflict itself must lead to a prompt retry."""
-    conflicts: list[Any] = []
-
-    def first_write(request: Any) -> bool:
-        if conflicts:
-            return False
-        conflicts.append(request)
-        undo_last_write(cluster)
-        return True
-
-    cluster.server[f"patch {STATUS_PATH}"][first_write] << 409 << CONFLICT
+    conflicts = conflict_on(cluster, lambda obj: True)
     doc = md()
     doc["spec"]["rollout"] = {"steps": [{"setWeight": 80}, {"setWeight": 20}]}
     async with operator():
