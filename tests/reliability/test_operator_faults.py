@@ -21,7 +21,7 @@ import attrs
 import pytest
 from kmock._internal import aiobus
 
-from tests.controller.conftest import Cluster, compress_result, in_background
+from tests.controller.conftest import MD, Cluster, compress_result, in_background
 from tests.controller.test_lifecycle import (
     DEPLOYS,
     JOBS,
@@ -72,16 +72,14 @@ def conflict_on(cluster: Cluster, write: Callable[[Mapping[str, Any]], bool]) ->
     answered: list[int] = []  # the id of the request answered 409
 
     def veto(item: Any) -> bool:
-        obj = item.get("object") or {}
+        obj = item.get("object") or {}  # the object as the write left it
         if refused or obj.get("kind") != "ModelDeployment" or obj["metadata"]["name"] != "enc":
             return False
-        for (res, _ns, name), stored in list(cluster.server.objects.items()):
-            if name == "enc" and getattr(res, "plural", "") == "modeldeployments":
-                if "status" not in stored or not write(stored):
-                    return False
-                refused.append(stored.history.pop())
-                return True
-        return False
+        if "status" not in obj or not write(obj):
+            return False
+        stored = cluster.server.objects[MD, "default", "enc"]
+        refused.append(stored.history.pop())
+        return True
 
     def answer_409(request: Any) -> bool:
         # KMock runs filters again over earlier requests: answer by request, not by turn.
